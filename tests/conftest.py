@@ -1,0 +1,62 @@
+"""Shared fixtures: the real data folder, the embedded model, and a tiny model for fast checks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+REPO = Path(__file__).resolve().parent.parent
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real data sets: ``PLAYBOOK_DATA_DIR`` if set (it must exist), else ``../shared/data`` if present."""
+    configured = os.environ.get("PLAYBOOK_DATA_DIR")
+    if configured:
+        folder = Path(configured)
+        assert folder.is_dir(), f"PLAYBOOK_DATA_DIR={configured} does not exist"
+        return folder
+    folder = REPO.parent / "shared" / "data"
+    if not folder.is_dir():
+        pytest.skip("real data sets not available (set PLAYBOOK_DATA_DIR)")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def embedded():
+    """``(model, tokenizer)`` of the embedded SmolLM2-135M-Instruct, loaded once per test session."""
+    from playbook.models import load_model
+
+    return load_model()
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from playbook.models import load_tokenizer
+
+    return load_tokenizer()
+
+
+@pytest.fixture
+def tiny_causal_lm(tokenizer) -> LlamaForCausalLM:
+    """A 2-layer, 16-wide Llama with the embedded model's vocabulary: fast, random, and deterministic."""
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(config).eval()

@@ -1,0 +1,39 @@
+import pytest
+
+from playbook.config import PROFILES, Profile, get_profile
+
+
+def test_env_var_selects_profile(monkeypatch):
+    monkeypatch.setenv("PLAYBOOK_PROFILE", "smoke")
+    assert get_profile().name == "smoke"
+    assert get_profile("gpu").name == "gpu"  # an explicit name wins over the variable
+
+
+def test_default_is_cpu_without_cuda(monkeypatch):
+    monkeypatch.delenv("PLAYBOOK_PROFILE", raising=False)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert get_profile().name == "cpu"
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    assert get_profile().name == "gpu"
+
+
+def test_unknown_profile_names_the_variable(monkeypatch):
+    monkeypatch.setenv("PLAYBOOK_PROFILE", "laptop")
+    with pytest.raises(ValueError, match=r"PLAYBOOK_PROFILE='laptop'.*smoke, cpu, gpu"):
+        get_profile()
+
+
+def test_overrides_replace_one_knob_and_reject_unknown_ones():
+    assert get_profile("cpu", rm_steps=3).rm_steps == 3
+    assert get_profile("cpu", rm_steps=3).hh_train_pairs == PROFILES["cpu"].hh_train_pairs
+    with pytest.raises(TypeError, match="rm_stepz"):
+        get_profile("cpu", rm_stepz=3)
+
+
+def test_profiles_are_frozen_and_grow_from_smoke_to_gpu():
+    with pytest.raises(AttributeError):
+        PROFILES["cpu"].rm_steps = 1
+    for field in Profile.__dataclass_fields__:
+        if field != "name":
+            smoke, cpu, gpu = (getattr(PROFILES[n], field) for n in ("smoke", "cpu", "gpu"))
+            assert 0 < smoke <= cpu <= gpu, field

@@ -1,0 +1,205 @@
+import gzip
+import json
+import logging
+
+import pytest
+
+from playbook.data import (
+    DataNotFound,
+    load_hh_rlhf,
+    load_selfaware,
+    load_truthfulqa,
+    parse_hh_transcript,
+    read_hh_rlhf,
+    read_truthfulqa,
+)
+
+H, A = "\n\nHuman: ", "\n\nAssistant: "
+
+
+def write_jsonl(path, records, *, gz=False):
+    text = "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records)
+    if gz:
+        with gzip.open(path, "wt", encoding="utf-8") as handle:
+            handle.write(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+# ----------------------------------------------------------------------------------- parsing
+
+
+def test_parse_multi_turn_transcript():
+    text = f"{H}Hi there{A}Hello! How can I help?{H}What is 2+2?{A}4"
+    assert parse_hh_transcript(text) == [
+        {"role": "user", "content": "Hi there"},
+        {"role": "assistant", "content": "Hello! How can I help?"},
+        {"role": "user", "content": "What is 2+2?"},
+        {"role": "assistant", "content": "4"},
+    ]
+
+
+def test_parse_keeps_inline_speaker_names_and_inner_newlines():
+    text = f"{H}Say 'Human: hi'\nplease{A}Human: hi\n\nDone."
+    messages = parse_hh_transcript(text)
+    assert [m["role"] for m in messages] == ["user", "assistant"]
+    assert messages[0]["content"] == "Say 'Human: hi'\nplease"
+    assert messages[1]["content"] == "Human: hi\n\nDone."
+
+
+@pytest.mark.parametrize("text", ["Hello", "", "Intro text" + H + "hi" + A + "ho"])
+def test_parse_rejects_non_transcripts(text):
+    with pytest.raises(ValueError, match="not an hh-rlhf transcript"):
+        parse_hh_transcript(text, where="x.jsonl:3 (chosen)")
+
+
+# ------------------------------------------------------------------------- reading and checking
+
+
+def test_pairs_share_the_prompt_and_hold_one_response_each(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"chosen": f"{H}Q{A}a{H}Q2{A}good", "rejected": f"{H}Q{A}a{H}Q2{A}bad"}])
+    pairs, report = read_hh_rlhf(path)
+    assert pairs == [
+        {
+            "prompt": [
+                {"role": "user", "content": "Q"},
+                {"role": "assistant", "content": "a"},
+                {"role": "user", "content": "Q2"},
+            ],
+            "chosen": [{"role": "assistant", "content": "good"}],
+            "rejected": [{"role": "assistant", "content": "bad"}],
+        }
+    ]
+    assert (report.read, report.kept) == (1, 1)
+
+
+def test_identical_empty_and_mismatched_pairs_are_dropped_and_counted(tmp_path):
+    records = [
+        {"chosen": f"{H}Q{A}same", "rejected": f"{H}Q{A}same"},
+        {"chosen": f"{H}Q{A}", "rejected": f"{H}Q{A}no"},
+        {"chosen": f"{H}Q{A}x{H}Q2{A}y", "rejected": f"{H}Q{A}other{H}Q2{A}z"},
+        {"chosen": f"{H}Q{A}kept", "rejected": f"{H}Q{A}also"},
+    ]
+    pairs, report = read_hh_rlhf(write_jsonl(tmp_path / "d.jsonl.gz", records, gz=True))
+    assert len(pairs) == 1 and pairs[0]["chosen"][0]["content"] == "kept"
+    assert (report.read, report.kept) == (4, 1)
+    assert (report.dropped_identical, report.dropped_empty_response, report.dropped_prompt_mismatch) == (1, 1, 1)
+
+
+def test_malformed_line_names_file_and_line(tmp_path):
+    path = write_jsonl(tmp_path / "bad.jsonl", [{"chosen": f"{H}Q{A}a", "rejected": f"{H}Q{A}b"}, '{"chosen": "oops'])
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2: not valid JSON"):
+        read_hh_rlhf(path)
+
+
+def test_missing_field_names_file_line_and_field(tmp_path):
+    path = write_jsonl(tmp_path / "bad.jsonl", [{"chosen": f"{H}Q{A}a"}])
+    with pytest.raises(ValueError, match=r"bad\.jsonl:1: missing field\(s\) \['rejected'\]"):
+        read_hh_rlhf(path)
+
+
+def test_transcript_ending_with_human_turn_is_rejected(tmp_path):
+    path = write_jsonl(tmp_path / "bad.jsonl", [{"chosen": f"{H}Q{A}a", "rejected": f"{H}Q{A}a{H}more?"}])
+    with pytest.raises(ValueError, match=r"bad\.jsonl:1 \(rejected\): the transcript ends with a Human turn"):
+        read_hh_rlhf(path)
+
+
+# ------------------------------------------------------------------------------------ sources
+
+
+def test_local_source_reads_layout_of_shared_data(tmp_path, monkeypatch):
+    (tmp_path / "hh-rlhf").mkdir()
+    write_jsonl(
+        tmp_path / "hh-rlhf" / "helpful-base-test.jsonl.gz", [{"chosen": f"{H}Q{A}a", "rejected": f"{H}Q{A}b"}], gz=True
+    )
+    monkeypatch.setenv("PLAYBOOK_DATA_DIR", str(tmp_path))
+    dataset = load_hh_rlhf("helpful-base", "test", source="local")
+    assert len(dataset) == 1 and "read=1, kept=1" in dataset.info.description
+    with pytest.raises(DataNotFound, match="harmless-base/train: not found under PLAYBOOK_DATA_DIR="):
+        load_hh_rlhf("harmless-base", "train", source="local")
+
+
+def test_auto_falls_back_to_bundled_sample_with_a_notice(monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("PLAYBOOK_DATA_DIR", str(tmp_path))  # empty folder: nothing local
+    with caplog.at_level(logging.WARNING, logger="playbook.data"):
+        dataset = load_hh_rlhf()
+    assert "bundled sample" in caplog.text and "PLAYBOOK_DATA_DIR" in caplog.text
+    assert len(dataset) >= 10 and dataset.column_names == ["prompt", "chosen", "rejected"]
+    assert any("email" in row["prompt"][-1]["content"] for row in dataset)  # the chapter's example has a stand-in
+
+
+def test_bundled_samples_load(monkeypatch):
+    monkeypatch.delenv("PLAYBOOK_DATA_DIR", raising=False)
+    truthful = load_truthfulqa(source="sample")
+    assert all(sum(labels) == 1 for labels in truthful["mc1_labels"])
+    assert all(row["best_answer"] in row["mc1_choices"] for row in truthful)
+    selfaware = load_selfaware(source="sample")
+    assert set(selfaware["answerable"]) == {True, False}
+    assert all(bool(row["answers"]) == row["answerable"] for row in selfaware)
+
+
+def test_bad_source_and_hub_only_sets_are_clear():
+    with pytest.raises(ValueError, match="source='web'"):
+        load_hh_rlhf(source="web")
+    with pytest.raises(DataNotFound, match="SelfAware: there is no Hub copy"):
+        load_selfaware(source="hub")
+
+
+def test_truthfulqa_question_missing_from_targets_names_csv_line(tmp_path):
+    (tmp_path / "t.csv").write_text(
+        "Type,Category,Question,Best Answer,Correct Answers,Incorrect Answers,Source\n"
+        "A,B,Known?,y,y,n,s\nA,B,Unknown?,y,y,n,s\n"
+    )
+    (tmp_path / "mc.json").write_text(
+        json.dumps([{"question": "Known?", "mc1_targets": {"y": 1}, "mc2_targets": {"y": 1}}])
+    )
+    with pytest.raises(ValueError, match=r"t\.csv:3: question 'Unknown\?' has no entry"):
+        read_truthfulqa(tmp_path / "t.csv", tmp_path / "mc.json")
+
+
+# ------------------------------------------------------------------------------ the real data
+
+
+def test_real_harmless_base(shared_data, monkeypatch):
+    monkeypatch.setenv("PLAYBOOK_DATA_DIR", str(shared_data))
+    dataset = load_hh_rlhf("harmless-base", "train")
+    assert len(dataset) == 1794
+    assert dataset.info.description == (
+        "source=local:hh-rlhf/harmless-base-train.jsonl.gz, read=1800, kept=1794, "
+        "dropped_identical=0, dropped_empty_response=4, dropped_prompt_mismatch=2"
+    )
+
+
+def test_real_helpful_base_test(shared_data, monkeypatch):
+    monkeypatch.setenv("PLAYBOOK_DATA_DIR", str(shared_data))
+    dataset = load_hh_rlhf("helpful-base", "test")
+    assert len(dataset) == 2354 - 2 - 4 - 9
+
+
+def test_real_truthfulqa_and_selfaware(shared_data, monkeypatch):
+    monkeypatch.setenv("PLAYBOOK_DATA_DIR", str(shared_data))
+    truthful = load_truthfulqa()
+    assert len(truthful) == 817 and all(sum(labels) == 1 for labels in truthful["mc1_labels"])
+    assert truthful[0]["question"] == "What happens to you if you eat watermelon seeds?"
+    selfaware = load_selfaware()
+    assert len(selfaware) == 3369 and sum(selfaware["answerable"]) == 2337
+
+
+def test_hh_rlhf_is_accepted_by_trl_reward_trainer_as_is(shared_data, monkeypatch, tiny_causal_lm, tokenizer, tmp_path):
+    from transformers import LlamaForSequenceClassification
+    from trl import RewardConfig, RewardTrainer
+
+    monkeypatch.setenv("PLAYBOOK_DATA_DIR", str(shared_data))
+    dataset = load_hh_rlhf().select(range(8))
+    config = tiny_causal_lm.config
+    config.num_labels = 1
+    model = LlamaForSequenceClassification(config)
+    args = RewardConfig(
+        output_dir=str(tmp_path), report_to="none", max_length=4096, bf16=False, gradient_checkpointing=False
+    )
+    trainer = RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    processed = trainer.train_dataset
+    assert {"chosen_ids", "rejected_ids"} <= set(processed.column_names)
+    first = tokenizer.decode(processed[0]["chosen_ids"])
+    assert "<|im_start|>assistant" in first and dataset[0]["chosen"][0]["content"][:20] in first

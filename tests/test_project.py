@@ -1,0 +1,68 @@
+"""The project's own wiring: environment.yml matches pyproject.toml, the course runner, notebooks' hygiene."""
+
+import json
+import re
+import tomllib
+
+import nbformat
+import pytest
+from nbclient.exceptions import CellExecutionError
+
+from conftest import REPO
+from playbook.course import course_notebooks, execute_notebook
+from playbook.environment import display_path, environment_report
+
+CONDA_NAMES = {"torch": "pytorch"}
+
+
+def requirement_name_and_spec(requirement: str) -> tuple[str, str]:
+    name, spec = re.match(r"^([A-Za-z0-9_.\-]+)\s*(.*)$", requirement.strip()).groups()
+    return name.lower(), spec.replace(" ", "")
+
+
+def test_environment_yml_names_the_same_dependencies_as_pyproject():
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    wanted = dict(requirement_name_and_spec(r) for r in pyproject["project"]["dependencies"])
+    wanted = {CONDA_NAMES.get(name, name): spec for name, spec in wanted.items()}
+    text = (REPO / "environment.yml").read_text()
+    lines = text.splitlines()
+    section = text.split("dependencies:\n", 1)[1].splitlines()
+    listed = [m.group(1) for line in section if (m := re.match(r"^  - ([A-Za-z0-9_.\-]+[<>=,.0-9]*)$", line))]
+    conda = dict(requirement_name_and_spec(r) for r in listed)
+    conda.pop("python"), conda.pop("pip")
+    assert conda == wanted
+    assert "      - -e .[dev]" in lines  # the dev extras come from the same pyproject
+
+
+def test_course_notebooks_are_numbered_in_order():
+    names = [p.name for p in course_notebooks()]
+    assert names and names == sorted(names) and names[0] == "00_setup.ipynb"
+
+
+def test_notebooks_hold_no_machine_paths_or_installs():
+    for path in course_notebooks():
+        text = path.read_text()
+        assert not re.search(r'"/(root|home|tmp|work|Users)/', text), f"{path.name} holds an absolute path"
+        sources = ["".join(c["source"]) for c in json.loads(text)["cells"] if c["cell_type"] == "code"]
+        assert not any(re.search(r"^\s*[!%]pip", s, re.M) for s in sources), f"{path.name} installs packages"
+
+
+def test_runner_stops_on_failing_cell_and_keeps_partial_output(tmp_path):
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [nbformat.v4.new_code_cell("print('before')"), nbformat.v4.new_code_cell("1 / 0")]
+    source = tmp_path / "01_broken.ipynb"
+    nbformat.write(notebook, source)
+    with pytest.raises(CellExecutionError, match="ZeroDivisionError"):
+        execute_notebook(source, tmp_path / "out" / "01_broken.ipynb")
+    saved = nbformat.read(tmp_path / "out" / "01_broken.ipynb", as_version=4)
+    assert saved.cells[0].outputs[0]["text"] == "before\n"
+
+
+def test_environment_report_names_versions_and_shows_paths_without_the_home_folder(monkeypatch, tmp_path):
+    from pathlib import Path
+
+    report = dict(zip(*environment_report().to_dict("list").values(), strict=True))
+    assert report["transformers"].startswith("5.") and report["profile"] in {"smoke", "cpu", "gpu"}
+    assert display_path(Path.home() / ".cache" / "x") == "~/.cache/x"
+    monkeypatch.chdir(tmp_path)
+    assert display_path(tmp_path / "data") == "data"
