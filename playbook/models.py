@@ -230,3 +230,29 @@ def chat(
     conversation: Messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     conversation.append({"role": "user", "content": message})
     return generate_replies(model, tokenizer, [conversation], max_new_tokens=max_new_tokens)[0]
+
+
+def distinct_replies(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    conversation: Messages,
+    count: int,
+    *,
+    max_tries: int | None = None,
+    **sampling_kwargs,
+) -> list[str]:
+    """``count`` different sampled replies to one conversation, drawing with seeds 0, 1, 2, ... (repeatable).
+
+    Small models often repeat themselves; samples already seen are skipped. Raises ``RuntimeError`` when
+    ``max_tries`` (default ``4 * count``) draws give fewer than ``count`` distinct replies.
+    """
+    replies: list[str] = []
+    tries = max_tries or 4 * count
+    for seed in range(tries):
+        torch.manual_seed(seed)
+        reply = generate_replies(model, tokenizer, [conversation], do_sample=True, **sampling_kwargs)[0]
+        if reply and reply not in replies:
+            replies.append(reply)
+        if len(replies) == count:
+            return replies
+    raise RuntimeError(f"only {len(replies)} distinct replies in {tries} samples; raise the temperature or max_tries.")

@@ -1,0 +1,196 @@
+import json
+
+import pytest
+
+from playbook.annotation import AnnotationItem, AnnotationStore, annotation_widget, feedback_from_answer
+from playbook.feedback import (
+    BinaryFeedback,
+    CorrectiveFeedback,
+    PairwiseFeedback,
+    RankingFeedback,
+    correction_to_pair,
+    correction_to_sft,
+    from_record,
+    ranking_to_pairs,
+    to_preference_row,
+    to_record,
+    to_training_sets,
+    to_unpaired_row,
+)
+
+USER = [{"role": "user", "content": "Q?"}]
+
+
+def test_ranking_of_k_gives_k_choose_2_pairs_best_first():
+    ranking = RankingFeedback("Q?", ["c", "a", "d", "b"], [3, 1, 4, 2])
+    pairs = ranking_to_pairs(ranking)
+    assert len(pairs) == 4 * 3 // 2
+    assert [(p.chosen, p.rejected) for p in pairs] == [
+        ("a", "b"),
+        ("a", "c"),
+        ("a", "d"),
+        ("b", "c"),
+        ("b", "d"),
+        ("c", "d"),
+    ]
+
+
+def test_ties_give_no_pair_and_a_ranking_of_one_gives_none():
+    assert [(p.chosen, p.rejected) for p in ranking_to_pairs(RankingFeedback("Q?", ["a", "b", "c"], [1, 1, 2]))] == [
+        ("a", "c"),
+        ("b", "c"),
+    ]
+    assert ranking_to_pairs(RankingFeedback("Q?", ["only"], [1])) == []
+
+
+def test_trl_formats():
+    pair = PairwiseFeedback("Q?", "good", "bad")
+    assert to_preference_row(pair) == {
+        "prompt": USER,
+        "chosen": [{"role": "assistant", "content": "good"}],
+        "rejected": [{"role": "assistant", "content": "bad"}],
+    }
+    assert to_unpaired_row(BinaryFeedback("Q?", "meh", False)) == {
+        "prompt": USER,
+        "completion": [{"role": "assistant", "content": "meh"}],
+        "label": False,
+    }
+    correction = CorrectiveFeedback("Q?", "Paris is in Italy.", "Paris is in France.")
+    assert correction_to_sft(correction) == {
+        "prompt": USER,
+        "completion": [{"role": "assistant", "content": "Paris is in France."}],
+    }
+    assert correction_to_pair(correction) == PairwiseFeedback("Q?", "Paris is in France.", "Paris is in Italy.")
+
+
+def test_training_sets_from_a_mix_drop_exact_repeats_but_keep_disagreement():
+    records = [
+        PairwiseFeedback("Q?", "a", "b"),
+        PairwiseFeedback("Q?", "a", "b"),  # the same label twice
+        PairwiseFeedback("Q?", "b", "a"),  # another annotator disagrees
+        RankingFeedback("Q?", ["x", "y", "z"], [1, 2, 3]),
+        BinaryFeedback("Q?", "a", True),
+        CorrectiveFeedback("Q?", "wrong", "right"),
+    ]
+    sets = to_training_sets(records)
+    assert sorted(sets) == ["preference", "sft", "unpaired"]
+    assert len(sets["preference"]) == 2 + 3 + 1
+    assert len(sets["unpaired"]) == 1 and len(sets["sft"]) == 1
+    assert set(to_training_sets([BinaryFeedback("Q?", "a", True)])) == {"unpaired"}
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: PairwiseFeedback("Q?", "same", "same"), "same text"),
+        (lambda: PairwiseFeedback("Q?", "", "b"), "chosen: must be non-empty"),
+        (lambda: PairwiseFeedback("", "a", "b"), "prompt"),
+        (lambda: PairwiseFeedback([{"role": "assistant", "content": "hi"}], "a", "b"), "last message must be"),
+        (lambda: BinaryFeedback("Q?", "a", "yes"), "accepted: must be True or False"),
+        (lambda: RankingFeedback("Q?", ["a", "a"], [1, 2]), "'a' appears more than once"),
+        (lambda: RankingFeedback("Q?", ["a", "b"], [1]), "1 ranks for 2 responses"),
+        (lambda: RankingFeedback("Q?", ["a", "b"], [0, 1]), "whole numbers from 1"),
+        (lambda: RankingFeedback("Q?", [], []), "at least one response"),
+        (lambda: CorrectiveFeedback("Q?", "same ", "same"), "identical to the response"),
+        (lambda: CorrectiveFeedback("Q?", "x", "  "), "correction: must be non-empty"),
+    ],
+)
+def test_bad_feedback_is_rejected_with_the_field_named(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+@pytest.mark.parametrize(
+    "feedback",
+    [
+        BinaryFeedback("Q?", "a", True),
+        PairwiseFeedback(USER, "a", "b"),
+        RankingFeedback("Q?", ["a", "b"], [2, 1]),
+        CorrectiveFeedback("Q?", "a", "b"),
+    ],
+)
+def test_record_round_trip_through_json(feedback):
+    assert from_record(json.loads(json.dumps(to_record(feedback)))) == feedback
+
+
+# ----------------------------------------------------------------------------------- the store
+
+ITEMS = [
+    AnnotationItem(f"item-{i}", f"Question {i}?", [f"answer {i}a", f"answer {i}b", f"answer {i}c"]) for i in range(3)
+]
+
+
+def test_answers_become_feedback():
+    item = ITEMS[0]
+    assert feedback_from_answer(item, "pairwise", "b") == PairwiseFeedback("Question 0?", "answer 0b", "answer 0a")
+    assert feedback_from_answer(item, "ranking", "C A B").ranks == (2, 3, 1)
+    assert feedback_from_answer(item, "binary", False).accepted is False
+    assert feedback_from_answer(item, "corrective", "better").correction == "better"
+    with pytest.raises(ValueError, match="exactly once"):
+        feedback_from_answer(item, "ranking", "A A B")
+    with pytest.raises(ValueError, match="'D' is not one of the response letters"):
+        feedback_from_answer(item, "ranking", "A B D")
+    with pytest.raises(ValueError, match="'C' is not one of"):
+        feedback_from_answer(item, "pairwise", "C")
+
+
+def test_store_appends_and_resumes_without_duplicates(tmp_path):
+    path = tmp_path / "labels.jsonl"
+    store = AnnotationStore(path)
+    assert store.record("item-0", feedback_from_answer(ITEMS[0], "pairwise", "A"))
+    assert not store.record("item-0", feedback_from_answer(ITEMS[0], "pairwise", "B"))  # already labelled
+    assert store.record("item-0", feedback_from_answer(ITEMS[0], "binary", True))  # another kind is fine
+    reopened = AnnotationStore(path)
+    assert reopened.labels == store.labels
+    assert [i.item_id for i in reopened.pending(ITEMS, "pairwise")] == ["item-1", "item-2"]
+    assert len(path.read_text().splitlines()) == 2
+
+
+def test_crash_mid_write_loses_nothing_complete_and_keeps_the_torn_line(tmp_path):
+    path = tmp_path / "labels.jsonl"
+    store = AnnotationStore(path)
+    store.record("item-0", feedback_from_answer(ITEMS[0], "pairwise", "A"))
+    store.record("item-1", feedback_from_answer(ITEMS[1], "pairwise", "B"))
+    with path.open("a") as handle:  # the process dies halfway through writing the third label
+        handle.write('{"item_id": "item-2", "time": 1.0, "feedback": {"kind": "pairw')
+    resumed = AnnotationStore(path)
+    assert [item_id for item_id, _ in resumed.labels] == ["item-0", "item-1"]
+    torn = list(tmp_path.glob("labels.jsonl.torn-*"))
+    assert len(torn) == 1 and torn[0].read_text().startswith('{"item_id": "item-2"')
+    assert resumed.record("item-2", feedback_from_answer(ITEMS[2], "pairwise", "A"))
+    assert [json.loads(line)["item_id"] for line in path.read_text().splitlines()] == ["item-0", "item-1", "item-2"]
+
+
+def test_damage_inside_the_file_is_reported_not_dropped(tmp_path):
+    path = tmp_path / "labels.jsonl"
+    store = AnnotationStore(path)
+    store.record("item-0", feedback_from_answer(ITEMS[0], "pairwise", "A"))
+    path.write_text("not json\n" + path.read_text())
+    with pytest.raises(ValueError, match=r"labels\.jsonl:1: damaged label"):
+        AnnotationStore(path)
+
+
+def test_widget_records_clicks_and_resumes(tmp_path):
+    path = tmp_path / "labels.jsonl"
+    store = AnnotationStore(path)
+    widget = annotation_widget(ITEMS, store, "pairwise")
+    header, _, controls, _ = widget.children
+    assert "Item 1 of 3" in header.value
+    controls.children[1].click()  # "B is better"
+    assert store.labels[0] == ("item-0", PairwiseFeedback("Question 0?", "answer 0b", "answer 0a"))
+    assert "Item 2 of 3" in header.value
+    resumed = annotation_widget(ITEMS, AnnotationStore(path), "pairwise")
+    assert "Item 2 of 3" in resumed.children[0].value  # a new session starts at the first unlabelled item
+
+
+def test_ranking_widget_shows_the_error_and_keeps_the_item(tmp_path):
+    store = AnnotationStore(tmp_path / "labels.jsonl")
+    widget = annotation_widget(ITEMS, store, "ranking")
+    header, _, controls, status = widget.children
+    text, submit = controls.children
+    text.value = "A A"
+    submit.click()
+    assert "exactly once" in status.value and store.labels == [] and "Item 1 of 3" in header.value
+    text.value = "C B A"
+    submit.click()
+    assert store.labels[0][1].ranks == (3, 2, 1) and "Item 2 of 3" in header.value
