@@ -78,6 +78,19 @@ class HHLoadReport:
     def __str__(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in asdict(self).items())
 
+    @property
+    def shared_prompt(self) -> int:
+        """Pairs read whose chosen and rejected transcripts differ only in the last (assistant) turn."""
+        return self.read - self.dropped_prompt_mismatch
+
+
+def hh_load_report(dataset: Dataset) -> HHLoadReport:
+    """The :class:`HHLoadReport` that :func:`load_hh_rlhf` stored with ``dataset``."""
+    try:
+        return HHLoadReport(**json.loads(dataset.info.description))
+    except (TypeError, ValueError) as error:
+        raise ValueError("this dataset carries no hh-rlhf load report; load it with load_hh_rlhf().") from error
+
 
 def hh_pair_from_record(record: dict, *, where: str) -> dict[str, Messages]:
     """One raw ``{"chosen", "rejected"}`` record as ``{"prompt", "chosen", "rejected"}`` message lists.
@@ -134,7 +147,7 @@ def load_hh_rlhf(subset: str = "harmless-base", split: str = "train", source: So
     """Anthropic's hh-rlhf preference pairs as a ``Dataset`` with ``prompt``, ``chosen`` and ``rejected``.
 
     ``subset`` is an hh-rlhf folder (``harmless-base``, ``helpful-base``, ...), ``split`` is ``train`` or
-    ``test``. The load report (counts of kept and dropped pairs) is in ``dataset.info.description``.
+    ``test``. :func:`hh_load_report` gives the counts of pairs read, kept and dropped.
     """
 
     def local() -> Path | None:
@@ -161,7 +174,7 @@ def load_hh_rlhf(subset: str = "harmless-base", split: str = "train", source: So
     if not pairs:
         raise ValueError(f"{report.source}: no usable preference pairs ({report}).")
     dataset = Dataset.from_list(pairs)
-    dataset.info.description = str(report)
+    dataset.info.description = json.dumps(asdict(report))
     return dataset
 
 

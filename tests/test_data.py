@@ -6,6 +6,7 @@ import pytest
 
 from playbook.data import (
     DataNotFound,
+    hh_load_report,
     load_hh_rlhf,
     load_selfaware,
     load_truthfulqa,
@@ -115,7 +116,7 @@ def test_local_source_reads_layout_of_shared_data(tmp_path, monkeypatch):
     )
     monkeypatch.setenv("PLAYBOOK_DATA_DIR", str(tmp_path))
     dataset = load_hh_rlhf("helpful-base", "test", source="local")
-    assert len(dataset) == 1 and "read=1, kept=1" in dataset.info.description
+    assert len(dataset) == 1 and (hh_load_report(dataset).read, hh_load_report(dataset).kept) == (1, 1)
     with pytest.raises(DataNotFound, match="harmless-base/train: not found under PLAYBOOK_DATA_DIR="):
         load_hh_rlhf("harmless-base", "train", source="local")
 
@@ -165,10 +166,11 @@ def test_real_harmless_base(shared_data, monkeypatch):
     monkeypatch.setenv("PLAYBOOK_DATA_DIR", str(shared_data))
     dataset = load_hh_rlhf("harmless-base", "train")
     assert len(dataset) == 1794
-    assert dataset.info.description == (
+    assert str(hh_load_report(dataset)) == (
         "source=local:hh-rlhf/harmless-base-train.jsonl.gz, read=1800, kept=1794, "
         "dropped_identical=0, dropped_empty_response=4, dropped_prompt_mismatch=2"
     )
+    assert hh_load_report(dataset).shared_prompt == 1798
 
 
 def test_real_helpful_base_test(shared_data, monkeypatch):
@@ -203,3 +205,10 @@ def test_hh_rlhf_is_accepted_by_trl_reward_trainer_as_is(shared_data, monkeypatc
     assert {"chosen_ids", "rejected_ids"} <= set(processed.column_names)
     first = tokenizer.decode(processed[0]["chosen_ids"])
     assert "<|im_start|>assistant" in first and dataset[0]["chosen"][0]["content"][:20] in first
+
+
+def test_load_report_needs_a_loaded_dataset():
+    from datasets import Dataset
+
+    with pytest.raises(ValueError, match="no hh-rlhf load report"):
+        hh_load_report(Dataset.from_list([{"a": 1}]))
