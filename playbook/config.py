@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 
 import torch
 
@@ -26,10 +27,14 @@ class Profile:
     # Preference data (03, 04): how many hh-rlhf pairs to train and evaluate a reward model on.
     hh_train_pairs: int
     hh_eval_pairs: int
-    # Reward-model training (04): tokens per conversation, pairs per step, optimisation steps.
+    # Reward-model training (04): how (see playbook.reward), tokens per conversation, pairs per step,
+    # optimisation steps, backbone layers kept, LoRA rank.
+    rm_method: str
     rm_max_length: int
     rm_batch_size: int
     rm_steps: int
+    rm_layers: int
+    rm_lora_rank: int
     # PPO (05, 06): prompts per rollout batch, PPO steps, tokens per sampled response.
     ppo_batch_size: int
     ppo_steps: int
@@ -45,9 +50,12 @@ PROFILES: dict[str, Profile] = {
         probe_limit=3,
         hh_train_pairs=16,
         hh_eval_pairs=16,
-        rm_max_length=128,
+        rm_method="head",
+        rm_max_length=64,
         rm_batch_size=4,
-        rm_steps=2,
+        rm_steps=20,
+        rm_layers=18,
+        rm_lora_rank=4,
         ppo_batch_size=2,
         ppo_steps=2,
         ppo_response_length=8,
@@ -57,13 +65,16 @@ PROFILES: dict[str, Profile] = {
         name="cpu",
         max_new_tokens=64,
         probe_limit=1_000,
-        hh_train_pairs=1_200,
+        hh_train_pairs=1_494,
         hh_eval_pairs=300,
-        rm_max_length=256,
+        rm_method="head",
+        rm_max_length=128,
         rm_batch_size=8,
-        rm_steps=150,
+        rm_steps=200,
+        rm_layers=18,
+        rm_lora_rank=8,
         ppo_batch_size=8,
-        ppo_steps=40,
+        ppo_steps=20,
         ppo_response_length=24,
         eval_questions=150,
     ),
@@ -73,15 +84,28 @@ PROFILES: dict[str, Profile] = {
         probe_limit=1_000,
         hh_train_pairs=20_000,
         hh_eval_pairs=2_000,
+        rm_method="lora",
         rm_max_length=512,
         rm_batch_size=32,
         rm_steps=2_000,
+        rm_layers=30,
+        rm_lora_rank=16,
         ppo_batch_size=64,
         ppo_steps=200,
         ppo_response_length=64,
         eval_questions=817,
     ),
 }
+
+
+def repository_root() -> Path:
+    """The folder holding ``playbook/`` and ``notebooks/`` (the package is installed in editable mode)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def runs_dir() -> Path:
+    """Where trained models and run outputs go: ``$PLAYBOOK_RUNS``, else ``runs/`` at the repository root."""
+    return Path(os.environ.get("PLAYBOOK_RUNS") or repository_root() / "runs")
 
 
 def default_profile_name() -> str:

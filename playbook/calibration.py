@@ -1,0 +1,364 @@
+"""Calibration: do a model's confidences match how often it is right?
+
+A model is *calibrated* when, among the answers it gives with confidence 0.8, about 80% are correct.
+Kadavath et al. (2022, *Language Models (Mostly) Know What They Know*) found large pretrained models well
+calibrated on lettered multiple choice, RLHF-tuned ones less so, and a single temperature largely fixing it.
+
+Metrics take arrays of confidences (in [0, 1]) and correctness (0/1). Binning follows scikit-learn's
+``calibration_curve``: ``n_bins`` equal-width bins (``"uniform"``) or bins holding equal numbers of answers
+(``"quantile"``), each bin closed on the right, (e_i, e_{i+1}]. torchmetrics' ``CalibrationError`` closes
+bins on the left, so the two can differ only for confidences exactly on a bin edge.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+Strategy = Literal["uniform", "quantile"]
+LETTERS = "ABCDEFGHIJ"
+ANSWER_PREFIX = "The answer is:"
+
+
+# ------------------------------------------------------------------------------------------- metrics
+
+
+def _check(confidences, correct) -> tuple[np.ndarray, np.ndarray]:
+    confidences = np.asarray(confidences, dtype=float).ravel()
+    correct = np.asarray(correct, dtype=float).ravel()
+    if len(confidences) != len(correct):
+        raise ValueError(f"confidences has {len(confidences)} values but correct has {len(correct)}.")
+    if len(confidences) == 0:
+        raise ValueError("confidences is empty.")
+    if np.isnan(confidences).any() or np.isnan(correct).any():
+        raise ValueError("confidences or correct contains NaN.")
+    if confidences.min() < 0 or confidences.max() > 1:
+        raise ValueError(f"confidences must lie in [0, 1]; got values from {confidences.min()} to {confidences.max()}.")
+    if not np.isin(correct, (0.0, 1.0)).all():
+        raise ValueError("correct must hold only 0/1 (or False/True).")
+    return confidences, correct
+
+
+@dataclass(frozen=True)
+class Bins:
+    """Per non-empty bin: mean confidence, accuracy and number of answers; and the bin edges."""
+
+    confidence: np.ndarray
+    accuracy: np.ndarray
+    count: np.ndarray
+    edges: np.ndarray
+
+
+def calibration_bins(confidences, correct, n_bins: int = 10, strategy: Strategy = "uniform") -> Bins:
+    """Group answers into bins by confidence, as scikit-learn's ``calibration_curve`` does."""
+    confidences, correct = _check(confidences, correct)
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be at least 1, got {n_bins}.")
+    if strategy == "uniform":
+        edges = np.linspace(0.0, 1.0, n_bins + 1)
+    elif strategy == "quantile":
+        edges = np.percentile(confidences, np.linspace(0, 100, n_bins + 1))
+    else:
+        raise ValueError(f"strategy={strategy!r}: use 'uniform' or 'quantile'.")
+    index = np.searchsorted(edges[1:-1], confidences)
+    count = np.bincount(index, minlength=len(edges))
+    sums = np.bincount(index, weights=confidences, minlength=len(edges))
+    hits = np.bincount(index, weights=correct, minlength=len(edges))
+    filled = count > 0
+    return Bins(sums[filled] / count[filled], hits[filled] / count[filled], count[filled], edges)
+
+
+def expected_calibration_error(confidences, correct, n_bins: int = 10, strategy: Strategy = "uniform") -> float:
+    """ECE: the answer-weighted mean gap |accuracy − confidence| over bins."""
+    bins = calibration_bins(confidences, correct, n_bins, strategy)
+    return float(np.sum(bins.count / bins.count.sum() * np.abs(bins.accuracy - bins.confidence)))
+
+
+def maximum_calibration_error(confidences, correct, n_bins: int = 10, strategy: Strategy = "uniform") -> float:
+    """MCE: the largest gap |accuracy − confidence| over non-empty bins."""
+    bins = calibration_bins(confidences, correct, n_bins, strategy)
+    return float(np.max(np.abs(bins.accuracy - bins.confidence)))
+
+
+def brier_score(confidences, correct) -> float:
+    """Mean squared difference between confidence and correctness (0 is perfect)."""
+    confidences, correct = _check(confidences, correct)
+    return float(np.mean((confidences - correct) ** 2))
+
+
+def negative_log_likelihood(confidences, correct, eps: float = 1e-12) -> float:
+    """Mean −log of the probability given to what happened: p when right, 1 − p when wrong."""
+    confidences, correct = _check(confidences, correct)
+    probability = np.where(correct == 1, confidences, 1 - confidences)
+    return float(-np.mean(np.log(np.clip(probability, eps, 1.0))))
+
+
+def calibration_report(confidences, correct, n_bins: int = 10) -> dict[str, float]:
+    """Accuracy, mean confidence, ECE, MCE, Brier score and NLL in one dict."""
+    confidences, correct = _check(confidences, correct)
+    return {
+        "accuracy": float(correct.mean()),
+        "mean confidence": float(confidences.mean()),
+        "ECE": expected_calibration_error(confidences, correct, n_bins),
+        "MCE": maximum_calibration_error(confidences, correct, n_bins),
+        "Brier": brier_score(confidences, correct),
+        "NLL": negative_log_likelihood(confidences, correct),
+    }
+
+
+def reliability_diagram(
+    confidences, correct, *, n_bins: int = 10, strategy: Strategy = "uniform", title: str = "Reliability diagram"
+) -> Figure:
+    """Accuracy per confidence bin against the diagonal, with gap bars, over a histogram of confidences."""
+    confidences, correct = _check(confidences, correct)
+    bins = calibration_bins(confidences, correct, n_bins, strategy)
+    ece = expected_calibration_error(confidences, correct, n_bins, strategy)
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(4.5, 5.5), sharex=True, height_ratios=(3, 1))
+    width = 1.0 / n_bins
+    top.bar(bins.confidence, bins.accuracy, width=width * 0.9, color="tab:blue", alpha=0.8, label="accuracy")
+    top.bar(
+        bins.confidence,
+        bins.confidence - bins.accuracy,
+        bottom=bins.accuracy,
+        width=width * 0.9,
+        color="tab:red",
+        alpha=0.3,
+        label="gap",
+    )
+    top.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+    top.set(ylabel="accuracy", ylim=(0, 1), title=f"{title}\nECE = {ece:.3f}")
+    top.legend(fontsize=8, loc="upper left")
+    bottom.hist(confidences, bins=np.linspace(0, 1, n_bins + 1), color="tab:gray")
+    bottom.set(xlabel="confidence", ylabel="answers", xlim=(0, 1))
+    figure.tight_layout()
+    return figure
+
+
+# ------------------------------------------------------------------------------------- temperature
+
+
+def _log_softmax_nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> float:
+    return float(torch.nn.functional.cross_entropy(logits / temperature, labels))
+
+
+def fit_temperature(logits, labels, *, bounds: tuple[float, float] = (0.05, 20.0), tolerance: float = 1e-5) -> float:
+    """The temperature T minimising the NLL of softmax(logits / T) on ``labels`` (golden-section search).
+
+    The NLL is convex in 1/T, so a bounded one-dimensional search finds the optimum; ``bounds`` limit T.
+    """
+    logits = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
+    labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    if logits.ndim != 2 or len(logits) != len(labels):
+        raise ValueError(f"logits must be [N, K] with one label each; got {tuple(logits.shape)} and {len(labels)}.")
+    if torch.isnan(logits).any():
+        raise ValueError("logits contains NaN.")
+    low, high = 1 / bounds[1], 1 / bounds[0]  # search over the inverse temperature
+    ratio = (math.sqrt(5) - 1) / 2
+    while high - low > tolerance:
+        left, right = high - ratio * (high - low), low + ratio * (high - low)
+        if _log_softmax_nll(logits, labels, 1 / left) < _log_softmax_nll(logits, labels, 1 / right):
+            high = right
+        else:
+            low = left
+    return float(2 / (low + high))
+
+
+def apply_temperature(logits, temperature: float) -> np.ndarray:
+    """Probabilities softmax(logits / T); the arg-max, and so the accuracy, does not change for T > 0."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}.")
+    return torch.softmax(torch.as_tensor(np.asarray(logits), dtype=torch.float64) / temperature, dim=-1).numpy()
+
+
+def accuracy_coverage(confidences, correct) -> pd.DataFrame:
+    """Answer only the most confident questions: accuracy at each coverage (share of questions answered)."""
+    confidences, correct = _check(confidences, correct)
+    order = np.argsort(-confidences, kind="stable")
+    answered = np.arange(1, len(order) + 1)
+    return pd.DataFrame(
+        {
+            "coverage": answered / len(order),
+            "accuracy": np.cumsum(correct[order]) / answered,
+            "threshold": confidences[order],
+        }
+    )
+
+
+# ------------------------------------------------------------------------------- multiple choice
+
+
+@dataclass(frozen=True)
+class MCQuestion:
+    """A question with lettered options, one of them right."""
+
+    question: str
+    options: tuple[str, ...]
+    answer: int
+
+    def __post_init__(self) -> None:
+        if not 2 <= len(self.options) <= len(LETTERS):
+            raise ValueError(f"{self.question!r}: needs 2 to {len(LETTERS)} options, got {len(self.options)}.")
+        if not 0 <= self.answer < len(self.options):
+            raise ValueError(f"{self.question!r}: answer index {self.answer} is out of range.")
+
+    def prompt(self) -> list[dict[str, str]]:
+        options = "\n".join(f"{LETTERS[i]}. {option}" for i, option in enumerate(self.options))
+        letters = ", ".join(LETTERS[: len(self.options)])
+        return [
+            {
+                "role": "user",
+                "content": f"{self.question}\n{options}\nAnswer with the letter of the correct option ({letters}).",
+            }
+        ]
+
+
+def truthfulqa_mc_questions(dataset, *, options: int = 4, seed: int = 0) -> list[MCQuestion]:
+    """TruthfulQA MC1 as lettered questions: the true answer and the first ``options − 1`` false ones, shuffled
+    with a fixed seed so the right letter is spread evenly."""
+    rng = np.random.default_rng(seed)
+    questions = []
+    for row in dataset:
+        labels = row["mc1_labels"]
+        true = [c for c, label in zip(row["mc1_choices"], labels, strict=True) if label == 1]
+        false = [c for c, label in zip(row["mc1_choices"], labels, strict=True) if label == 0][: options - 1]
+        choices = true + false
+        order = rng.permutation(len(choices))
+        questions.append(MCQuestion(row["question"], tuple(choices[i] for i in order), int(np.argmax(order == 0))))
+    return questions
+
+
+def _letter_token_ids(tokenizer: PreTrainedTokenizerBase, count: int) -> list[int]:
+    ids = []
+    for letter in LETTERS[:count]:
+        encoded = tokenizer.encode(letter, add_special_tokens=False)
+        if len(encoded) != 1:
+            raise ValueError(f"the tokenizer splits the letter {letter!r} into {len(encoded)} tokens.")
+        ids.append(encoded[0])
+    return ids
+
+
+@torch.no_grad()
+def next_token_logits(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, conversations: Sequence, *, batch_size: int = 8
+) -> torch.Tensor:
+    """Logits of the first token of the assistant's reply to each conversation, ``[N, vocab]`` on the CPU."""
+    rows = []
+    padding_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        for start in tqdm(range(0, len(conversations), batch_size), desc="scoring", unit="batch", leave=False):
+            texts = [
+                tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
+                for c in conversations[start : start + batch_size]
+            ]
+            batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+            rows.append(model(**batch, logits_to_keep=1).logits[:, -1].float().cpu())
+    finally:
+        tokenizer.padding_side = padding_side
+    return torch.cat(rows)
+
+
+def letter_logits(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, questions: Sequence[MCQuestion], *, batch_size: int = 8
+) -> np.ndarray:
+    """``[N, K]`` logits of the option letters at the answer position (all questions must have K options)."""
+    counts = {len(q.options) for q in questions}
+    if len(counts) != 1:
+        raise ValueError(f"all questions need the same number of options; got {sorted(counts)}.")
+    letters = _letter_token_ids(tokenizer, counts.pop())
+    logits = next_token_logits(model, tokenizer, [q.prompt() for q in questions], batch_size=batch_size)
+    return logits[:, letters].numpy()
+
+
+@torch.no_grad()
+def option_logits(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, questions: Sequence[MCQuestion], *, batch_size: int = 8
+) -> np.ndarray:
+    """``[N, K]`` mean log-probability of each option's text as the end of the assistant's reply
+    "The answer is: <option>" to the bare question.
+
+    The cloze-style alternative to letters: small models that cannot map knowledge to a letter often still
+    give the right answer's words a higher probability. The prefix puts the option where an answer goes (without
+    it, every option is an unlikely first word); averaging over tokens keeps long options from losing just for
+    being long; softmax over the options (with a fitted temperature) turns these into probabilities.
+    """
+    counts = {len(q.options) for q in questions}
+    if len(counts) != 1:
+        raise ValueError(f"all questions need the same number of options; got {sorted(counts)}.")
+    items = []
+    for q in questions:
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": q.question}], tokenize=False, add_generation_prompt=True
+        )
+        prompt_ids = tokenizer(prompt + ANSWER_PREFIX, add_special_tokens=False)["input_ids"]
+        for option in q.options:
+            option_ids = tokenizer(" " + option.strip(), add_special_tokens=False)["input_ids"]
+            items.append((prompt_ids + option_ids, len(option_ids)))
+    scores = []
+    for start in tqdm(range(0, len(items), batch_size), desc="scoring options", unit="batch", leave=False):
+        chunk = items[start : start + batch_size]
+        width = max(len(ids) for ids, _ in chunk)
+        ids = torch.full((len(chunk), width), tokenizer.pad_token_id)
+        mask = torch.zeros_like(ids)
+        for row, (sequence, _) in enumerate(chunk):
+            ids[row, : len(sequence)], mask[row, : len(sequence)] = torch.tensor(sequence), 1
+        log_probs = torch.log_softmax(
+            model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float(), -1
+        ).cpu()
+        for row, (sequence, length) in enumerate(chunk):
+            positions = torch.arange(len(sequence) - length - 1, len(sequence) - 1)
+            targets = torch.tensor(sequence[len(sequence) - length :])
+            scores.append(float(log_probs[row, positions, targets].mean()))
+    return np.asarray(scores).reshape(len(questions), -1)
+
+
+def p_true(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    questions: Sequence[MCQuestion],
+    proposed: Sequence[int],
+    *,
+    batch_size: int = 8,
+) -> np.ndarray:
+    """P(True) (Kadavath et al. 2022): the model judges whether a proposed option is right; its probability of
+    "True" (renormalised over True/False) is the confidence in that answer."""
+    true_false = [tokenizer.encode(word, add_special_tokens=False)[0] for word in ("True", "False")]
+    conversations = [
+        [
+            {
+                "role": "user",
+                "content": f"Question: {q.question}\nProposed answer: {q.options[choice]}\n"
+                "Is the proposed answer true or false? Answer True or False.",
+            }
+        ]
+        for q, choice in zip(questions, proposed, strict=True)
+    ]
+    logits = next_token_logits(model, tokenizer, conversations, batch_size=batch_size)[:, true_false]
+    return torch.softmax(logits.double(), dim=-1)[:, 0].numpy()
+
+
+def load_mc_questions(path) -> list[MCQuestion]:
+    """Questions from a JSONL file of ``{"question", "options": [...], "answer": index}`` lines."""
+    path = Path(path)
+    questions = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            questions.append(MCQuestion(record["question"], tuple(record["options"]), int(record["answer"])))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{path}:{number}: {error}") from error
+    return questions

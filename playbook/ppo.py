@@ -1,0 +1,494 @@
+"""RLHF with PPO: optimise a policy against a reward model, on a KL leash to a frozen reference.
+
+One PPO step, as in InstructGPT and the reproductions of Huang et al. (2024, *The N+ Implementation Details of
+RLHF with PPO: A Case Study on TL;DR Summarization*):
+
+1. **Roll out**: the policy samples a reply to each prompt of a batch; everything after the first end-of-reply
+   token is padding (masked out of every loss and statistic).
+2. **Score**: the reward model scores each reply; a reply that never ended gets ``missing_eos_penalty`` off.
+3. **Compare with the reference**: log-probabilities of the reply under the policy and the frozen reference
+   (logits divided by the sampling temperature, as when sampling). The per-token reward is
+   −β·(log π − log π_ref), with the reward model's score added at the last real token.
+4. **Advantages**: GAE(γ, λ) from those rewards and the value model's estimates (value 0 after the last real
+   token), then whitened over real tokens only.
+5. **Update**: several epochs over the batch in minibatches: the clipped policy loss, plus the clipped value loss.
+
+Dropout is off throughout (the models stay in eval mode; gradients still flow). The value model is a copy of the
+reward model, so its head starts out predicting rewards. Devices come from ``accelerate``: the same code runs on
+a CPU, one GPU, or several (``accelerate launch your_script.py``; each process takes its share of the prompts).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from playbook.config import Profile, runs_dir
+from playbook.models import write_model_atomically
+
+Messages = list[dict[str, str]]
+RewardFunction = Callable[[Sequence[Messages], Sequence[str]], Sequence[float]]
+
+
+def default_policy_dir() -> Path:
+    """Where notebook 05 saves the PPO-trained policy (notebook 09 compares its calibration): ``<runs>/ppo_policy``."""
+    return runs_dir() / "ppo_policy"
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """PPO settings. Defaults follow the published RLHF reproductions, scaled to a small model."""
+
+    steps: int = 40  # rollout-and-update rounds
+    batch_size: int = 8  # prompts per rollout
+    mini_batch_size: int = 4  # replies per gradient step
+    ppo_epochs: int = 2  # passes over each rollout batch
+    response_length: int = 24  # tokens sampled per reply at most
+    max_prompt_length: int = 128  # prompt tokens kept (from the end)
+    temperature: float = 0.7  # sampling temperature; log-probs are computed at the same temperature
+    learning_rate: float = 3e-6  # policy
+    value_learning_rate: float = 3e-5  # value model
+    kl_coef: float = 0.05  # β in −β·(log π − log π_ref)
+    gamma: float = 1.0  # discount
+    lam: float = 0.95  # GAE λ
+    clip_range: float = 0.2  # policy ratio clipping
+    clip_range_value: float = 0.2  # value clipping
+    value_coef: float = 0.1  # weight of the value loss
+    missing_eos_penalty: float = 1.0  # subtracted from the score of a reply that did not end
+    max_grad_norm: float = 1.0
+    policy_trainable_layers: int | None = None  # train only the top k decoder layers (None: every weight)
+    value_trainable_layers: int | None = None  # same for the value model; its head is always trained
+    seed: int = 0
+
+    @classmethod
+    def from_profile(cls, profile: Profile, **overrides) -> PPOConfig:
+        """Batch size, steps and reply length from a profile; anything else from ``overrides``."""
+        sizes = {
+            "steps": profile.ppo_steps,
+            "batch_size": profile.ppo_batch_size,
+            "mini_batch_size": max(1, profile.ppo_batch_size // 2),
+            "response_length": profile.ppo_response_length,
+        }
+        unknown = set(overrides) - {f.name for f in fields(cls)}
+        if unknown:
+            raise TypeError(f"Unknown PPOConfig field(s): {sorted(unknown)}.")
+        return cls(**{**sizes, **overrides})
+
+    def __post_init__(self) -> None:
+        if self.batch_size % self.mini_batch_size:
+            raise ValueError(
+                f"batch_size {self.batch_size} must be a multiple of mini_batch_size {self.mini_batch_size}."
+            )
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}.")
+
+
+# ------------------------------------------------------------------------------------ pure functions
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean of ``values`` where ``mask`` is 1 (over everything, or along ``dim``); 0 where nothing is valid."""
+    mask = mask.to(values.dtype)
+    total = (values * mask).sum() if dim is None else (values * mask).sum(dim)
+    count = mask.sum() if dim is None else mask.sum(dim)
+    return total / count.clamp(min=1)
+
+
+def masked_var(values: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
+    """Variance of the valid entries (with Bessel's correction by default)."""
+    mean = masked_mean(values, mask)
+    count = mask.sum()
+    variance = masked_mean((values - mean) ** 2, mask)
+    if unbiased and count > 1:
+        variance = variance * count / (count - 1)
+    return variance
+
+
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """Standardise ``values`` with the mean and variance of the valid entries; invalid entries become 0."""
+    mean, variance = masked_mean(values, mask), masked_var(values, mask)
+    whitened = (values - mean) * torch.rsqrt(variance + 1e-8)
+    if not shift_mean:
+        whitened = whitened + mean
+    return whitened * mask
+
+
+def compute_gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimates over ``[batch, T]`` tensors; ``mask`` is 1 on valid reply tokens.
+
+    δ_t = r_t + γ·V_{t+1} − V_t with V = 0 after the last valid token; A_t = δ_t + γλ·A_{t+1}.
+    Advantages are 0 on invalid tokens; returns = advantages + values.
+    """
+    mask = mask.to(values.dtype)
+    advantages = torch.zeros_like(values)
+    running = torch.zeros_like(values[:, 0])
+    length = values.shape[1]
+    for t in reversed(range(length)):
+        next_value = values[:, t + 1] * mask[:, t + 1] if t + 1 < length else torch.zeros_like(running)
+        next_running = running * mask[:, t + 1] if t + 1 < length else torch.zeros_like(running)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        running = (delta + gamma * lam * next_running) * mask[:, t]
+        advantages[:, t] = running
+    return advantages, advantages + values
+
+
+def policy_loss(
+    new_logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_range: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's clipped surrogate loss and the share of valid tokens where clipping was active."""
+    ratio = torch.exp(new_logprobs - old_logprobs)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)
+    return masked_mean(torch.maximum(unclipped, clipped), mask), masked_mean((clipped > unclipped).float(), mask)
+
+
+def value_loss(
+    new_values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    clip_range_value: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Half the larger of the plain and the clipped squared error, and the share of tokens where clipping won."""
+    clipped_values = old_values + torch.clamp(new_values - old_values, -clip_range_value, clip_range_value)
+    unclipped = (new_values - returns) ** 2
+    clipped = (clipped_values - returns) ** 2
+    return 0.5 * masked_mean(torch.maximum(unclipped, clipped), mask), masked_mean((clipped > unclipped).float(), mask)
+
+
+def kl_shaped_rewards(
+    logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, scores: torch.Tensor, kl_coef: float
+) -> torch.Tensor:
+    """Per-token rewards −β·(log π − log π_ref) on valid tokens, with each score added at its last valid token."""
+    mask = mask.to(logprobs.dtype)
+    rewards = -kl_coef * (logprobs - ref_logprobs) * mask
+    last = (mask.sum(1).long() - 1).clamp(min=0)
+    has_token = mask.sum(1) > 0
+    rows = torch.arange(len(scores))[has_token]
+    rewards[rows, last[has_token]] += scores[has_token].to(rewards.dtype)
+    return rewards
+
+
+def truncate_after_eos(
+    responses: torch.Tensor, eos_id: int, pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Replace everything after each reply's first ``eos_id`` with ``pad_id``.
+
+    Returns the replies, the mask of valid tokens (the end token itself counts: the policy must learn to stop),
+    and whether each reply ended at all.
+    """
+    is_eos = responses == eos_id
+    has_eos = is_eos.any(1)
+    first = torch.where(
+        has_eos, is_eos.float().argmax(1), torch.full_like(has_eos, responses.shape[1], dtype=torch.long)
+    )
+    positions = torch.arange(responses.shape[1]).unsqueeze(0)
+    mask = (positions <= first.unsqueeze(1)) & (positions < responses.shape[1])
+    return torch.where(mask, responses, torch.full_like(responses, pad_id)), mask.long(), has_eos
+
+
+def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log p(token) under ``logits`` (``[..., vocab]``), gathered for each token."""
+    return torch.gather(F.log_softmax(logits.float(), dim=-1), -1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of the distribution given by ``logits`` at each position."""
+    log_probs = F.log_softmax(logits.float(), dim=-1)
+    return -(log_probs.exp() * log_probs).sum(-1)
+
+
+# ------------------------------------------------------------------------------------------ trainer
+
+
+def train_top_layers(model: PreTrainedModel, layers: int | None) -> None:
+    """Freeze everything but the top ``layers`` decoder layers, the final norm and any classification head.
+
+    Gradients then stop at the lowest trainable layer, so a backward pass costs a fraction of a full one; with
+    ``None`` every weight trains. (Tied input and output embeddings stay frozen with the embeddings.)
+    """
+    if layers is None:
+        return
+    backbone = model.base_model
+    model.requires_grad_(False)
+    for module in [*backbone.layers[len(backbone.layers) - layers :], backbone.norm, getattr(model, "score", None)]:
+        if module is not None:
+            module.requires_grad_(True)
+
+
+@dataclass
+class Rollout:
+    """One batch of sampled replies and everything PPO needs to learn from it (``[batch, T]`` unless noted)."""
+
+    query: torch.Tensor  # [batch, Lq], left-padded
+    query_mask: torch.Tensor
+    response: torch.Tensor
+    mask: torch.Tensor
+    logprobs: torch.Tensor
+    ref_logprobs: torch.Tensor
+    values: torch.Tensor
+    scores: torch.Tensor  # [batch]
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    texts: list[str]
+
+
+class PPOTrainer:
+    """PPO for a chat policy. ``reward_model`` is a :class:`playbook.reward.RewardModel` or any function
+    ``(prompts, replies) -> scores``; ``value_model`` is a one-output sequence-classification model whose head
+    is applied at every token."""
+
+    def __init__(
+        self,
+        policy: PreTrainedModel,
+        ref_policy: PreTrainedModel,
+        reward_model,
+        value_model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        prompts: Sequence[Messages],
+        config: PPOConfig | None = None,
+        accelerator: Accelerator | None = None,
+    ) -> None:
+        self.config = config or PPOConfig()
+        if not prompts:
+            raise ValueError("prompts: need at least one prompt.")
+        self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+        self.tokenizer = tokenizer
+        self.prompts = list(prompts)[self.accelerator.process_index :: self.accelerator.num_processes]
+        self.score_fn = reward_model.score_batch if hasattr(reward_model, "score_batch") else reward_model
+        torch.manual_seed(self.config.seed)
+        ref_policy.requires_grad_(False)
+        train_top_layers(policy, self.config.policy_trainable_layers)
+        train_top_layers(value_model, self.config.value_trainable_layers)
+        self.ref_policy = ref_policy.eval().to(self.accelerator.device)
+        self.optimizer = torch.optim.AdamW(
+            [
+                {"params": [p for p in policy.parameters() if p.requires_grad], "lr": self.config.learning_rate},
+                {
+                    "params": [p for p in value_model.parameters() if p.requires_grad],
+                    "lr": self.config.value_learning_rate,
+                },
+            ],
+            eps=1e-5,
+        )
+        self.policy, self.value_model, self.optimizer = self.accelerator.prepare(
+            policy.eval(), value_model.eval(), self.optimizer
+        )
+        self.eos_id, self.pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+        self._order = np.random.default_rng(self.config.seed).permutation(len(self.prompts))
+        self._cursor = 0
+
+    # ---- model calls
+
+    def _encode_prompts(self, prompts: Sequence[Messages]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = []
+        for messages in prompts:
+            ids = self.tokenizer.apply_chat_template(
+                messages, tokenize=True, add_generation_prompt=True, return_dict=False
+            )
+            rows.append(list(ids)[-self.config.max_prompt_length :])
+        width = max(len(r) for r in rows)
+        query = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(query)
+        for i, row in enumerate(rows):
+            query[i, width - len(row) :] = torch.tensor(row)
+            mask[i, width - len(row) :] = 1
+        return query.to(self.accelerator.device), mask.to(self.accelerator.device)
+
+    @torch.no_grad()
+    def _sample(self, query: torch.Tensor, query_mask: torch.Tensor, *, greedy: bool = False) -> torch.Tensor:
+        policy = self.accelerator.unwrap_model(self.policy)
+        sampling = (
+            {"do_sample": False}
+            if greedy
+            else {"do_sample": True, "temperature": self.config.temperature, "top_k": 0, "top_p": 1.0}
+        )
+        output = policy.generate(
+            input_ids=query,
+            attention_mask=query_mask,
+            max_new_tokens=self.config.response_length,
+            eos_token_id=self.eos_id,
+            pad_token_id=self.pad_id,
+            **sampling,
+        )
+        response = output[:, query.shape[1] :]
+        if response.shape[1] < self.config.response_length:  # every reply ended early
+            response = F.pad(response, (0, self.config.response_length - response.shape[1]), value=self.pad_id)
+        return response
+
+    def _forward(self, model, query, query_mask, response, mask, *, values: bool = False) -> torch.Tensor:
+        """Per-reply-token log-probs (or values) for the concatenated query + response."""
+        ids = torch.cat([query, response], dim=1)
+        attention = torch.cat([query_mask, mask], dim=1)
+        positions = (attention.cumsum(1) - 1).clamp(min=0)
+        start = query.shape[1] - 1
+        if values:
+            backbone = self.accelerator.unwrap_model(model).base_model
+            head = self.accelerator.unwrap_model(model).score
+            hidden = backbone(input_ids=ids, attention_mask=attention, position_ids=positions).last_hidden_state
+            return head(hidden[:, start:-1]).squeeze(-1).float()
+        keep = response.shape[1] + 1  # only the positions that predict reply tokens need the vocabulary
+        logits = model(input_ids=ids, attention_mask=attention, position_ids=positions, logits_to_keep=keep).logits
+        logits = logits[:, :-1] / self.config.temperature
+        return logprobs_from_logits(logits, response), entropy_from_logits(logits)
+
+    def _next_prompts(self) -> list[Messages]:
+        batch = []
+        for _ in range(self.config.batch_size):
+            if self._cursor == len(self._order):
+                self._cursor = 0
+            batch.append(self.prompts[self._order[self._cursor]])
+            self._cursor += 1
+        return batch
+
+    # ---- one PPO step
+
+    @torch.no_grad()
+    def rollout(self, prompts: Sequence[Messages]) -> Rollout:
+        """Sample replies to ``prompts`` and compute scores, log-probs, values, rewards and advantages."""
+        query, query_mask = self._encode_prompts(prompts)
+        response, mask, has_eos = truncate_after_eos(self._sample(query, query_mask).cpu(), self.eos_id, self.pad_id)
+        response, mask = response.to(query.device), mask.to(query.device)
+        texts = [t.strip() for t in self.tokenizer.batch_decode(response, skip_special_tokens=True)]
+        scores = torch.tensor(list(self.score_fn(prompts, texts)), dtype=torch.float32)
+        scores = scores - self.config.missing_eos_penalty * (~has_eos).float()
+        scores = scores.to(query.device)
+        logprobs, _ = self._forward(self.policy, query, query_mask, response, mask)
+        ref_logprobs, _ = self._forward(self.ref_policy, query, query_mask, response, mask)
+        values = self._forward(self.value_model, query, query_mask, response, mask, values=True)
+        rewards = kl_shaped_rewards(logprobs, ref_logprobs, mask, scores, self.config.kl_coef)
+        advantages, returns = compute_gae(rewards, values, mask, self.config.gamma, self.config.lam)
+        advantages = masked_whiten(advantages, mask)
+        return Rollout(
+            query, query_mask, response, mask, logprobs, ref_logprobs, values, scores, advantages, returns, texts
+        )
+
+    def update(self, batch: Rollout) -> dict[str, float]:
+        """Several PPO epochs over one rollout; returns the mean losses and clip fractions."""
+        config, logs = self.config, []
+        generator = torch.Generator().manual_seed(config.seed + self._cursor)
+        for _ in range(config.ppo_epochs):
+            for rows in torch.randperm(config.batch_size, generator=generator).split(config.mini_batch_size):
+                rows = rows.to(batch.query.device)
+                pick = (batch.query[rows], batch.query_mask[rows], batch.response[rows], batch.mask[rows])
+                new_logprobs, entropy = self._forward(self.policy, *pick)
+                new_values = self._forward(self.value_model, *pick, values=True)
+                pg_loss, pg_clip = policy_loss(
+                    new_logprobs, batch.logprobs[rows], batch.advantages[rows], batch.mask[rows], config.clip_range
+                )
+                vf_loss, vf_clip = value_loss(
+                    new_values, batch.values[rows], batch.returns[rows], batch.mask[rows], config.clip_range_value
+                )
+                loss = pg_loss + config.value_coef * vf_loss
+                self.optimizer.zero_grad()
+                self.accelerator.backward(loss)
+                self.accelerator.clip_grad_norm_(
+                    [p for group in self.optimizer.param_groups for p in group["params"]], config.max_grad_norm
+                )
+                self.optimizer.step()
+                with torch.no_grad():
+                    approx_kl = masked_mean(0.5 * (new_logprobs - batch.logprobs[rows]) ** 2, batch.mask[rows])
+                logs.append(
+                    {
+                        "policy_loss": pg_loss.item(),
+                        "value_loss": vf_loss.item(),
+                        "policy_clipfrac": pg_clip.item(),
+                        "value_clipfrac": vf_clip.item(),
+                        "entropy": masked_mean(entropy, batch.mask[rows]).item(),
+                        "approx_kl": approx_kl.item(),
+                    }
+                )
+        return pd.DataFrame(logs).mean().to_dict()
+
+    def step(self) -> dict[str, float]:
+        """One rollout and update; returns the step's statistics."""
+        start = time.perf_counter()
+        batch = self.rollout(self._next_prompts())
+        log_ratio = (batch.logprobs - batch.ref_logprobs) * batch.mask
+        kl = log_ratio.sum(1)
+        k3 = ((torch.exp(-log_ratio) - 1 + log_ratio) * batch.mask).sum(1)  # ≥ 0, unbiased for KL(π‖π_ref)
+        stats = {
+            "score": self.accelerator.gather(batch.scores).mean().item(),
+            "kl": self.accelerator.gather(kl).mean().item(),
+            "kl_k3": self.accelerator.gather(k3).mean().item(),
+            "response_length": self.accelerator.gather(batch.mask.sum(1).float()).mean().item(),
+        }
+        stats["rlhf_reward"] = stats["score"] - self.config.kl_coef * stats["kl"]
+        stats |= self.update(batch)
+        stats["seconds"] = time.perf_counter() - start
+        return stats
+
+    def train(self, steps: int | None = None) -> pd.DataFrame:
+        """Run ``steps`` (default ``config.steps``) PPO steps with a progress bar; one history row per step."""
+        rows = []
+        bar = tqdm(
+            range(steps or self.config.steps), desc="PPO", unit="step", disable=not self.accelerator.is_main_process
+        )
+        for number in bar:
+            rows.append({"step": number + 1, **self.step()})
+            bar.set_postfix(score=f"{rows[-1]['score']:.2f}", kl=f"{rows[-1]['kl']:.2f}")
+        return pd.DataFrame(rows)
+
+    @torch.no_grad()
+    def respond(self, prompts: Sequence[Messages], *, greedy: bool = True) -> list[str]:
+        """The policy's current replies (greedy by default), truncated at the end token."""
+        replies = []
+        for start in range(0, len(prompts), self.config.batch_size):
+            query, query_mask = self._encode_prompts(prompts[start : start + self.config.batch_size])
+            response, _, _ = truncate_after_eos(
+                self._sample(query, query_mask, greedy=greedy).cpu(), self.eos_id, self.pad_id
+            )
+            replies += [t.strip() for t in self.tokenizer.batch_decode(response, skip_special_tokens=True)]
+        return replies
+
+    def save_policy(self, path: str | os.PathLike | None = None) -> Path:
+        """Save the trained policy atomically (default :func:`default_policy_dir`)."""
+        folder = Path(path) if path is not None else default_policy_dir()
+        policy = self.accelerator.unwrap_model(self.policy)
+        if self.accelerator.is_main_process:
+            write_model_atomically(policy, self.tokenizer, folder, source="playbook.ppo", replace=True)
+            (folder / "ppo_config.json").write_text(pd.Series(asdict(self.config)).to_json())
+        return folder
+
+
+def score_spread(scores: Sequence[float]) -> tuple[float, float]:
+    """Mean and standard deviation of a list of scores (the unit in which PPO's gain is reported)."""
+    values = np.asarray(scores, dtype=float)
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else math.nan
+
+
+def plot_history(history: pd.DataFrame, *, title: str = "PPO"):
+    """Reward-model score, KL to the reference, and their combination (score − β·KL), per step."""
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 3, figsize=(12, 3.3))
+    panels = (
+        ("score", "reward-model score (mean)"),
+        ("kl", "KL(π ‖ π_ref) per reply (nats)"),
+        ("rlhf_reward", "score − β·KL"),
+    )
+    for axis, (column, label) in zip(axes, panels, strict=True):
+        axis.plot(history["step"], history[column], marker=".", alpha=0.5)
+        axis.plot(history["step"], history[column].rolling(5, min_periods=1).mean(), linewidth=2)
+        axis.set(title=label, xlabel="step")
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure

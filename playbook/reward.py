@@ -1,0 +1,534 @@
+"""Reward models: learn a scalar score that predicts which of two replies a person preferred.
+
+A reward model is the language model's backbone with a one-output head: it reads the whole conversation and
+returns r(prompt, reply). Training uses the Bradley–Terry loss, −log σ(r(chosen) − r(rejected)), so only the
+*difference* of two rewards means anything.
+
+Three ways to train it (``method=``), all producing the same kind of model (a transformers
+``...ForSequenceClassification`` folder that :meth:`RewardModel.load` and PPO read):
+
+- ``"head"``: keep the backbone frozen and train only the linear head. The backbone's features of every
+  conversation are computed once (in resumable chunks) and the head is fitted on them with an L2 penalty
+  chosen on a validation split, so every pair is read by the model once. ``layers`` can keep just the lower
+  part of the backbone: cheaper, and on SmolLM2-135M middle layers separate hh-rlhf pairs at least as well as
+  the top one (see ``benchmarks/reward_cpu.py``). This is what a CPU can afford.
+- ``"lora"``: TRL's ``RewardTrainer`` with LoRA adapters (peft) on the attention projections plus the head.
+- ``"full"``: TRL's ``RewardTrainer`` updating every weight.
+
+Conversations are encoded with the chat template and truncated from the **front**, because the two replies
+differ at the end. The reward is read at the ``<|im_end|>`` token that closes the reply; the model gets its own
+padding token so that this token is never mistaken for padding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from datasets import Dataset
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from playbook.config import Profile, get_profile, runs_dir
+from playbook.models import load_model, write_model_atomically
+
+Method = Literal["head", "lora", "full"]
+Messages = list[dict[str, str]]
+REQUIRED_COLUMNS = ("prompt", "chosen", "rejected")
+L2_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
+
+
+def default_reward_dir() -> Path:
+    """Where notebook 04 saves its reward model and notebook 05 looks for it: ``<runs>/reward_model``."""
+    return runs_dir() / "reward_model"
+
+
+# ------------------------------------------------------------------------------------------ encoding
+
+
+def encode_conversation(tokenizer: PreTrainedTokenizerBase, messages: Messages, max_length: int) -> list[int]:
+    """Token ids of a conversation (chat template), ending at the reply's ``<|im_end|>``, keeping the last tokens."""
+    ids = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False)
+    if isinstance(ids, dict):
+        ids = ids["input_ids"]
+    ids = list(ids)
+    while ids and ids[-1] != tokenizer.eos_token_id and tokenizer.decode(ids[-1:]).strip() == "":
+        ids.pop()  # the template's newline after the closing token
+    return ids[-max_length:]
+
+
+def check_preference_dataset(dataset: Dataset, name: str = "dataset") -> None:
+    """Raise ``ValueError`` naming the column or row when ``dataset`` is not usable preference data."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in dataset.column_names]
+    if missing:
+        raise ValueError(
+            f"{name}: missing column(s) {missing}; expected TRL's conversational preference format "
+            "(prompt / chosen / rejected message lists), as load_hh_rlhf returns."
+        )
+    if len(dataset) == 0:
+        raise ValueError(f"{name}: no pairs.")
+    for index, row in enumerate(dataset):
+        for column in ("chosen", "rejected"):
+            messages = row[column]
+            if not messages or not str(messages[-1].get("content", "")).strip():
+                raise ValueError(f"{name}[{index}]: empty {column} response.")
+
+
+def tokenize_pairs(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Dataset:
+    """``chosen_ids`` / ``rejected_ids`` for each pair (the pre-tokenized format ``RewardTrainer`` accepts)."""
+    check_preference_dataset(dataset)
+    return Dataset.from_dict(
+        {
+            "chosen_ids": [encode_conversation(tokenizer, r["prompt"] + r["chosen"], max_length) for r in dataset],
+            "rejected_ids": [encode_conversation(tokenizer, r["prompt"] + r["rejected"], max_length) for r in dataset],
+        }
+    )
+
+
+def give_distinct_pad_token(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | None = None) -> None:
+    """Make the padding token differ from end-of-sequence (SmolLM2 uses ``<|im_end|>`` for both).
+
+    A sequence-classification model reads the last non-padding token; if padding and ``<|im_end|>`` are the
+    same id, the token that closes the reply would count as padding. Uses the unknown token when there is one.
+    """
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+        pass
+    elif tokenizer.unk_token is not None and tokenizer.unk_token_id != tokenizer.eos_token_id:
+        tokenizer.pad_token = tokenizer.unk_token
+    else:
+        tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+        if model is not None:
+            model.resize_token_embeddings(len(tokenizer))
+    if model is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+
+
+def pad_right(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id lists as one right-padded batch, with its attention mask."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        ids[row, : len(sequence)] = torch.tensor(sequence)
+        mask[row, : len(sequence)] = 1
+    return ids, mask
+
+
+# --------------------------------------------------------------------------------------- the model
+
+
+class RewardModel:
+    """A trained reward model with the tokenizer and truncation it was trained with."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
+        self.model, self.tokenizer, self.max_length = model.eval(), tokenizer, max_length
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None, *, device: str | None = None) -> RewardModel:
+        """Load a saved reward model (default: the one notebook 04 saved, :func:`default_reward_dir`)."""
+        folder = Path(path) if path is not None else default_reward_dir()
+        settings = folder / "reward_settings.json"
+        if not settings.is_file():
+            raise FileNotFoundError(
+                f"No reward model in {folder}: run notebooks/04_reward_model.ipynb, or call "
+                "train_reward_model(...), which saves one there."
+            )
+        model, tokenizer = load_model(folder, task="reward", device=device)
+        return cls(model, tokenizer, json.loads(settings.read_text())["max_length"])
+
+    def save(self, path: str | os.PathLike, *, extra: dict | None = None) -> Path:
+        """Save atomically (a crash leaves the previous copy intact) with the settings needed to reload it."""
+        folder = Path(path)
+        self.model.config.playbook_reward = {"max_length": self.max_length, **(extra or {})}
+        write_model_atomically(self.model, self.tokenizer, folder, source="playbook.reward", replace=True)
+        (folder / "reward_settings.json").write_text(json.dumps({"max_length": self.max_length, **(extra or {})}))
+        return folder
+
+    @torch.no_grad()
+    def score_batch(
+        self, prompts: Sequence[Messages], responses: Sequence[str], *, batch_size: int = 16
+    ) -> list[float]:
+        """Rewards of each (prompt messages, reply text)."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses.")
+        conversations = [
+            list(p) + [{"role": "assistant", "content": r}] for p, r in zip(prompts, responses, strict=True)
+        ]
+        return self.score_conversations(conversations, batch_size=batch_size)
+
+    def score(self, prompt: Messages, response: str) -> float:
+        """The reward of one reply to one prompt."""
+        return self.score_batch([prompt], [response])[0]
+
+    @torch.no_grad()
+    def score_conversations(self, conversations: Sequence[Messages], *, batch_size: int = 16) -> list[float]:
+        """Rewards of whole conversations ending with the assistant reply being judged."""
+        encoded = [encode_conversation(self.tokenizer, c, self.max_length) for c in conversations]
+        return score_token_ids(self.model, encoded, self.tokenizer.pad_token_id, batch_size=batch_size)
+
+
+@torch.no_grad()
+def score_token_ids(
+    model: PreTrainedModel, encoded: Sequence[Sequence[int]], pad_id: int, *, batch_size: int = 16
+) -> list[float]:
+    """Rewards of already-encoded conversations, batched by length so little time goes on padding."""
+    order = np.argsort([len(e) for e in encoded], kind="stable")
+    rewards = np.zeros(len(encoded))
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        ids, mask = pad_right([encoded[i] for i in rows], pad_id)
+        rewards[rows] = (
+            model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device))
+            .logits[:, 0]
+            .float()
+            .cpu()
+            .numpy()
+        )
+    return rewards.tolist()
+
+
+def reward_margins(reward_model: RewardModel, dataset: Dataset, *, batch_size: int = 16) -> np.ndarray:
+    """r(chosen) − r(rejected) for every pair of a preference dataset."""
+    check_preference_dataset(dataset)
+    chosen = reward_model.score_conversations([r["prompt"] + r["chosen"] for r in dataset], batch_size=batch_size)
+    rejected = reward_model.score_conversations([r["prompt"] + r["rejected"] for r in dataset], batch_size=batch_size)
+    return np.asarray(chosen) - np.asarray(rejected)
+
+
+def pairwise_accuracy(reward_model: RewardModel, dataset: Dataset, *, batch_size: int = 16) -> float:
+    """Share of pairs where the reward model scores the chosen reply higher (a tie counts as half)."""
+    margins = reward_margins(reward_model, dataset, batch_size=batch_size)
+    return float(((margins > 0) + 0.5 * (margins == 0)).mean())
+
+
+# ------------------------------------------------------------------------------------------ training
+
+
+@dataclass
+class TrainingResult:
+    """What :func:`train_reward_model` returns: the model, its folder, the per-step history, the wall time, and
+    r(chosen) − r(rejected) on the evaluation pairs before (fresh head) and after training."""
+
+    reward_model: RewardModel
+    path: Path
+    history: pd.DataFrame
+    seconds: float
+    eval_margins_before: np.ndarray | None = None
+    eval_margins_after: np.ndarray | None = None
+
+
+def train_reward_model(
+    train_dataset: Dataset,
+    *,
+    eval_dataset: Dataset | None = None,
+    base: str | os.PathLike | None = None,
+    profile: Profile | None = None,
+    method: Method | None = None,
+    output_dir: str | os.PathLike | None = None,
+    resume: bool = True,
+    seed: int = 0,
+) -> TrainingResult:
+    """Train a reward model on preference pairs and save it to ``output_dir`` (default :func:`default_reward_dir`).
+
+    ``base`` is the backbone (default: the embedded model); ``method`` defaults to the profile's
+    ``rm_method``; sizes come from ``profile`` (``rm_max_length``, ``rm_batch_size``, ``rm_steps``,
+    ``rm_layers``, ``rm_lora_rank``). With ``resume`` an interrupted run continues from its last checkpoint
+    (``<output_dir>-checkpoints``); the finished model replaces the previous one only once it is complete.
+    """
+    profile = profile or get_profile()
+    method = method or profile.rm_method
+    if method not in ("head", "lora", "full"):
+        raise ValueError(f"method={method!r}: use 'head', 'lora' or 'full'.")
+    check_preference_dataset(train_dataset, "train_dataset")
+    if eval_dataset is not None:
+        check_preference_dataset(eval_dataset, "eval_dataset")
+    output_dir = Path(output_dir) if output_dir is not None else default_reward_dir()
+    torch.manual_seed(seed)
+    model, tokenizer = load_model(base, task="reward", device="cpu" if method == "head" else None)
+    give_distinct_pad_token(tokenizer, model)
+    if profile.rm_layers < model.config.num_hidden_layers:
+        keep_lower_layers(model, profile.rm_layers)
+    train = tokenize_pairs(train_dataset, tokenizer, profile.rm_max_length)
+    evaluation = tokenize_pairs(eval_dataset, tokenizer, profile.rm_max_length) if eval_dataset is not None else None
+    fingerprint = _fingerprint(method, profile, base, seed, train)
+    checkpoints = _checkpoint_dir(output_dir, fingerprint, resume)
+    start = time.perf_counter()
+    if method == "head":
+        history, margins = _fit_head(model, tokenizer, train, evaluation, profile, checkpoints, seed)
+    else:
+        before = _eval_margins(model, evaluation, tokenizer.pad_token_id, profile.rm_batch_size)
+        model, history = _train_with_trl(model, tokenizer, train, evaluation, method, profile, checkpoints, seed)
+        margins = (before, _eval_margins(model, evaluation, tokenizer.pad_token_id, profile.rm_batch_size))
+    seconds = time.perf_counter() - start
+    reward_model = RewardModel(model.eval(), tokenizer, profile.rm_max_length)
+    reward_model.save(output_dir, extra={"method": method, "layers": model.config.num_hidden_layers})
+    history.to_csv(output_dir / "history.csv", index=False)
+    return TrainingResult(reward_model, output_dir, history, seconds, *margins)
+
+
+def _eval_margins(model, evaluation: Dataset | None, pad_id: int, batch_size: int) -> np.ndarray | None:
+    if evaluation is None:
+        return None
+    chosen = score_token_ids(model.eval(), evaluation["chosen_ids"], pad_id, batch_size=batch_size)
+    rejected = score_token_ids(model, evaluation["rejected_ids"], pad_id, batch_size=batch_size)
+    return np.asarray(chosen) - np.asarray(rejected)
+
+
+def keep_lower_layers(model: PreTrainedModel, layers: int) -> None:
+    """Drop every decoder layer above the first ``layers`` (the final norm and head then read that layer)."""
+    backbone = model.base_model
+    backbone.layers = backbone.layers[:layers]
+    model.config.num_hidden_layers = layers
+    if hasattr(model.config, "layer_types") and model.config.layer_types is not None:
+        model.config.layer_types = model.config.layer_types[:layers]
+
+
+def _fingerprint(method: str, profile: Profile, base, seed: int, train: Dataset) -> str:
+    digest = hashlib.sha256()
+    settings = (method, profile.rm_max_length, profile.rm_batch_size, profile.rm_steps, profile.rm_layers)
+    digest.update(repr((settings, profile.rm_lora_rank, str(base), seed)).encode())
+    for column in ("chosen_ids", "rejected_ids"):
+        digest.update(repr(train[column]).encode())
+    return digest.hexdigest()[:16]
+
+
+def _checkpoint_dir(output_dir: Path, fingerprint: str, resume: bool) -> Path:
+    """``<output_dir>-checkpoints`` beside the model, checked to belong to this run; an unrelated or unwanted
+    one is renamed (``...-set-aside-<time>``), never deleted."""
+    folder = output_dir.with_name(f"{output_dir.name}-checkpoints")
+    stamp = folder / "run.json"
+    if folder.exists() and (not resume or not stamp.is_file() or json.loads(stamp.read_text()) != fingerprint):
+        folder.rename(folder.with_name(f"{folder.name}-set-aside-{time.strftime('%Y%m%d-%H%M%S')}"))
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(fingerprint))
+    return folder
+
+
+# ---- method "head": features once, then a regularised Bradley–Terry fit
+
+
+@torch.no_grad()
+def backbone_features(
+    model: PreTrainedModel,
+    encoded: Sequence[Sequence[int]],
+    pad_id: int,
+    *,
+    batch_size: int,
+    cache_dir: Path | None = None,
+    description: str = "features",
+) -> torch.Tensor:
+    """The vector the head reads (last real token after the final norm) for every encoded conversation.
+
+    With ``cache_dir``, finished chunks are saved as they complete, so an interrupted extraction resumes.
+    """
+    order = np.argsort([len(e) for e in encoded], kind="stable")
+    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    features = torch.zeros(len(encoded), model.config.hidden_size)
+    for number, rows in enumerate(tqdm(chunks, desc=description, unit="batch")):
+        saved = cache_dir / f"{description}-{number:05d}.pt" if cache_dir else None
+        if saved is not None and saved.is_file():
+            features[rows] = torch.load(saved)
+            continue
+        ids, mask = pad_right([encoded[i] for i in rows], pad_id)
+        hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+        chunk = hidden[torch.arange(len(rows)), mask.sum(1) - 1].float()
+        features[rows] = chunk
+        if saved is not None:
+            torch.save(chunk, saved.with_suffix(".tmp"))
+            saved.with_suffix(".tmp").rename(saved)
+    return features
+
+
+def fit_bradley_terry_head(
+    chosen: torch.Tensor,
+    rejected: torch.Tensor,
+    *,
+    l2: float,
+    steps: int = 300,
+    eval_pairs: tuple[torch.Tensor, torch.Tensor] | None = None,
+    seed: int = 0,
+) -> tuple[torch.Tensor, pd.DataFrame]:
+    """A linear reward w·x minimising mean −log σ(w·(x_c − x_r)) + l2/2·‖w‖² on standardised features.
+
+    Returns ``w`` for the raw features (the standardisation folded in) and a history with the loss and the
+    training (and evaluation) accuracy every 10 steps.
+    """
+    torch.manual_seed(seed)
+    both = torch.cat([chosen, rejected])
+    scale = both.std(0) + 1e-6
+    difference = (chosen - rejected) / scale
+    weight = torch.zeros(difference.shape[1], requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight], lr=1, max_iter=10, line_search_fn="strong_wolfe")
+    rows = []
+
+    def penalised_loss() -> torch.Tensor:
+        return -torch.nn.functional.logsigmoid(difference @ weight).mean() + 0.5 * l2 * weight.pow(2).sum()
+
+    def objective() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = penalised_loss()
+        loss.backward()
+        return loss
+
+    for step in range(0, steps + 1, 10):
+        if step:
+            optimizer.step(objective)
+        with torch.no_grad():
+            row = {
+                "step": step,
+                "loss": float(penalised_loss()),
+                "accuracy": _accuracy(difference @ weight),
+            }
+            if eval_pairs is not None:
+                row["eval_accuracy"] = _accuracy(((eval_pairs[0] - eval_pairs[1]) / scale) @ weight)
+        rows.append(row)
+    return (weight / scale).detach(), pd.DataFrame(rows)
+
+
+def _accuracy(margins: torch.Tensor) -> float:
+    return float(((margins > 0).float() + 0.5 * (margins == 0).float()).mean())
+
+
+def _fit_head(model, tokenizer, train, evaluation, profile, checkpoints, seed):
+    pad, size = tokenizer.pad_token_id, profile.rm_batch_size * 2
+    feats = {
+        side: backbone_features(
+            model, train[f"{side}_ids"], pad, batch_size=size, cache_dir=checkpoints, description=f"train-{side}"
+        )
+        for side in ("chosen", "rejected")
+    }
+    held_out = None
+    if evaluation is not None:
+        held_out = tuple(
+            backbone_features(
+                model,
+                evaluation[f"{side}_ids"],
+                pad,
+                batch_size=size,
+                cache_dir=checkpoints,
+                description=f"eval-{side}",
+            )
+            for side in ("chosen", "rejected")
+        )
+    l2 = choose_l2(feats["chosen"], feats["rejected"], seed=seed)
+    weight, history = fit_bradley_terry_head(
+        feats["chosen"], feats["rejected"], l2=l2, steps=profile.rm_steps, eval_pairs=held_out, seed=seed
+    )
+    margins = (None, None)
+    if held_out is not None:
+        difference = held_out[0] - held_out[1]
+        margins = ((difference @ model.score.weight.data[0].float()).numpy(), (difference @ weight).numpy())
+    model.score.weight.data = weight.reshape(1, -1).to(model.score.weight.dtype)
+    history["l2"] = l2
+    return history, margins
+
+
+def choose_l2(chosen: torch.Tensor, rejected: torch.Tensor, *, seed: int = 0, grid: Sequence[float] = L2_GRID) -> float:
+    """The L2 strength with the best accuracy on a held-out fifth of the training pairs."""
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(chosen), generator=generator)
+    cut = max(1, len(order) // 5)
+    valid, fit = order[:cut], order[cut:]
+    scores = []
+    for l2 in grid:
+        _, history = fit_bradley_terry_head(
+            chosen[fit], rejected[fit], l2=l2, steps=100, eval_pairs=(chosen[valid], rejected[valid]), seed=seed
+        )
+        scores.append(history["eval_accuracy"].iloc[-1])
+    return float(grid[int(np.argmax(scores))])
+
+
+# ---- methods "lora" and "full": TRL's RewardTrainer
+
+
+def _train_with_trl(model, tokenizer, train, evaluation, method, profile, checkpoints, seed):
+    from trl import RewardConfig, RewardTrainer
+
+    if method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        rank = profile.rm_lora_rank
+        adapters = LoraConfig(
+            task_type="SEQ_CLS",
+            r=rank,
+            lora_alpha=2 * rank,
+            lora_dropout=0.0,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+            modules_to_save=["score"],
+        )
+        model = get_peft_model(model, adapters)
+    steps = profile.rm_steps
+    args = RewardConfig(
+        output_dir=str(checkpoints),
+        max_steps=steps,
+        per_device_train_batch_size=profile.rm_batch_size,
+        per_device_eval_batch_size=profile.rm_batch_size,
+        learning_rate=1e-4 if method == "lora" else 1e-5,
+        lr_scheduler_type="constant",
+        max_length=None,  # already truncated from the front; TRL would drop longer pairs instead
+        bf16=False,
+        gradient_checkpointing=False,
+        logging_steps=max(1, steps // 20),
+        save_steps=max(1, steps // 4),
+        save_total_limit=2,
+        eval_strategy="steps" if evaluation is not None else "no",
+        eval_steps=max(1, steps // 4),
+        report_to="none",
+        seed=seed,
+        data_seed=seed,
+        dataloader_num_workers=0,
+    )
+    trainer = RewardTrainer(
+        model=model, args=args, train_dataset=train, eval_dataset=evaluation, processing_class=tokenizer
+    )
+    has_checkpoint = any(checkpoints.glob("checkpoint-*"))
+    trainer.train(resume_from_checkpoint=True if has_checkpoint else None)
+    history = pd.DataFrame(trainer.state.log_history)
+    if method == "lora":
+        model = model.merge_and_unload()
+    return model, history
+
+
+# ------------------------------------------------------------------------------------------ plots
+
+
+def plot_history(history: pd.DataFrame):
+    """Training loss, and training and evaluation accuracy, against the optimisation step."""
+    import matplotlib.pyplot as plt
+
+    figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 3.5))
+    rows = history.dropna(subset=["loss"]) if "loss" in history else history
+    loss_axis.plot(rows["step"], rows["loss"], marker=".")
+    loss_axis.set(title="Bradley–Terry loss (training pairs)", xlabel="step", ylabel="loss")
+    for column, label in (("accuracy", "training pairs"), ("eval_accuracy", "held-out pairs")):
+        if column in history:
+            points = history.dropna(subset=[column])
+            accuracy_axis.plot(points["step"], points[column], marker=".", label=label)
+    accuracy_axis.axhline(0.5, color="k", linestyle="--", linewidth=1)
+    accuracy_axis.set(title="Pairwise accuracy", xlabel="step", ylabel="accuracy", ylim=(0.4, 1.0))
+    accuracy_axis.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def plot_margins(before: np.ndarray, after: np.ndarray):
+    """Histograms of r(chosen) − r(rejected) on held-out pairs, before and after training."""
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for axis, margins, title in ((axes[0], before, "before training (fresh head)"), (axes[1], after, "after training")):
+        axis.hist(margins, bins=30, color="tab:blue", alpha=0.8)
+        axis.axvline(0, color="k", linewidth=1)
+        share = ((margins > 0) + 0.5 * (margins == 0)).mean()
+        axis.set(title=f"{title}: {share:.1%} of pairs > 0", xlabel="r(chosen) − r(rejected)", ylabel="pairs")
+    figure.tight_layout()
+    return figure

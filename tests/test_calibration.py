@@ -1,0 +1,157 @@
+import numpy as np
+import pytest
+import torch
+from sklearn.calibration import calibration_curve
+from torchmetrics.functional.classification import binary_calibration_error
+
+from playbook.calibration import (
+    MCQuestion,
+    accuracy_coverage,
+    apply_temperature,
+    brier_score,
+    calibration_bins,
+    calibration_report,
+    expected_calibration_error,
+    fit_temperature,
+    load_mc_questions,
+    maximum_calibration_error,
+    negative_log_likelihood,
+    reliability_diagram,
+    truthfulqa_mc_questions,
+)
+from playbook.data import BUNDLED_DATA_DIR
+
+
+def random_answers(seed=0, n=2000):
+    rng = np.random.default_rng(seed)
+    confidences = rng.uniform(0.05, 0.999, n)
+    correct = (rng.uniform(size=n) < confidences**1.5).astype(int)  # overconfident on purpose
+    return confidences, correct
+
+
+def test_perfectly_calibrated_bins_give_zero():
+    confidences = np.repeat([0.25, 0.75], 4)
+    correct = np.array([1, 0, 0, 0, 1, 1, 1, 0])
+    assert expected_calibration_error(confidences, correct) == pytest.approx(0.0)
+    assert maximum_calibration_error(confidences, correct) == pytest.approx(0.0)
+
+
+def test_confident_and_always_wrong():
+    confidences, correct = np.full(5, 0.9), np.zeros(5)
+    assert expected_calibration_error(confidences, correct) == pytest.approx(0.9)
+    assert brier_score(confidences, correct) == pytest.approx(0.81)
+    assert negative_log_likelihood(confidences, correct) == pytest.approx(-np.log(0.1))
+
+
+def test_empty_bins_are_skipped():
+    bins = calibration_bins([0.05, 0.95], [0, 1], n_bins=10)
+    assert bins.count.tolist() == [1, 1] and bins.accuracy.tolist() == [0.0, 1.0]
+    assert expected_calibration_error([0.05, 0.95], [0, 1]) == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize("strategy", ["uniform", "quantile"])
+def test_bins_agree_with_scikit_learn(strategy):
+    confidences, correct = random_answers()
+    expected_true, expected_pred = calibration_curve(correct, confidences, n_bins=10, strategy=strategy)
+    bins = calibration_bins(confidences, correct, n_bins=10, strategy=strategy)
+    np.testing.assert_allclose(bins.accuracy, expected_true, atol=1e-6)
+    np.testing.assert_allclose(bins.confidence, expected_pred, atol=1e-6)
+
+
+@pytest.mark.parametrize("n_bins", [5, 10, 15])
+def test_ece_and_mce_agree_with_torchmetrics(n_bins):
+    confidences, correct = random_answers(seed=n_bins)
+    preds, target = torch.tensor(confidences, dtype=torch.float64), torch.tensor(correct)
+    reference = binary_calibration_error(preds, target, n_bins=n_bins, norm="l1").item()
+    assert expected_calibration_error(confidences, correct, n_bins) == pytest.approx(reference, abs=1e-6)
+    reference_max = binary_calibration_error(preds, target, n_bins=n_bins, norm="max").item()
+    assert maximum_calibration_error(confidences, correct, n_bins) == pytest.approx(reference_max, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("confidences", "correct", "message"),
+    [
+        ([0.5, 0.6], [1], "confidences has 2 values but correct has 1"),
+        ([0.5, float("nan")], [1, 0], "NaN"),
+        ([0.5, 1.2], [1, 0], r"must lie in \[0, 1\]"),
+        ([0.5, -0.1], [1, 0], r"must lie in \[0, 1\]"),
+        ([0.5, 0.6], [1, 2], "only 0/1"),
+        ([], [], "empty"),
+    ],
+)
+def test_bad_inputs_are_named(confidences, correct, message):
+    with pytest.raises(ValueError, match=message):
+        expected_calibration_error(confidences, correct)
+
+
+def test_temperature_fit_recovers_a_known_temperature_within_5_percent():
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(0, 2.0, size=(4000, 4))
+    labels = np.array([rng.choice(4, p=np.exp(row) / np.exp(row).sum()) for row in true_logits])
+    shown = true_logits * 2.5  # a model that is 2.5 times too sharp: its best temperature is 2.5
+    temperature = fit_temperature(shown, labels)
+    assert temperature == pytest.approx(2.5, rel=0.05)
+    before, after = apply_temperature(shown, 1.0), apply_temperature(shown, temperature)
+    assert (before.argmax(1) == after.argmax(1)).all()  # accuracy does not change
+    ece_before = expected_calibration_error(before.max(1), before.argmax(1) == labels)
+    ece_after = expected_calibration_error(after.max(1), after.argmax(1) == labels)
+    assert ece_after < ece_before / 2
+
+
+def test_temperature_errors():
+    with pytest.raises(ValueError, match=r"must be \[N, K\]"):
+        fit_temperature(np.zeros(3), [0, 1, 2])
+    with pytest.raises(ValueError, match="NaN"):
+        fit_temperature(np.full((2, 2), np.nan), [0, 1])
+    with pytest.raises(ValueError, match="positive"):
+        apply_temperature(np.zeros((1, 2)), 0.0)
+
+
+def test_accuracy_coverage_answers_most_confident_first():
+    table = accuracy_coverage([0.9, 0.2, 0.6, 0.8], [1, 0, 0, 1])
+    assert table["coverage"].tolist() == [0.25, 0.5, 0.75, 1.0]
+    assert table["accuracy"].tolist() == pytest.approx([1.0, 1.0, 2 / 3, 0.5])
+
+
+def test_report_and_diagram():
+    confidences, correct = random_answers()
+    report = calibration_report(confidences, correct)
+    assert set(report) == {"accuracy", "mean confidence", "ECE", "MCE", "Brier", "NLL"}
+    figure = reliability_diagram(confidences, correct, title="test")
+    assert f"ECE = {report['ECE']:.3f}" in figure.axes[0].get_title()
+
+
+def test_mc_questions():
+    question = MCQuestion("2+2?", ("3", "4"), 1)
+    assert "A. 3\nB. 4" in question.prompt()[0]["content"]
+    with pytest.raises(ValueError, match="answer index 2"):
+        MCQuestion("2+2?", ("3", "4"), 2)
+    easy = load_mc_questions(BUNDLED_DATA_DIR / "easy_mc.jsonl")
+    assert len(easy) == 40 and {q.answer for q in easy} == {0, 1, 2, 3}
+    rows = [{"question": "q", "mc1_choices": ["right", "w1", "w2", "w3", "w4"], "mc1_labels": [1, 0, 0, 0, 0]}] * 20
+    questions = truthfulqa_mc_questions(rows)
+    assert all(len(q.options) == 4 and q.options[q.answer] == "right" for q in questions)
+    assert len({q.answer for q in questions}) > 1  # the right letter moves around
+
+
+def test_bad_mc_file_names_the_line(tmp_path):
+    path = tmp_path / "mc.jsonl"
+    path.write_text('{"question": "q", "options": ["a", "b"], "answer": 0}\n{"question": "q", "options": ["a"]}\n')
+    with pytest.raises(ValueError, match=r"mc\.jsonl:2"):
+        load_mc_questions(path)
+
+
+@pytest.mark.slow
+def test_letter_scoring_on_the_embedded_model(embedded):
+    from playbook.calibration import letter_logits, option_logits, p_true
+
+    model, tokenizer = embedded
+    questions = load_mc_questions(BUNDLED_DATA_DIR / "easy_mc.jsonl")[:8]
+    answers = np.array([q.answer for q in questions])
+    logits = letter_logits(model, tokenizer, questions)
+    assert logits.shape == (8, 4) and np.isfinite(logits).all()
+    options = option_logits(model, tokenizer, questions)
+    assert options.shape == (8, 4) and (options < 0).all()
+    assert (options.argmax(1) == answers).mean() >= 0.5  # the model knows many of these answers
+    confidence = p_true(model, tokenizer, questions, logits.argmax(1))
+    assert confidence.shape == (8,) and ((confidence > 0) & (confidence < 1)).all()

@@ -1,0 +1,184 @@
+import json
+
+import pytest
+import torch
+from datasets import Dataset
+from safetensors.torch import load_file
+
+from playbook.config import get_profile
+from playbook.feedback import PairwiseFeedback, to_preference_row
+from playbook.models import write_model_atomically
+from playbook.reward import (
+    RewardModel,
+    check_preference_dataset,
+    encode_conversation,
+    fit_bradley_terry_head,
+    give_distinct_pad_token,
+    pairwise_accuracy,
+    reward_margins,
+    train_reward_model,
+)
+
+TOPICS = ["the weather", "my homework", "a recipe", "trains", "music", "a poem", "math", "my garden", "a trip", "cats"]
+
+
+def separable_pairs(count: int, offset: int = 0) -> Dataset:
+    """Polite, helpful replies always beat curt ones: trivially separable by the reply alone."""
+    rows = []
+    for i in range(offset, offset + count):
+        topic = TOPICS[i % len(TOPICS)]
+        rows.append(
+            to_preference_row(
+                PairwiseFeedback(
+                    f"Can you help me with {topic}? ({i})",
+                    f"Of course! Happy to help with {topic}.",
+                    "No. Go away.",
+                )
+            )
+        )
+    return Dataset.from_list(rows)
+
+
+@pytest.fixture
+def tiny_base(tiny_causal_lm, tokenizer, tmp_path):
+    folder = tmp_path / "tiny-base"
+    write_model_atomically(tiny_causal_lm, tokenizer, folder, source="test")
+    return folder
+
+
+def weights(folder):
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_encoding_keeps_the_end_and_stops_at_the_closing_token(tokenizer):
+    conversation = [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "Final answer."}]
+    ids = encode_conversation(tokenizer, conversation, max_length=16)
+    assert len(ids) == 16 and ids[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(ids).endswith("Final answer.<|im_end|>")
+
+
+def test_distinct_pad_token(tokenizer, tiny_causal_lm):
+    local = type(tokenizer).from_pretrained(tokenizer.name_or_path) if tokenizer.name_or_path else tokenizer
+    give_distinct_pad_token(local, tiny_causal_lm)
+    assert local.pad_token_id != local.eos_token_id == 2
+    assert tiny_causal_lm.config.pad_token_id == local.pad_token_id
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ([{"prompt": [], "chosen": []}], r"missing column\(s\) \['rejected'\]"),
+        (
+            [
+                {
+                    "prompt": [{"role": "user", "content": "q"}],
+                    "chosen": [{"role": "assistant", "content": "a"}],
+                    "rejected": [{"role": "assistant", "content": " "}],
+                }
+            ],
+            r"train_dataset\[0\]: empty rejected response",
+        ),
+    ],
+)
+def test_bad_datasets_are_rejected_clearly(rows, message):
+    with pytest.raises(ValueError, match=message):
+        check_preference_dataset(Dataset.from_list(rows), "train_dataset")
+
+
+def test_missing_reward_model_says_how_to_make_one(tmp_path):
+    with pytest.raises(FileNotFoundError, match="04_reward_model.ipynb"):
+        RewardModel.load(tmp_path / "nothing")
+
+
+def test_bradley_terry_head_recovers_a_separating_direction():
+    torch.manual_seed(0)
+    chosen, rejected = torch.randn(200, 8), torch.randn(200, 8)
+    chosen[:, 3] += 3.0  # the preferred side is higher along one axis
+    weight, history = fit_bradley_terry_head(chosen, rejected, l2=0.01, steps=50, eval_pairs=(chosen, rejected))
+    assert weight.abs().argmax() == 3
+    assert history["loss"].iloc[-1] < history["loss"].iloc[0] and history["eval_accuracy"].iloc[-1] > 0.9
+
+
+@pytest.mark.slow
+def test_head_method_learns_separable_pairs_and_scores_consistently(tmp_path):
+    profile = get_profile("smoke", rm_layers=2, rm_max_length=48)
+    result = train_reward_model(
+        separable_pairs(24), eval_dataset=separable_pairs(10, offset=100), profile=profile, output_dir=tmp_path / "rm"
+    )
+    assert result.history["loss"].iloc[-1] < result.history["loss"].iloc[0]
+    reloaded = RewardModel.load(tmp_path / "rm")
+    assert reloaded.model.config.num_hidden_layers == 2
+    held_out = separable_pairs(10, offset=200)
+    assert pairwise_accuracy(reloaded, held_out) > 0.9
+    margins = reward_margins(reloaded, held_out)
+    row = held_out[0]
+    direct = reloaded.score(row["prompt"], row["chosen"][0]["content"]) - reloaded.score(
+        row["prompt"], row["rejected"][0]["content"]
+    )
+    assert margins[0] == pytest.approx(direct, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_head_method_resumes_feature_extraction_to_the_same_weights(tmp_path, monkeypatch):
+    profile = get_profile("smoke", rm_layers=2, rm_max_length=48, rm_batch_size=2)
+    data = separable_pairs(12)
+    train_reward_model(data, profile=profile, output_dir=tmp_path / "straight")
+
+    calls = {"n": 0}
+    real_forward = torch.nn.Module.__call__
+
+    def flaky(module, *args, **kwargs):
+        if type(module).__name__ == "LlamaModel":
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise KeyboardInterrupt("laptop lid closed")
+        return real_forward(module, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "__call__", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        train_reward_model(data, profile=profile, output_dir=tmp_path / "resumed")
+    monkeypatch.undo()
+    saved_chunks = list((tmp_path / "resumed-checkpoints").glob("train-chosen-*.pt"))
+    assert len(saved_chunks) == 2  # the chunks finished before the interruption
+    train_reward_model(data, profile=profile, output_dir=tmp_path / "resumed")
+    assert torch.equal(weights(tmp_path / "straight")["score.weight"], weights(tmp_path / "resumed")["score.weight"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_trl_methods_learn_and_resume_to_identical_weights(tiny_base, tmp_path, monkeypatch, method):
+    from trl import RewardTrainer
+
+    profile = get_profile("smoke", rm_layers=2, rm_max_length=40, rm_batch_size=4, rm_steps=8)
+    data = separable_pairs(32)
+    straight = train_reward_model(data, base=tiny_base, profile=profile, method=method, output_dir=tmp_path / "a")
+    losses = straight.history["loss"].dropna()
+    assert losses.iloc[-1] < losses.iloc[0]
+
+    real_step, calls = RewardTrainer.training_step, {"n": 0}
+
+    def interrupted(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:  # after the checkpoint at step 4
+            raise KeyboardInterrupt("power cut")
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(RewardTrainer, "training_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_reward_model(data, base=tiny_base, profile=profile, method=method, output_dir=tmp_path / "b")
+    monkeypatch.undo()
+    assert (tmp_path / "b-checkpoints" / "checkpoint-4").is_dir()
+    train_reward_model(data, base=tiny_base, profile=profile, method=method, output_dir=tmp_path / "b")
+    first, second = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert first.keys() == second.keys()
+    for name in first:
+        assert torch.allclose(first[name], second[name], atol=1e-6), name
+
+
+@pytest.mark.slow
+def test_resume_false_sets_old_checkpoints_aside_instead_of_deleting(tmp_path):
+    profile = get_profile("smoke", rm_layers=2, rm_max_length=40)
+    train_reward_model(separable_pairs(8), profile=profile, output_dir=tmp_path / "rm")
+    train_reward_model(separable_pairs(8), profile=profile, output_dir=tmp_path / "rm", resume=False)
+    assert len(list(tmp_path.glob("rm-checkpoints-set-aside-*"))) == 1
+    assert json.loads((tmp_path / "rm" / "reward_settings.json").read_text())["method"] == "head"
