@@ -57,7 +57,7 @@ def speed(steps: int) -> None:
     model, tokenizer = load_model(task="reward", device="cpu")
     give_distinct_pad_token(tokenizer, model)
     encoded = tokenize_pairs(pairs, tokenizer, MAX_LENGTH)
-    conversations = encoded["chosen_ids"] + encoded["rejected_ids"]
+    conversations = list(encoded["chosen_ids"]) + list(encoded["rejected_ids"])
     start = time.perf_counter()
     backbone_features(model, conversations, tokenizer.pad_token_id, batch_size=16)
     head_rate = len(pairs) / (time.perf_counter() - start)
@@ -86,7 +86,7 @@ def tradeoff(pairs_total: int) -> None:
     features = {}
     start = time.perf_counter()
     for side in ("chosen", "rejected"):
-        rows = encoded[f"{side}_ids"]
+        rows = list(encoded[f"{side}_ids"])
         collected = {layer: torch.zeros(len(rows), model.config.hidden_size) for layer in layers}
         for first in range(0, len(rows), 16):
             ids, mask = pad_right(rows[first : first + 16], tokenizer.pad_token_id)

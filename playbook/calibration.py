@@ -226,13 +226,16 @@ class MCQuestion:
 
 def truthfulqa_mc_questions(dataset, *, options: int = 4, seed: int = 0) -> list[MCQuestion]:
     """TruthfulQA MC1 as lettered questions: the true answer and the first ``options − 1`` false ones, shuffled
-    with a fixed seed so the right letter is spread evenly."""
+    with a fixed seed so the right letter is spread evenly. Questions with fewer choices are skipped, so that
+    every question has the same number of options (and chance is the same 1/``options`` throughout)."""
     rng = np.random.default_rng(seed)
     questions = []
     for row in dataset:
         labels = row["mc1_labels"]
         true = [c for c, label in zip(row["mc1_choices"], labels, strict=True) if label == 1]
         false = [c for c, label in zip(row["mc1_choices"], labels, strict=True) if label == 0][: options - 1]
+        if len(false) < options - 1:
+            continue
         choices = true + false
         order = rng.permutation(len(choices))
         questions.append(MCQuestion(row["question"], tuple(choices[i] for i in order), int(np.argmax(order == 0))))

@@ -132,6 +132,8 @@ def test_mc_questions():
     questions = truthfulqa_mc_questions(rows)
     assert all(len(q.options) == 4 and q.options[q.answer] == "right" for q in questions)
     assert len({q.answer for q in questions}) > 1  # the right letter moves around
+    short = {"question": "q", "mc1_choices": ["right", "wrong"], "mc1_labels": [1, 0]}
+    assert len(truthfulqa_mc_questions([short, *rows[:2]])) == 2  # too few options: skipped
 
 
 def test_bad_mc_file_names_the_line(tmp_path):
