@@ -100,14 +100,13 @@ def give_distinct_pad_token(tokenizer: PreTrainedTokenizerBase, model: PreTraine
     A sequence-classification model reads the last non-padding token; if padding and ``<|im_end|>`` are the
     same id, the token that closes the reply would count as padding. Uses the unknown token when there is one.
     """
-    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
-        pass
-    elif tokenizer.unk_token is not None and tokenizer.unk_token_id != tokenizer.eos_token_id:
-        tokenizer.pad_token = tokenizer.unk_token
-    else:
-        tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
-        if model is not None:
-            model.resize_token_embeddings(len(tokenizer))
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        if tokenizer.unk_token is not None and tokenizer.unk_token_id != tokenizer.eos_token_id:
+            tokenizer.pad_token = tokenizer.unk_token
+        else:
+            tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+            if model is not None:
+                model.resize_token_embeddings(len(tokenizer))
     if model is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
 
