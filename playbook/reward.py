@@ -147,7 +147,6 @@ class RewardModel:
     def save(self, path: str | os.PathLike, *, extra: dict | None = None) -> Path:
         """Save atomically (a crash leaves the previous copy intact) with the settings needed to reload it."""
         folder = Path(path)
-        self.model.config.playbook_reward = {"max_length": self.max_length, **(extra or {})}
         write_model_atomically(self.model, self.tokenizer, folder, source="playbook.reward", replace=True)
         (folder / "reward_settings.json").write_text(json.dumps({"max_length": self.max_length, **(extra or {})}))
         return folder
