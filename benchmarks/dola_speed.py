@@ -1,0 +1,74 @@
+"""Time per generated token of greedy decoding vs DoLa ('high' and 'low') on the embedded model, in one run.
+
+.venv/bin/python benchmarks/dola_speed.py [--tokens 48] [--repeats 3]
+
+Every decoder is forced to generate exactly --tokens new tokens (no early stop at EOS), from the same prompts; the
+median of --repeats runs is reported. Greedy is `model.generate` of the installed transformers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from playbook.dola import dola_generate
+from playbook.models import load_model
+
+PROMPTS = [
+    "What happens if you eat watermelon seeds?",
+    "Who won the 2020 Olympic gold medal in the men's 10,000 metres?",
+    "Why do we see lightning before we hear thunder?",
+]
+
+
+def median_seconds(action, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        action()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=48)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    model, tokenizer = load_model(device="cpu")
+    prompts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, return_tensors="pt")
+        for p in PROMPTS
+    ]
+    prompts = [p["input_ids"] if not torch.is_tensor(p) else p for p in prompts]
+    no_stop = {"max_new_tokens": args.tokens, "eos_token_id": -1}
+
+    def run(decode) -> float:
+        return median_seconds(lambda: [decode(ids) for ids in prompts], args.repeats) / (len(prompts) * args.tokens)
+
+    decoders = {
+        "greedy (model.generate)": lambda ids: model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            min_new_tokens=args.tokens,
+            max_new_tokens=args.tokens,
+        ),
+        "DoLa high": lambda ids: dola_generate(model, ids, dola_layers="high", **no_stop),
+        "DoLa low": lambda ids: dola_generate(model, ids, dola_layers="low", **no_stop),
+    }
+    run(decoders["greedy (model.generate)"])  # warm-up
+    seconds = {name: run(decode) for name, decode in decoders.items()}
+    greedy = seconds["greedy (model.generate)"]
+    print(f"{'decoder':<26}{'ms/token':>10}{'vs greedy':>11}")
+    for name, value in seconds.items():
+        print(f"{name:<26}{1000 * value:>10.1f}{value / greedy:>10.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,454 @@
+"""Finding hallucinations: fact-checking an answer against a table, the knowledge quadrants on SelfAware, and
+uncertainty as a warning sign.
+
+A hallucination is output that is not grounded in the model's training data or in the input it was given. Three
+ways of catching one, each small enough to read:
+
+- **fact check** (`fact_check`): compare each claim about a known entity with a ground-truth table, field by field;
+- **self-knowledge** (`expresses_uncertainty`, `knowledge_quadrants`, `unanswerable_f1`): does the model say "I
+  don't know" to questions nobody can answer (SelfAware, Yin et al. 2023) and answer the ones it can?
+- **uncertainty** (`answer_confidence`, `auroc`): are wrong answers generated with lower token probabilities?
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from playbook.data import BUNDLED_DATA_DIR
+from playbook.judge import WINDOW, abstains
+
+FACT_TABLE = BUNDLED_DATA_DIR / "uganda_tokyo2020_medallists.json"
+FACTUAL_PROBES = BUNDLED_DATA_DIR / "factual_probes.jsonl"
+
+# ---------------------------------------------------------------------------------------------- fact checking
+
+_MONTHS = {
+    name: number
+    for number, names in enumerate(
+        [
+            ("january", "jan"),
+            ("february", "feb"),
+            ("march", "mar"),
+            ("april", "apr"),
+            ("may",),
+            ("june", "jun"),
+            ("july", "jul"),
+            ("august", "aug"),
+            ("september", "sep", "sept"),
+            ("october", "oct"),
+            ("november", "nov"),
+            ("december", "dec"),
+        ],
+        start=1,
+    )
+    for name in names
+}
+_MONTH = r"(?P<month>" + "|".join(sorted(_MONTHS, key=len, reverse=True)) + r")\.?"
+_DAY = r"(?P<day>[0-3]?\d)(?:st|nd|rd|th)?"
+_YEAR = r"(?P<year>(?:19|20)\d\d)"
+_DATE_PATTERNS = [
+    re.compile(rf"\b{_DAY}(?: of)? {_MONTH},? {_YEAR}\b", re.IGNORECASE),  # 12 September 1996
+    re.compile(rf"\b{_MONTH} {_DAY},? {_YEAR}\b", re.IGNORECASE),  # September 12, 1996
+    re.compile(r"\b(?P<year>(?:19|20)\d\d)-(?P<month>[01]\d)-(?P<day>[0-3]\d)\b"),  # 1996-09-12
+    re.compile(rf"\b{_MONTH},? {_YEAR}\b", re.IGNORECASE),  # September 1996
+    re.compile(rf"\bborn (?:in |on )?{_YEAR}\b", re.IGNORECASE),  # born in 1996
+]
+_MEDAL = re.compile(r"\b(gold|silver|bronze)\b", re.IGNORECASE)
+_EVENTS = (
+    ("3000 m steeplechase", re.compile(r"steeple ?chase", re.IGNORECASE)),
+    ("10,000 m", re.compile(r"\b10[, ]?000 ?(?:m\b|metre|meter)|\b10 ?km\b|\b10k\b", re.IGNORECASE)),
+    ("5000 m", re.compile(r"\b5[, ]?000 ?(?:m\b|metre|meter)|\b5 ?km\b|\b5k\b", re.IGNORECASE)),
+)
+
+
+@dataclass(frozen=True)
+class PartialDate:
+    """A date as stated in text: any of day and month may be missing ("born in 1996")."""
+
+    year: int
+    month: int | None = None
+    day: int | None = None
+
+    def agrees_with(self, iso_date: str) -> bool:
+        """True when every part that was stated matches the ISO date (YYYY-MM-DD)."""
+        year, month, day = (int(part) for part in iso_date.split("-"))
+        return (
+            self.year == year and (self.month is None or self.month == month) and (self.day is None or self.day == day)
+        )
+
+    def __str__(self) -> str:
+        return "-".join(f"{part:02d}" for part in (self.year, self.month, self.day) if part is not None)
+
+
+def find_dates(text: str) -> list[PartialDate]:
+    """Dates in `text`, in order of appearance: "12 September 1996", "Sept. 12, 1996", "1996-09-12",
+    "September 1996", "born in 1996". Slash dates are skipped: 03/04/1999 is ambiguous."""
+    found: list[tuple[int, int, PartialDate]] = []
+    taken: list[range] = []
+    for pattern in _DATE_PATTERNS:
+        for match in pattern.finditer(text):
+            if any(match.start() in span for span in taken):
+                continue
+            parts = match.groupdict()
+            month = parts.get("month")
+            month_number = None if month is None else (int(month) if month.isdigit() else _MONTHS[month.lower()])
+            day = int(parts["day"]) if parts.get("day") else None
+            if day is not None and not 1 <= day <= 31:
+                continue
+            found.append((match.start(), match.end(), PartialDate(int(parts["year"]), month_number, day)))
+            taken.append(range(match.start(), match.end()))
+    return [date for _, _, date in sorted(found, key=lambda item: item[0])]
+
+
+@dataclass(frozen=True)
+class FactTable:
+    """Ground truth for a fact-checking demo: the question asked and, per athlete, birth date and medals."""
+
+    question: str
+    athletes: list[dict]
+    source: Path
+
+    @property
+    def gold_medallists(self) -> list[str]:
+        return [a["name"] for a in self.athletes if any(m["medal"] == "gold" for m in a["medals"])]
+
+
+def load_fact_table(path: str | Path = FACT_TABLE) -> FactTable:
+    """Read a fact table like `data/uganda_tokyo2020_medallists.json`; errors name the file and the field."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from error
+    for key in ("question", "athletes"):
+        if key not in record:
+            raise ValueError(f"{path}: missing field {key!r}")
+    for number, athlete in enumerate(record["athletes"], start=1):
+        missing = {"name", "born", "medals"} - set(athlete)
+        if missing:
+            raise ValueError(f"{path}: athlete {number} lacks {sorted(missing)}")
+    return FactTable(record["question"], record["athletes"], path)
+
+
+def _mentions(text: str, athlete: dict) -> list[int]:
+    names = [athlete["name"], *athlete.get("aliases", [])]
+    pattern = re.compile("|".join(rf"\b{re.escape(name)}\b" for name in names), re.IGNORECASE)
+    return [match.start() for match in pattern.finditer(text)]
+
+
+def _status(stated: Sequence[str], expected: Sequence[str]) -> str:
+    if not stated:
+        return "missing"
+    return "correct" if all(value in expected for value in stated) else "wrong"
+
+
+def fact_check(answer: str, table: FactTable) -> pd.DataFrame:
+    """Check an answer field by field against the table: one row per athlete, with what the answer states about
+    medal, event and birth date, what is true, and a status per field: correct, wrong or missing.
+
+    Claims are attributed to an athlete from the first mention of their name up to the next mention of another
+    athlete (so "Cheptegei, born 12 September 1996, won gold" is read as one claim). `claimed_gold` records whether
+    the answer lists the athlete among the gold medallists the question asks for, and `gold_status` judges that.
+    """
+    starts = sorted((positions[0], a["name"]) for a in table.athletes if (positions := _mentions(answer, a)))
+    segments = {
+        name: answer[start : starts[i + 1][0] if i + 1 < len(starts) else len(answer)]
+        for i, (start, name) in enumerate(starts)
+    }
+    rows = []
+    for athlete in table.athletes:
+        segment = segments.get(athlete["name"])
+        true_medals = sorted({m["medal"] for m in athlete["medals"]})
+        true_events = sorted({e for m in athlete["medals"] for e, pattern in _EVENTS if pattern.search(m["event"])})
+        is_gold = "gold" in true_medals
+        if segment is None:
+            rows.append(
+                {
+                    "athlete": athlete["name"],
+                    "mentioned": False,
+                    "claimed_gold": False,
+                    "gold_status": "missing" if is_gold else "correct",
+                    "medal_stated": "",
+                    "medal_true": ", ".join(true_medals),
+                    "medal_status": "missing",
+                    "event_stated": "",
+                    "event_true": ", ".join(true_events),
+                    "event_status": "missing",
+                    "born_stated": "",
+                    "born_true": athlete["born"],
+                    "born_status": "missing",
+                }
+            )
+            continue
+        medals = sorted({m.lower() for m in _MEDAL.findall(segment)})
+        events = sorted({name for name, pattern in _EVENTS if pattern.search(segment)})
+        dates = find_dates(segment)
+        born_status = "missing" if not dates else ("correct" if dates[0].agrees_with(athlete["born"]) else "wrong")
+        claimed_gold = "gold" in medals or not medals  # listed in an answer to "who won gold" without a medal
+        rows.append(
+            {
+                "athlete": athlete["name"],
+                "mentioned": True,
+                "claimed_gold": claimed_gold,
+                "gold_status": "correct" if claimed_gold == is_gold else "wrong",
+                "medal_stated": ", ".join(medals),
+                "medal_true": ", ".join(true_medals),
+                "medal_status": _status(medals, true_medals),
+                "event_stated": ", ".join(events),
+                "event_true": ", ".join(true_events),
+                "event_status": _status(events, true_events),
+                "born_stated": str(dates[0]) if dates else "",
+                "born_true": athlete["born"],
+                "born_status": born_status,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+_NOT_PEOPLE = {
+    "olympic",
+    "olympics",
+    "games",
+    "summer",
+    "tokyo",
+    "uganda",
+    "ugandan",
+    "japan",
+    "world",
+    "championships",
+    "the",
+    "gold",
+    "silver",
+    "bronze",
+    "medal",
+    "medals",
+    "men's",
+    "women's",
+    "athletics",
+    "team",
+    "commonwealth",
+    "international",
+    "committee",
+}
+
+
+def other_names(answer: str, table: FactTable) -> list[str]:
+    """Capitalised multi-word names in the answer that are not in the table: candidates for invented people.
+
+    A heuristic (two or more capitalised words in a row, none of them a place, event or medal word); read the
+    list, don't count on it.
+    """
+    names_in_table = [name for a in table.athletes for name in [a["name"], *a.get("aliases", [])]]
+    known = {part.lower() for name in names_in_table for part in name.split()}
+    names = []
+    word = r"[A-Z][a-z]+(?:[-'][A-Z]?[a-z]+)*"
+    for match in re.finditer(rf"\b{word}(?: {word})+\b", answer):
+        words = match.group(0).split()
+        if any(w.lower() in known or w.lower() in _NOT_PEOPLE for w in words):
+            continue
+        if match.group(0) not in names:
+            names.append(match.group(0))
+    return names
+
+
+# ---------------------------------------------------------------------------------------- self-knowledge (SelfAware)
+
+UNCERTAINTY_PHRASES = (
+    r"no (?:definitive|definite|clear|single|simple|universal|straightforward|one|exact|known|consensus) "
+    r"(?:answer|way|consensus|agreement|explanation)",
+    r"(?:it is|it's|it can be) (?:difficult|hard|impossible|challenging) to (?:say|know|determine|predict|answer|tell)",
+    r"(?:difficult|hard|impossible) to (?:provide|give) (?:a |an )?(?:definitive|definite|clear|exact|accurate|single)",
+    r"(?:a )?(?:topic|subject|matter|question) of (?:ongoing |much |great )?(?:debate|discussion|controversy)",
+    r"(?:remains?|is still|are still) (?:a )?(?:mystery|unknown|unclear|debated|uncertain|unanswered|open)",
+    r"(?:it|this|that|the answer) (?:depends|varies|can vary|may vary)",
+    r"(?:is|are) (?:highly |largely |very )?subjective",
+    r"a matter of (?:personal )?(?:opinion|preference|perspective|debate|interpretation)",
+    r"(?:no one|nobody|scientists don't|we don't) (?:really |truly )?knows?",
+    r"(?:has|have) (?:not|never) been (?:proven|determined|discovered|confirmed|established)",
+    r"(?:is|are) (?:not|currently not) known",
+)
+"""Phrases that mark an answer as uncertain beyond the judge's hedges: the ways a model says a question has no
+single answer. `expresses_uncertainty` looks for them, like the judge, in the first characters of the reply."""
+
+_UNCERTAIN = re.compile("|".join(rf"\b(?:{p})\b" for p in UNCERTAINTY_PHRASES), re.IGNORECASE)
+
+
+def expresses_uncertainty(reply: str) -> bool:
+    """True when the reply abstains (the judge's hedges and refusals) or says the question has no sure answer."""
+    text = " ".join(reply.replace("\u2019", "'").split())[:WINDOW]
+    return abstains(reply) or bool(_UNCERTAIN.search(text))
+
+
+QUADRANTS = {
+    (True, False): "known known: answerable, model answers",
+    (True, True): "unknown known: answerable, model hedges",
+    (False, True): "known unknown: unanswerable, model hedges",
+    (False, False): "unknown unknown: unanswerable, model answers anyway",
+}
+
+
+def knowledge_quadrants(answerable: Sequence[bool], uncertain: Sequence[bool]) -> pd.DataFrame:
+    """The 2×2 table of counts: rows answerable / unanswerable, columns model answers / model hedges."""
+    if len(answerable) != len(uncertain):
+        raise ValueError(f"{len(answerable)} answerable flags for {len(uncertain)} replies")
+    frame = pd.DataFrame({"question": answerable, "model": uncertain})
+    table = pd.crosstab(frame["question"], frame["model"]).reindex(index=[True, False], columns=[False, True])
+    table = table.fillna(0).astype(int)
+    table.index = ["answerable", "unanswerable"]
+    table.columns = ["model answers", "model hedges"]
+    return table
+
+
+def unanswerable_f1(answerable: Sequence[bool], uncertain: Sequence[bool]) -> dict[str, float]:
+    """Precision, recall and F1 of "the model hedged" as a detector of unanswerable questions (SelfAware's metric:
+    unanswerable is the positive class)."""
+    if len(answerable) != len(uncertain):
+        raise ValueError(f"{len(answerable)} answerable flags for {len(uncertain)} replies")
+    positive = ~np.asarray(answerable, dtype=bool)
+    predicted = np.asarray(uncertain, dtype=bool)
+    hits = float((positive & predicted).sum())
+    precision = hits / predicted.sum() if predicted.any() else 0.0
+    recall = hits / positive.sum() if positive.any() else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1}
+
+
+SELFAWARE_REPORTED_F1 = {"human": 84.93, "GPT-4": 75.47}
+"""F1 (%) for spotting unanswerable SelfAware questions, as reported by Yin et al. 2023."""
+
+
+def balanced_sample(dataset, n: int, *, key: str = "answerable", seed: int = 0) -> list[dict]:
+    """`n` rows, half with `key` true and half false (as far as each side allows), in a seeded random order."""
+    rows = list(dataset)
+    rng = np.random.default_rng(seed)
+    sides = [[r for r in rows if r[key]], [r for r in rows if not r[key]]]
+    want = [n - n // 2, n // 2]
+    picked = []
+    for side, count in zip(sides, want, strict=True):
+        order = rng.permutation(len(side))[:count]
+        picked += [side[i] for i in order]
+    return [picked[i] for i in rng.permutation(len(picked))]
+
+
+# ----------------------------------------------------------------------------------------- uncertainty as a signal
+
+
+def load_factual_probes(path: str | Path = FACTUAL_PROBES) -> list[dict]:
+    """Short factual questions with accepted answers (`{"question", "answers"}` per line)."""
+    path = Path(path)
+    probes = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from error
+        if not record.get("question") or not record.get("answers"):
+            raise ValueError(f"{path}:{number}: needs a question and a non-empty answers list")
+        probes.append(record)
+    return probes
+
+
+def is_correct(reply: str, answers: Sequence[str]) -> bool:
+    """True when any accepted answer appears in the reply as a whole word (case-insensitive)."""
+    return any(re.search(rf"(?<!\w){re.escape(a)}(?!\w)", reply, re.IGNORECASE) for a in answers)
+
+
+@torch.no_grad()
+def answer_confidence(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    questions: Sequence[str],
+    *,
+    max_new_tokens: int = 32,
+    batch_size: int = 8,
+) -> pd.DataFrame:
+    """Answer each question greedily (chat template) and measure how sure the model was while answering: the mean
+    log-probability of the tokens it chose and the mean entropy of its next-token distributions, over the reply's
+    tokens up to and including the end-of-turn token."""
+    rows = []
+    padding_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        for start in range(0, len(questions), batch_size):
+            chunk = list(questions[start : start + batch_size])
+            conversations = [[{"role": "user", "content": q}] for q in chunk]
+            texts = [
+                tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+                for conversation in conversations
+            ]
+            batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+            output = model.generate(
+                **batch,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                output_logits=True,
+                return_dict_in_generate=True,
+            )
+            new_tokens = output.sequences[:, batch["input_ids"].shape[1] :]
+            logprobs = torch.stack(output.logits, dim=1).float().log_softmax(-1)  # [B, T, V]
+            chosen = logprobs.gather(-1, new_tokens[..., None]).squeeze(-1)
+            entropy = -(logprobs.exp() * logprobs).sum(-1)
+            for row, question in enumerate(chunk):
+                length = _reply_length(new_tokens[row], tokenizer.eos_token_id)
+                rows.append(
+                    {
+                        "question": question,
+                        "reply": tokenizer.decode(new_tokens[row, :length], skip_special_tokens=True).strip(),
+                        "mean_logprob": float(chosen[row, :length].mean()),
+                        "mean_entropy": float(entropy[row, :length].mean()),
+                        "tokens": length,
+                    }
+                )
+    finally:
+        tokenizer.padding_side = padding_side
+    return pd.DataFrame(rows)
+
+
+def _reply_length(tokens: torch.Tensor, eos_token_id: int | None) -> int:
+    """Tokens up to and including the first end-of-sequence token (all of them if there is none)."""
+    if eos_token_id is None:
+        return len(tokens)
+    ends = (tokens == eos_token_id).nonzero()
+    return int(ends[0]) + 1 if len(ends) else len(tokens)
+
+
+def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float:
+    """Area under the ROC curve: the chance that a random positive scores above a random negative (ties count
+    half). 0.5 is no signal; NaN when one class is absent."""
+    scores, labels = np.asarray(scores, dtype=float), np.asarray(labels, dtype=bool)
+    if len(scores) != len(labels):
+        raise ValueError(f"{len(scores)} scores for {len(labels)} labels")
+    positives, negatives = scores[labels], scores[~labels]
+    if not len(positives) or not len(negatives):
+        return float("nan")
+    greater = (positives[:, None] > negatives[None, :]).sum()
+    ties = (positives[:, None] == negatives[None, :]).sum()
+    return float((greater + 0.5 * ties) / (len(positives) * len(negatives)))
+
+
+def plot_confidence(results: pd.DataFrame, ax=None):
+    """Mean token log-probability vs mean entropy of each answer, coloured by correctness."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(6, 4))[1]
+    for correct, colour, label in ((True, "tab:green", "correct"), (False, "tab:red", "wrong")):
+        part = results[results["correct"] == correct]
+        ax.scatter(part["mean_entropy"], part["mean_logprob"], c=colour, label=f"{label} ({len(part)})", alpha=0.7)
+    ax.set_xlabel("mean entropy of next-token distribution (nats)")
+    ax.set_ylabel("mean log-probability of chosen tokens")
+    ax.legend()
+    ax.set_title("Are wrong answers generated less confidently?")
+    ax.figure.tight_layout()
+    return ax

@@ -1,0 +1,190 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from playbook.hallucination import (
+    FACT_TABLE,
+    PartialDate,
+    answer_confidence,
+    auroc,
+    balanced_sample,
+    expresses_uncertainty,
+    fact_check,
+    find_dates,
+    is_correct,
+    knowledge_quadrants,
+    load_fact_table,
+    load_factual_probes,
+    other_names,
+    unanswerable_f1,
+)
+
+
+@pytest.fixture(scope="module")
+def table():
+    return load_fact_table()
+
+
+def test_the_bundled_fact_table_holds_the_tokyo_2020_facts(table):
+    assert table.gold_medallists == ["Joshua Cheptegei", "Peruth Chemutai"]
+    born = {a["name"]: a["born"] for a in table.athletes}
+    assert born == {"Joshua Cheptegei": "1996-09-12", "Peruth Chemutai": "1999-07-10", "Jacob Kiplimo": "2000-11-14"}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("born on 12 September 1996 in Kapchorwa", PartialDate(1996, 9, 12)),
+        ("born Sept. 12, 1996", PartialDate(1996, 9, 12)),
+        ("(1999-07-10)", PartialDate(1999, 7, 10)),
+        ("born on the 10th of July 1999", PartialDate(1999, 7, 10)),
+        ("born in November 2000", PartialDate(2000, 11)),
+        ("born in 2000", PartialDate(2000)),
+    ],
+)
+def test_find_dates_reads_common_formats(text, expected):
+    assert find_dates(text) == [expected]
+
+
+def test_find_dates_keeps_order_and_skips_ambiguous_slashes():
+    assert find_dates("03/04/1999") == []
+    assert [str(d) for d in find_dates("July 10, 1999 and 1996-09-12")] == ["1999-07-10", "1996-09-12"]
+    assert PartialDate(2000, 11).agrees_with("2000-11-14")
+    assert not PartialDate(2000, 11, 15).agrees_with("2000-11-14")
+
+
+def statuses(frame, field):
+    return dict(zip(frame["athlete"], frame[f"{field}_status"], strict=True))
+
+
+def test_fact_check_accepts_a_fully_correct_answer(table):
+    answer = (
+        "Uganda's gold medallists were Joshua Cheptegei, who won gold in the men's 5000 m and was born on "
+        "12 September 1996, and Peruth Chemutai, gold in the 3000 m steeplechase, born 10 July 1999."
+    )
+    result = fact_check(answer, table)
+    assert statuses(result, "born") == {
+        "Joshua Cheptegei": "correct",
+        "Peruth Chemutai": "correct",
+        "Jacob Kiplimo": "missing",
+    }
+    assert set(result["gold_status"]) == {"correct"}
+    assert statuses(result, "event")["Peruth Chemutai"] == "correct"
+
+
+def test_fact_check_catches_a_wrong_medal_date_and_event(table):
+    answer = (
+        "Jacob Kiplimo won gold in the marathon and the 5,000 metres; he was born on 1 January 1998. "
+        "Cheptegei won silver in the 10,000m."
+    )
+    result = fact_check(answer, table).set_index("athlete")
+    kiplimo = result.loc["Jacob Kiplimo"]
+    assert (kiplimo["gold_status"], kiplimo["medal_status"], kiplimo["born_status"]) == ("wrong", "wrong", "wrong")
+    assert kiplimo["event_status"] == "wrong"
+    cheptegei = result.loc["Joshua Cheptegei"]
+    assert (cheptegei["medal_status"], cheptegei["event_status"], cheptegei["gold_status"]) == (
+        "correct",
+        "correct",
+        "wrong",
+    )
+    assert result.loc["Peruth Chemutai", "gold_status"] == "missing"
+
+
+def test_other_names_lists_people_not_in_the_table(table):
+    answer = "Uganda's gold medallists at the Tokyo Olympics were John Akii-Bua and Joshua Cheptegei."
+    assert other_names(answer, table) == ["John Akii-Bua"]
+
+
+def test_load_fact_table_names_the_file_and_field(tmp_path):
+    broken = tmp_path / "facts.json"
+    broken.write_text('{"question": "q",\n "athletes": [ {"name": "A"} ]}')
+    with pytest.raises(ValueError, match=r"facts.json: athlete 1 lacks \['born', 'medals'\]"):
+        load_fact_table(broken)
+    broken.write_text('{"question": \n oops}')
+    with pytest.raises(ValueError, match=r"facts.json:2"):
+        load_fact_table(broken)
+    assert json.loads(FACT_TABLE.read_text())["athletes"]
+
+
+@pytest.mark.parametrize(
+    ("reply", "uncertain"),
+    [
+        ("I don't know who will win.", True),
+        ("There is no definitive answer to this question.", True),
+        ("While it's impossible to provide a definitive answer, some say yes.", True),
+        ("It depends on your point of view.", True),
+        ("Beauty is highly subjective.", True),
+        ("The origin of the universe remains a mystery.", True),
+        ("I can't help with that.", True),
+        ("Paris is the capital of France.", False),
+        ("Water boils at 100 degrees Celsius at sea level; I know this well.", False),
+    ],
+)
+def test_expresses_uncertainty(reply, uncertain):
+    assert expresses_uncertainty(reply) is uncertain
+
+
+def test_quadrants_and_f1_on_a_hand_made_case():
+    answerable = [True, True, True, False, False, False, False]
+    hedged = [False, False, True, True, True, False, False]
+    table = knowledge_quadrants(answerable, hedged)
+    assert table.loc["answerable"].tolist() == [2, 1]
+    assert table.loc["unanswerable"].tolist() == [2, 2]
+    scores = unanswerable_f1(answerable, hedged)
+    assert scores["precision"] == pytest.approx(2 / 3)
+    assert scores["recall"] == pytest.approx(2 / 4)
+    assert scores["f1"] == pytest.approx(2 * (2 / 3) * 0.5 / (2 / 3 + 0.5))
+    assert unanswerable_f1([True], [False])["f1"] == 0.0
+    with pytest.raises(ValueError, match="answerable flags"):
+        knowledge_quadrants([True], [True, False])
+
+
+def test_balanced_sample_is_balanced_and_seeded():
+    rows = [{"answerable": i % 3 != 0, "id": i} for i in range(30)]
+    sample = balanced_sample(rows, 10, seed=1)
+    assert sum(r["answerable"] for r in sample) == 5
+    assert len({r["id"] for r in sample}) == 10
+    assert sample == balanced_sample(rows, 10, seed=1)
+
+
+def test_is_correct_matches_whole_words_only():
+    assert is_correct("The capital is Canberra.", ["Canberra"])
+    assert is_correct("It has 8 legs", ["eight", "8"])
+    assert not is_correct("It has 18 legs", ["8"])
+    assert not is_correct("Australia's capital is Sydney", ["Canberra"])
+
+
+def test_auroc_agrees_with_scikit_learn():
+    rng = np.random.default_rng(0)
+    labels = rng.uniform(size=200) < 0.4
+    scores = rng.normal(size=200) + labels + np.round(rng.uniform(size=200))  # with ties
+    assert auroc(scores, labels) == pytest.approx(roc_auc_score(labels, scores))
+    assert np.isnan(auroc([1.0, 2.0], [True, True]))
+
+
+def test_factual_probes_have_answers():
+    probes = load_factual_probes()
+    assert len(probes) == 40 and all(p["answers"] for p in probes)
+
+
+@pytest.mark.slow
+def test_answer_confidence_is_the_mean_log_probability_of_the_reply(embedded):
+    model, tokenizer = embedded
+    result = answer_confidence(model, tokenizer, ["What is the capital of France?", "Who are you?"], max_new_tokens=12)
+    assert (result["mean_logprob"] <= 0).all() and (result["mean_entropy"] >= 0).all()
+    row = result.iloc[0]
+    assert "Paris" in row["reply"]
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": row["question"]}], add_generation_prompt=True, tokenize=False
+    )
+    prompt_ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids
+    reply_ids = model.generate(prompt_ids, max_new_tokens=12, do_sample=False)[0, prompt_ids.shape[1] :]
+    reply_ids = reply_ids[: row["tokens"]]
+    full = torch.cat([prompt_ids[0], reply_ids])[None]
+    with torch.no_grad():
+        logprobs = model(full).logits[0, prompt_ids.shape[1] - 1 : -1].log_softmax(-1)
+    expected = logprobs[range(len(reply_ids)), reply_ids].mean()
+    assert row["mean_logprob"] == pytest.approx(float(expected), abs=1e-3)
