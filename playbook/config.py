@@ -41,6 +41,8 @@ class Profile:
     ppo_response_length: int
     # Hallucination and calibration (07-09): questions evaluated per data set.
     eval_questions: int
+    # DoLa (08): TruthfulQA questions scored for MC1/MC2/MC3 (each needs one forward pass per answer option).
+    mc_questions: int
 
 
 PROFILES: dict[str, Profile] = {
@@ -60,6 +62,7 @@ PROFILES: dict[str, Profile] = {
         ppo_steps=2,
         ppo_response_length=8,
         eval_questions=8,
+        mc_questions=3,
     ),
     "cpu": Profile(
         name="cpu",
@@ -77,6 +80,7 @@ PROFILES: dict[str, Profile] = {
         ppo_steps=20,
         ppo_response_length=24,
         eval_questions=150,
+        mc_questions=100,
     ),
     "gpu": Profile(
         name="gpu",
@@ -94,6 +98,7 @@ PROFILES: dict[str, Profile] = {
         ppo_steps=200,
         ppo_response_length=64,
         eval_questions=817,
+        mc_questions=817,
     ),
 }
 

@@ -342,6 +342,39 @@ def dola_generate(
     return sequences
 
 
+def dola_replies(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: list[list[dict[str, str]]],
+    *,
+    batch_size: int = 8,
+    **dola_options,
+) -> list[str]:
+    """The assistant's next reply to each conversation, decoded with DoLa (like `models.generate_replies`, which
+    decodes greedily): chat template, left-padded batches, special tokens removed. `dola_options` go to
+    `dola_generate` (dola_layers, max_new_tokens, repetition_penalty, ...)."""
+    replies: list[str] = []
+    padding_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        for start in range(0, len(conversations), batch_size):
+            chunk = conversations[start : start + batch_size]
+            texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chunk]
+            batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+            output = dola_generate(
+                model,
+                batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                pad_token_id=tokenizer.pad_token_id,
+                **dola_options,
+            )
+            new_tokens = output[:, batch["input_ids"].shape[1] :]
+            replies += [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+    finally:
+        tokenizer.padding_side = padding_side
+    return replies
+
+
 def dola_layer_divergence(
     model: PreTrainedModel,
     input_ids: torch.Tensor,

@@ -214,6 +214,38 @@ def fact_check(answer: str, table: FactTable) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def fact_sheet(table: FactTable) -> str:
+    """The table as short sentences, to put in a prompt: the grounded version of the same question."""
+    lines = []
+    for athlete in table.athletes:
+        born = PartialDate(*(int(part) for part in athlete["born"].split("-")))
+        medals = " and ".join(f"{m['medal']} in the {m['event']}" for m in athlete["medals"])
+        lines.append(f"{athlete['name']} (born {born.day} {_MONTH_NAMES[born.month - 1]} {born.year}) won {medals}.")
+    return " ".join(lines)
+
+
+_MONTH_NAMES = [
+    "January", "February", "March", "April", "May", "June",
+    "July", "August", "September", "October", "November", "December",
+]  # fmt: skip
+
+
+def answer_summary(answer: str, table: FactTable) -> dict[str, object]:
+    """One line per answer for a comparison table: which gold medallists it names, birth dates right and wrong,
+    events wrong, non-gold medallists it presents as gold, and other people it names."""
+    checked = fact_check(answer, table).set_index("athlete")
+    gold = table.gold_medallists
+    not_gold = [a["name"] for a in table.athletes if a["name"] not in gold]
+    return {
+        f"gold medallists named (of {len(gold)})": int(checked.loc[gold, "mentioned"].sum()),
+        "birth dates right": int((checked["born_status"] == "correct").sum()),
+        "birth dates wrong": int((checked["born_status"] == "wrong").sum()),
+        "events wrong": int((checked["event_status"] == "wrong").sum()),
+        "wrongly called gold": int(checked.loc[not_gold, "claimed_gold"].sum()),
+        "other people named": ", ".join(other_names(answer, table)) or "-",
+    }
+
+
 _NOT_PEOPLE = {
     "olympic",
     "olympics",
@@ -241,6 +273,9 @@ _NOT_PEOPLE = {
 }
 
 
+_SENTENCE_STARTERS = {"also", "and", "the", "in", "at", "with", "by", "from", "then", "both", "including", "while"}
+
+
 def other_names(answer: str, table: FactTable) -> list[str]:
     """Capitalised multi-word names in the answer that are not in the table: candidates for invented people.
 
@@ -253,10 +288,12 @@ def other_names(answer: str, table: FactTable) -> list[str]:
     word = r"[A-Z][a-z]+(?:[-'][A-Z]?[a-z]+)*"
     for match in re.finditer(rf"\b{word}(?: {word})+\b", answer):
         words = match.group(0).split()
-        if any(w.lower() in known or w.lower() in _NOT_PEOPLE for w in words):
+        while words and words[0].lower() in _SENTENCE_STARTERS:
+            words.pop(0)
+        if len(words) < 2 or any(w.lower() in known or w.lower() in _NOT_PEOPLE for w in words):
             continue
-        if match.group(0) not in names:
-            names.append(match.group(0))
+        if " ".join(words) not in names:
+            names.append(" ".join(words))
     return names
 
 

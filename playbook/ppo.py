@@ -364,16 +364,24 @@ class PPOTrainer:
     @torch.no_grad()
     def rollout(self, prompts: Sequence[Messages]) -> Rollout:
         """Sample replies to ``prompts`` and compute scores, log-probs, values, rewards and advantages."""
+        started = time.perf_counter()
         query, query_mask = self._encode_prompts(prompts)
         response, mask, has_eos = truncate_after_eos(self._sample(query, query_mask).cpu(), self.eos_id, self.pad_id)
         response, mask = response.to(query.device), mask.to(query.device)
         texts = [t.strip() for t in self.tokenizer.batch_decode(response, skip_special_tokens=True)]
+        sampled = time.perf_counter()
         scores = torch.tensor(list(self.score_fn(prompts, texts)), dtype=torch.float32)
         scores = scores - self.config.missing_eos_penalty * (~has_eos).float()
         scores = scores.to(query.device)
+        scored = time.perf_counter()
         logprobs, _ = self._forward(self.policy, query, query_mask, response, mask)
         ref_logprobs, _ = self._forward(self.ref_policy, query, query_mask, response, mask)
         values = self._forward(self.value_model, query, query_mask, response, mask, values=True)
+        self.phase_seconds = {
+            "seconds_generate": sampled - started,
+            "seconds_score": scored - sampled,
+            "seconds_forward": time.perf_counter() - scored,
+        }
         rewards = kl_shaped_rewards(logprobs, ref_logprobs, mask, scores, self.config.kl_coef)
         advantages, returns = compute_gae(rewards, values, mask, self.config.gamma, self.config.lam)
         advantages = masked_whiten(advantages, mask)
@@ -419,7 +427,9 @@ class PPOTrainer:
         return pd.DataFrame(logs).mean().to_dict()
 
     def step(self) -> dict[str, float]:
-        """One rollout and update; returns the step's statistics."""
+        """One rollout and update; returns the step's statistics, with the seconds spent sampling
+        (`seconds_generate`), in the reward model (`seconds_score`), in the policy/reference/value forward passes
+        of the rollout (`seconds_forward`) and in the PPO epochs (`seconds_update`)."""
         start = time.perf_counter()
         batch = self.rollout(self._next_prompts())
         log_ratio = (batch.logprobs - batch.ref_logprobs) * batch.mask
@@ -432,7 +442,9 @@ class PPOTrainer:
             "response_length": self.accelerator.gather(batch.mask.sum(1).float()).mean().item(),
         }
         stats["rlhf_reward"] = stats["score"] - self.config.kl_coef * stats["kl"]
+        updating = time.perf_counter()
         stats |= self.update(batch)
+        stats |= self.phase_seconds | {"seconds_update": time.perf_counter() - updating}
         stats["seconds"] = time.perf_counter() - start
         return stats
 

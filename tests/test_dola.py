@@ -15,6 +15,7 @@ from playbook.dola import (
     contrast,
     dola_generate,
     dola_layer_divergence,
+    dola_replies,
     layer_divergence,
     mc_scores,
     mc_summary,
@@ -324,3 +325,15 @@ def test_truthfulqa_mc_gives_scores_in_range_for_both_methods(embedded):
     assert summary.loc["dola", "questions"] == 1
     with pytest.raises(ValueError, match="method"):
         truthfulqa_mc(model, tokenizer, rows, method="beam")
+
+
+@pytest.mark.slow
+def test_dola_replies_decode_each_conversation_like_dola_generate(embedded):
+    model, tokenizer = embedded
+    chats = [[{"role": "user", "content": "Who wrote Hamlet?"}], [{"role": "user", "content": "Name a colour."}]]
+    side = tokenizer.padding_side
+    replies = dola_replies(model, tokenizer, chats, max_new_tokens=8)
+    assert tokenizer.padding_side == side
+    ids = tokenizer(chat_prompt(tokenizer, "Name a colour."), return_tensors="pt", add_special_tokens=False).input_ids
+    alone = dola_generate(model, ids, max_new_tokens=8)[0, ids.shape[1] :]
+    assert replies[1] == tokenizer.decode(alone, skip_special_tokens=True).strip()

@@ -9,10 +9,12 @@ from playbook.hallucination import (
     FACT_TABLE,
     PartialDate,
     answer_confidence,
+    answer_summary,
     auroc,
     balanced_sample,
     expresses_uncertainty,
     fact_check,
+    fact_sheet,
     find_dates,
     is_correct,
     knowledge_quadrants,
@@ -188,3 +190,23 @@ def test_answer_confidence_is_the_mean_log_probability_of_the_reply(embedded):
         logprobs = model(full).logits[0, prompt_ids.shape[1] - 1 : -1].log_softmax(-1)
     expected = logprobs[range(len(reply_ids)), reply_ids].mean()
     assert row["mean_logprob"] == pytest.approx(float(expected), abs=1e-3)
+
+
+def test_fact_sheet_passes_its_own_fact_check(table):
+    sheet = fact_sheet(table)
+    assert "Joshua Cheptegei (born 12 September 1996) won gold in the men's 5000 m" in sheet
+    result = fact_check(sheet, table)
+    assert set(result["born_status"]) == {"correct"}
+    assert set(result["medal_status"]) == {"correct"} and set(result["event_status"]) == {"correct"}
+    summary = answer_summary(sheet, table)
+    assert summary["gold medallists named (of 2)"] == 2 and summary["birth dates right"] == 3
+    assert summary["wrongly called gold"] == 0 and summary["other people named"] == "-"
+    assert summary["events wrong"] == 0
+    assert answer_summary("Jacob Kiplimo won bronze in the steeplechase.", table)["events wrong"] == 1
+
+
+def test_answer_summary_counts_a_bronze_medallist_called_gold(table):
+    summary = answer_summary("The gold medallist was Jacob Kiplimo, born 14 November 2000. Also Kofi Annan.", table)
+    assert summary["wrongly called gold"] == 1
+    assert summary["birth dates right"] == 1
+    assert summary["other people named"] == "Kofi Annan"

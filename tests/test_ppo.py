@@ -151,4 +151,6 @@ def test_ppo_raises_a_programmatic_reward_on_the_embedded_model():
     after = sum(commas(prompts, trainer.respond(prompts)))
     assert after >= before + 3, (before, after)
     assert history["kl"].iloc[-1] > 0 and (history["response_length"] <= 12).all()
+    phases = history[["seconds_generate", "seconds_score", "seconds_forward", "seconds_update"]]
+    assert (phases > 0).all().all() and (phases.sum(axis=1) <= history["seconds"]).all()
     assert set(history.columns) >= {"score", "kl", "kl_k3", "policy_loss", "value_loss", "policy_clipfrac", "entropy"}

@@ -1,0 +1,362 @@
+"""Exercises at the end of each notebook, with checkers that say what is wrong, not just that it is.
+
+In a notebook::
+
+    from playbook.exercises import check
+
+    def dpo_loss(chosen_logratio, rejected_logratio, beta):
+        ...  # your code
+
+    check("06.1", dpo_loss)
+
+`check` runs the learner's answer on cases the learner cannot see and prints "correct", or a hint aimed at the
+most likely mistake. An answer that still raises `NotImplementedError` (the stub) gets a nudge, not a traceback,
+so notebooks with untouched exercises still run headless. Worked solutions live in `solutions/`, out of the way,
+and the test suite checks every one of them against its checker.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """The verdict on one answer and, when it is wrong, a hint."""
+
+    exercise: str
+    correct: bool
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.exercise}: {'correct' if self.correct else 'not yet'}. {self.message}"
+
+
+@dataclass(frozen=True)
+class Exercise:
+    notebook: str
+    prompt: str
+    checker: Callable[[object], str | None]  # None when right, else the hint
+
+
+def _close(a: float, b: float, tol: float = 1e-6) -> bool:
+    return math.isclose(float(a), float(b), rel_tol=tol, abs_tol=tol)
+
+
+def _sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+# ------------------------------------------------------------------------------------------------ checkers
+
+
+def _model_bytes(answer) -> str | None:
+    cases = [(135_000_000, "float32", 540_000_000), (7_000_000_000, "bfloat16", 14_000_000_000), (10, "int8", 10)]
+    for params, dtype, expected in cases:
+        got = answer(params, dtype)
+        if got == expected:
+            continue
+        if got == expected * 8:
+            return "You returned bits; a byte is 8 bits."
+        if dtype != "float32" and got == params * 4:
+            return "Every dtype got 4 bytes: bfloat16 takes 2 bytes per weight, int8 takes 1."
+        return f"model_bytes({params:,}, {dtype!r}) should be {expected:,}, got {got!r}."
+    return None
+
+
+def _principle_shares(answer) -> str | None:
+    results = [("honest", True), ("honest", False), ("harmless", True), ("helpful", True), ("honest", True)]
+    got = answer(results)
+    expected = {"honest": 2 / 3, "harmless": 1.0, "helpful": 1.0}
+    if not isinstance(got, dict):
+        return "Return a dict from principle name to share, e.g. {'honest': 0.67, ...}."
+    if set(got) != set(expected):
+        return f"Every principle that appears needs a share; expected keys {sorted(expected)}, got {sorted(got)}."
+    if _close(got["honest"], 2):
+        return "You counted the passes; divide by how many probes of that principle there were."
+    if not all(_close(got[k], v) for k, v in expected.items()):
+        return f"Expected {expected}, got {got}: a share is passes / probes, per principle."
+    return None
+
+
+def _ratings_to_pairs(answer) -> str | None:
+    got = answer({"a": 5, "b": 3, "c": 5, "d": 1})
+    pairs = {tuple(p) for p in got}
+    expected = {("a", "b"), ("a", "d"), ("b", "d"), ("c", "b"), ("c", "d")}
+    if ("a", "c") in pairs or ("c", "a") in pairs:
+        return "Equal ratings (a and c both 5) say nothing about which is better: skip ties."
+    if {(worse, better) for better, worse in expected} & pairs:
+        return "Some pairs are reversed: put the higher-rated reply first, as (preferred, rejected)."
+    if pairs != expected:
+        return f"Expected the pairs {sorted(expected)}, got {sorted(pairs)}."
+    if len(got) != len(pairs):
+        return "Each pair should appear once."
+    return None
+
+
+def _pair_count(answer) -> str | None:
+    for k, expected in ((2, 1), (4, 6), (7, 21), (1, 0)):
+        got = answer(k)
+        if got == expected:
+            continue
+        if got == k * k:
+            return "That counts ordered pairs including a reply with itself: use K·(K−1)/2."
+        if got == k * (k - 1):
+            return "Each unordered pair was counted twice: divide by 2."
+        return f"A ranking of {k} replies gives {expected} pairs, got {got!r}."
+    return None
+
+
+def _longer_wins(answer) -> str | None:
+    pairs = [("a long chosen reply", "short"), ("tiny", "a much longer rejected one"), ("same", "four")]
+    got = answer(pairs)
+    if _close(got, 2 / 3):
+        return "Pairs of equal length should not count as a win for the longer reply: use a strict >."
+    if _close(got, 1 / 3 * 100) or _close(got, 100 / 3):
+        return "Return a fraction between 0 and 1, not a percentage."
+    if not _close(got, 1 / 3):
+        return f"One of three chosen replies is strictly longer, so expected 0.333, got {got!r}."
+    return None
+
+
+def _bradley_terry(answer) -> str | None:
+    for chosen, rejected in ((2.0, 0.5), (-1.0, 1.0), (0.0, 0.0)):
+        got = answer(chosen, rejected)
+        expected = _sigmoid(chosen - rejected)
+        if _close(got, _sigmoid(rejected - chosen)) and chosen != rejected:
+            return "The sign is flipped: P(chosen preferred) = σ(r_chosen − r_rejected)."
+        if _close(got, chosen - rejected):
+            return "That is the margin; squash it with the logistic function σ(x) = 1 / (1 + e^(−x))."
+        if not _close(got, expected):
+            return f"For rewards {chosen} and {rejected} the probability is {expected:.4f}, got {got!r}."
+    return None
+
+
+def _kl_shaped_reward(answer) -> str | None:
+    logprobs, ref = [-1.0, -2.0, -0.5], [-1.5, -2.0, -1.0]
+    got = list(answer(score=3.0, logprobs=logprobs, ref_logprobs=ref, beta=0.2))
+    expected = [-0.1, 0.0, -0.1 + 3.0]
+    if len(got) != 3:
+        return "Return one reward per response token (3 here)."
+    if _close(got[0], 0.1):
+        return (
+            "The penalty is −β·(log π − log π_ref): it is negative when the policy is more likely than the reference."
+        )
+    if _close(got[-1], -0.1):
+        return "The reward-model score is added at the last token of the reply."
+    if _close(got[0], 3.0 - 0.1):
+        return "Add the score only at the last token, not at every token."
+    if not all(_close(g, e) for g, e in zip(got, expected, strict=True)):
+        return f"Expected {expected}, got {got}."
+    return None
+
+
+def _kl_prediction(answer) -> str | None:
+    choice = str(answer).strip().lower()
+    if choice == "smaller":
+        return None
+    if choice == "larger":
+        return "β multiplies the penalty for drifting from the reference: a larger β holds the policy closer."
+    return "Answer 'smaller' or 'larger'."
+
+
+def _dpo_loss(answer) -> str | None:
+    for chosen, rejected, beta in ((1.0, -0.5, 0.1), (-0.2, 0.3, 0.5), (0.0, 0.0, 1.0)):
+        got = answer(chosen, rejected, beta)
+        expected = -math.log(_sigmoid(beta * (chosen - rejected)))
+        if _close(got, -math.log(_sigmoid(chosen - rejected))) and beta != 1.0:
+            return "β is missing: the loss is −log σ(β·(chosen log-ratio − rejected log-ratio))."
+        if _close(got, math.log(_sigmoid(beta * (chosen - rejected)))):
+            return "A loss is minimised: take minus the log-sigmoid."
+        if not _close(got, expected):
+            return f"For ({chosen}, {rejected}, β={beta}) the loss is {expected:.4f}, got {got!r}."
+    return None
+
+
+def _rloo_advantages(answer) -> str | None:
+    rewards = [1.0, 2.0, 3.0, 6.0]
+    got = list(answer(rewards))
+    expected = [r - (sum(rewards) - r) / (len(rewards) - 1) for r in rewards]
+    mean = sum(rewards) / len(rewards)
+    if all(_close(g, r - mean) for g, r in zip(got, rewards, strict=True)):
+        return "That baseline includes the reply itself; leave it out: mean of the other k−1 rewards."
+    if not all(_close(g, e) for g, e in zip(got, expected, strict=True)):
+        return f"Expected {[round(e, 4) for e in expected]}, got {got}."
+    return None
+
+
+def _f1_unanswerable(answer) -> str | None:
+    got = answer(true_positives=6, false_positives=2, false_negatives=4)
+    precision, recall = 6 / 8, 6 / 10
+    expected = 2 * precision * recall / (precision + recall)
+    if _close(got, (precision + recall) / 2):
+        return "F1 is the harmonic mean, 2PR/(P+R), not the arithmetic mean."
+    if _close(got, expected * 100):
+        return "Return a fraction between 0 and 1."
+    if not _close(got, expected):
+        return f"Precision 0.75 and recall 0.6 give F1 {expected:.4f}, got {got!r}."
+    return None
+
+
+def _dotted_dates(answer) -> str | None:
+    cases = {
+        "born 12.09.1996 in Kapchorwa": (1996, 9, 12),
+        "on 1.7.1999": (1999, 7, 1),
+        "no date here": None,
+        "version 1.2.3": None,
+    }
+    for text, expected in cases.items():
+        got = answer(text)
+        got = None if got is None else tuple(int(x) for x in got)
+        if got != expected:
+            if expected and got == (expected[0], expected[2], expected[1]):
+                return "Day and month are swapped: 12.09.1996 is day 12, month 9 (day.month.year)."
+            return f"For {text!r} expected {expected}, got {got}."
+    return None
+
+
+def _plausible_tokens(answer) -> str | None:
+    probs = np.array([0.4, 0.3, 0.2, 0.1])
+    got = np.asarray(answer(probs, 0.5), dtype=bool)
+    expected = probs >= 0.5 * probs.max()
+    if got.tolist() == (probs >= 0.5).tolist():
+        return "The threshold is relative: α times the *largest* probability, not α itself."
+    if not np.array_equal(got, expected):
+        return f"Expected the mask {expected.tolist()}, got {got.tolist()}."
+    peaked = np.array([0.999, 0.0005, 0.0005])
+    if np.asarray(answer(peaked, 0.1), dtype=bool).tolist() != [True, False, False]:
+        return "With one dominant token only that token stays plausible."
+    return None
+
+
+def _low_layers(answer) -> str | None:
+    got = list(answer(24, tied=False))
+    if got == list(range(2, 12, 2)):
+        return "This model does not tie its embeddings, so the 'low' range starts at layer 0."
+    if got == list(range(0, 13, 2)):
+        return "The 'low' range stops before N//2 = 12."
+    if got != list(range(0, 12, 2)):
+        return f"Expected {list(range(0, 12, 2))}, got {got}."
+    if list(answer(24, tied=True)) != list(range(2, 12, 2)):
+        return "With tied embeddings the range starts at layer 2."
+    return None
+
+
+def _ece_two_bins(answer) -> str | None:
+    confidences = [0.2, 0.3, 0.8, 0.9]
+    correct = [0, 1, 1, 1]
+    got = answer(confidences, correct)
+    expected = 0.5 * abs(0.5 - 0.25) + 0.5 * abs(1.0 - 0.85)  # bins [0, 0.5) and [0.5, 1]
+    if _close(got, (abs(0.5 - 0.25) + abs(1.0 - 0.85)) / 2) and not _close(expected, got):
+        return "Weight each bin's gap by the share of answers in it."
+    if not _close(got, expected):
+        return f"Expected ECE {expected:.4f} with the bins [0, 0.5) and [0.5, 1], got {got!r}."
+    return None
+
+
+def _temperature_direction(answer) -> str | None:
+    choice = str(answer).strip().lower()
+    if choice == "above 1":
+        return None
+    if choice == "below 1":
+        return "T < 1 sharpens the probabilities, making an over-confident model worse."
+    return "Answer 'above 1' or 'below 1'."
+
+
+EXERCISES: dict[str, Exercise] = {
+    "00.1": Exercise(
+        "00_setup",
+        "model_bytes(parameters, dtype): bytes of weights for dtype float32, bfloat16 or int8.",
+        _model_bytes,
+    ),
+    "01.1": Exercise(
+        "01_alignment_hhh",
+        "principle_shares(results): results are (principle, passed) pairs; return the pass share per principle.",
+        _principle_shares,
+    ),
+    "02.1": Exercise(
+        "02_feedback_types",
+        "ratings_to_pairs(ratings): a fifth conversion, from 1–5 ratings {reply: stars} to (preferred, rejected).",
+        _ratings_to_pairs,
+    ),
+    "02.2": Exercise("02_feedback_types", "pair_count(k): preference pairs a ranking of k replies gives.", _pair_count),
+    "03.1": Exercise(
+        "03_hh_rlhf",
+        "longer_wins(pairs): share of (chosen, rejected) text pairs where the chosen one is strictly longer.",
+        _longer_wins,
+    ),
+    "04.1": Exercise(
+        "04_reward_model",
+        "preference_probability(r_chosen, r_rejected): the Bradley–Terry probability the chosen reply wins.",
+        _bradley_terry,
+    ),
+    "05.1": Exercise(
+        "05_ppo_rlhf",
+        "kl_shaped_rewards(score, logprobs, ref_logprobs, beta): per-token rewards of PPO for one reply.",
+        _kl_shaped_reward,
+    ),
+    "05.2": Exercise(
+        "05_ppo_rlhf", "Predict: raising β from 0.01 to 0.5 makes the final KL 'smaller' or 'larger'?", _kl_prediction
+    ),
+    "06.1": Exercise(
+        "06_beyond_ppo",
+        "dpo_loss(chosen_logratio, rejected_logratio, beta): the DPO loss of one pair.",
+        _dpo_loss,
+    ),
+    "06.2": Exercise(
+        "06_beyond_ppo", "rloo_advantages(rewards): leave-one-out advantages of k replies.", _rloo_advantages
+    ),
+    "07.1": Exercise(
+        "07_hallucination",
+        "f1(true_positives, false_positives, false_negatives): F1 of spotting unanswerable questions.",
+        _f1_unanswerable,
+    ),
+    "07.2": Exercise(
+        "07_hallucination",
+        "dotted_date(text): (year, month, day) of a day.month.year date like 12.09.1996, else None.",
+        _dotted_dates,
+    ),
+    "08.1": Exercise(
+        "08_dola", "plausible(probs, alpha): DoLa's plausibility mask over a probability vector.", _plausible_tokens
+    ),
+    "08.2": Exercise("08_dola", "low_layers(num_layers, tied): DoLa's 'low' candidate layers (N ≤ 40).", _low_layers),
+    "09.1": Exercise(
+        "09_calibration", "ece(confidences, correct): ECE with the two bins [0, 0.5) and [0.5, 1].", _ece_two_bins
+    ),
+    "09.2": Exercise(
+        "09_calibration",
+        "Predict: for an over-confident model, the fitted temperature is 'above 1' or 'below 1'?",
+        _temperature_direction,
+    ),
+}
+
+
+def review(exercise: str, answer) -> Feedback:
+    """Check `answer` against exercise `exercise` ("05.1", ...) and return the verdict without printing."""
+    if exercise not in EXERCISES:
+        raise KeyError(f"No exercise {exercise!r}; there are {', '.join(EXERCISES)}")
+    try:
+        hint = EXERCISES[exercise].checker(answer)
+    except NotImplementedError:
+        return Feedback(exercise, False, "Not attempted yet: replace the `raise NotImplementedError` and run again.")
+    except Exception as error:  # the learner's code failed: say how, without a traceback
+        return Feedback(exercise, False, f"Your answer raised {type(error).__name__}: {error}")
+    if hint is None:
+        return Feedback(exercise, True, "Well done.")
+    return Feedback(exercise, False, hint)
+
+
+def check(exercise: str, answer) -> Feedback:
+    """Check and print the verdict (what notebook cells call)."""
+    feedback = review(exercise, answer)
+    print(feedback)
+    return feedback
+
+
+def exercises_for(notebook: str) -> dict[str, str]:
+    """The exercises of one notebook (by file stem), id → prompt."""
+    return {key: e.prompt for key, e in EXERCISES.items() if e.notebook == notebook}

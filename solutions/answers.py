@@ -1,0 +1,104 @@
+"""One worked solution per exercise id (see playbook/exercises.py for the questions)."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+
+import numpy as np
+
+
+def model_bytes(parameters: int, dtype: str) -> int:
+    return parameters * {"float32": 4, "bfloat16": 2, "int8": 1}[dtype]
+
+
+def principle_shares(results: list[tuple[str, bool]]) -> dict[str, float]:
+    passed, total = defaultdict(int), defaultdict(int)
+    for principle, ok in results:
+        total[principle] += 1
+        passed[principle] += ok
+    return {principle: passed[principle] / total[principle] for principle in total}
+
+
+def ratings_to_pairs(ratings: dict[str, int]) -> list[tuple[str, str]]:
+    return [(a, b) for a in ratings for b in ratings if ratings[a] > ratings[b]]
+
+
+def pair_count(k: int) -> int:
+    return k * (k - 1) // 2
+
+
+def longer_wins(pairs: list[tuple[str, str]]) -> float:
+    return sum(len(chosen) > len(rejected) for chosen, rejected in pairs) / len(pairs)
+
+
+def preference_probability(r_chosen: float, r_rejected: float) -> float:
+    return 1 / (1 + math.exp(-(r_chosen - r_rejected)))
+
+
+def kl_shaped_rewards(score: float, logprobs: list[float], ref_logprobs: list[float], beta: float) -> list[float]:
+    rewards = [-beta * (lp - ref) for lp, ref in zip(logprobs, ref_logprobs, strict=True)]
+    rewards[-1] += score
+    return rewards
+
+
+def dpo_loss(chosen_logratio: float, rejected_logratio: float, beta: float) -> float:
+    return -math.log(1 / (1 + math.exp(-beta * (chosen_logratio - rejected_logratio))))
+
+
+def rloo_advantages(rewards: list[float]) -> list[float]:
+    total, k = sum(rewards), len(rewards)
+    return [r - (total - r) / (k - 1) for r in rewards]
+
+
+def f1(true_positives: int, false_positives: int, false_negatives: int) -> float:
+    precision = true_positives / (true_positives + false_positives)
+    recall = true_positives / (true_positives + false_negatives)
+    return 2 * precision * recall / (precision + recall)
+
+
+def dotted_date(text: str) -> tuple[int, int, int] | None:
+    match = re.search(r"\b([0-3]?\d)\.([01]?\d)\.((?:19|20)\d\d)\b", text)
+    if not match:
+        return None
+    day, month, year = (int(g) for g in match.groups())
+    return year, month, day
+
+
+def plausible(probs: np.ndarray, alpha: float) -> np.ndarray:
+    return probs >= alpha * probs.max()
+
+
+def low_layers(num_layers: int, tied: bool) -> list[int]:
+    start = 2 if tied else 0
+    return list(range(start, num_layers // 2, 2))
+
+
+def ece(confidences: list[float], correct: list[int]) -> float:
+    confidences, correct = np.asarray(confidences), np.asarray(correct)
+    total = 0.0
+    for in_bin in (confidences < 0.5, confidences >= 0.5):
+        if in_bin.any():
+            total += in_bin.mean() * abs(correct[in_bin].mean() - confidences[in_bin].mean())
+    return total
+
+
+SOLUTIONS = {
+    "00.1": model_bytes,
+    "01.1": principle_shares,
+    "02.1": ratings_to_pairs,
+    "02.2": pair_count,
+    "03.1": longer_wins,
+    "04.1": preference_probability,
+    "05.1": kl_shaped_rewards,
+    "05.2": "smaller",
+    "06.1": dpo_loss,
+    "06.2": rloo_advantages,
+    "07.1": f1,
+    "07.2": dotted_date,
+    "08.1": plausible,
+    "08.2": low_layers,
+    "09.1": ece,
+    "09.2": "above 1",
+}

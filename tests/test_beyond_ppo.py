@@ -1,0 +1,113 @@
+import pytest
+import torch
+from datasets import Dataset
+
+from playbook.beyond_ppo import evaluate_policies, train_dpo, train_rloo
+
+PAIRS = [
+    {
+        "prompt": [{"role": "user", "content": f"Question {i}: is the sky blue?"}],
+        "chosen": [{"role": "assistant", "content": "Yes, on a clear day."}],
+        "rejected": [{"role": "assistant", "content": "No idea, go away."}],
+    }
+    for i in range(8)
+]
+
+
+def top_layer_changed_and_bottom_frozen(model, before):
+    """Only the top decoder layer and the final norm may change; returns whether anything did."""
+    after = {name: p.detach().clone() for name, p in model.named_parameters()}
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert all(name.startswith(("model.layers.1.", "model.norm")) for name in changed), changed
+    return bool(changed)
+
+
+def test_dpo_raises_the_chosen_over_rejected_margin_and_trains_only_the_top_layer(tiny_causal_lm, tokenizer, tmp_path):
+    torch.manual_seed(0)
+    reference = type(tiny_causal_lm)(tiny_causal_lm.config).eval()
+    reference.load_state_dict(tiny_causal_lm.state_dict())
+    before = {name: p.detach().clone() for name, p in tiny_causal_lm.named_parameters()}
+    run = train_dpo(
+        tiny_causal_lm,
+        reference,
+        tokenizer,
+        Dataset.from_list(PAIRS),
+        output_dir=tmp_path,
+        steps=6,
+        batch_size=4,
+        learning_rate=5e-2,
+        trainable_layers=1,
+    )
+    assert run.name == "DPO" and run.seconds > 0
+    margins = run.history["rewards/margins"].dropna()
+    assert len(margins) == 6
+    assert margins.iloc[-1] > margins.iloc[0] + 0.05
+    assert top_layer_changed_and_bottom_frozen(tiny_causal_lm, before)
+
+
+def test_dpo_names_a_missing_column(tiny_causal_lm, tokenizer, tmp_path):
+    with pytest.raises(ValueError, match="'rejected'"):
+        train_dpo(
+            tiny_causal_lm,
+            tiny_causal_lm,
+            tokenizer,
+            Dataset.from_list([{"prompt": "a", "chosen": "b"}]),
+            output_dir=tmp_path,
+            steps=1,
+        )
+
+
+def test_rloo_runs_the_requested_steps_with_our_reward_interface(tiny_causal_lm, tokenizer, tmp_path):
+    # TRL loads RLOO's frozen reference from the policy's folder, so the policy must come from one.
+    tiny_causal_lm.save_pretrained(tmp_path / "tiny")
+    policy = type(tiny_causal_lm).from_pretrained(tmp_path / "tiny")
+    seen = []
+
+    def length_reward(prompts, completions, **_):
+        seen.append(len(completions))
+        return [float(len(c[-1]["content"])) for c in completions]
+
+    prompts = [row["prompt"] for row in PAIRS]
+    before = {name: p.detach().clone() for name, p in policy.named_parameters()}
+    run = train_rloo(
+        policy,
+        tokenizer,
+        prompts,
+        length_reward,
+        output_dir=tmp_path,
+        steps=2,
+        prompts_per_step=2,
+        generations=2,
+        max_completion_length=6,
+        trainable_layers=1,
+    )
+    assert run.history["step"].max() == 2
+    assert "reward" in run.history.columns
+    assert seen and all(n == 4 for n in seen)
+    assert top_layer_changed_and_bottom_frozen(policy, before)
+    with pytest.raises(ValueError, match="at least 2 generations"):
+        train_rloo(policy, tokenizer, prompts, length_reward, output_dir=tmp_path, steps=1, generations=1)
+
+
+class CountingRewardModel:
+    """Scores 0, 1, 2, ... for the first policy evaluated, 1, 2, 3, ... for the second: a gain of exactly 1 sd."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def score_batch(self, prompts, replies):
+        self.calls += 1
+        return [float(i + self.calls - 1) for i in range(len(replies))]
+
+
+def test_evaluate_policies_reports_gain_against_the_baseline(tiny_causal_lm, tokenizer):
+    prompts = [row["prompt"] for row in PAIRS[:3]]
+    policies = {"sft": tiny_causal_lm, "other": tiny_causal_lm}
+    table, replies = evaluate_policies(
+        policies, tokenizer, prompts, CountingRewardModel(), max_new_tokens=4, baseline="sft"
+    )
+    assert table["gain (sd of baseline)"].tolist() == pytest.approx([0.0, 1.0])
+    assert table.loc["other", "mean RM score"] == pytest.approx(2.0)
+    assert len(replies["sft"]) == 3 and replies["sft"] == replies["other"]
+    with pytest.raises(ValueError, match="baseline"):
+        evaluate_policies(policies, tokenizer, prompts, CountingRewardModel(), max_new_tokens=4, baseline="ppo")

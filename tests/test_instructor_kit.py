@@ -1,0 +1,157 @@
+"""make doctor, make bundle / WHEELHOUSE, make slides."""
+
+import subprocess
+import sys
+import zipfile
+
+import nbformat
+import pytest
+
+from conftest import REPO
+from playbook import doctor
+from playbook.models import INSTALL_COMMAND, EmbeddedModelMissing
+from playbook.slides import as_slides, build_slides, slide_type
+
+# ----------------------------------------------------------------------------------------------------- doctor
+
+
+def test_doctor_fails_with_the_install_command_when_the_model_wheel_is_missing(monkeypatch, capsys):
+    def missing():
+        raise EmbeddedModelMissing("not installed")
+
+    monkeypatch.setattr(doctor, "embedded_gguf_path", missing)
+    assert doctor.main(["--no-estimate"]) == 1
+    out = capsys.readouterr().out
+    assert f"FAIL embedded model: {INSTALL_COMMAND}" in out
+
+
+def test_doctor_warns_but_passes_without_the_real_data(monkeypatch, tmp_path):
+    monkeypatch.setenv("PLAYBOOK_DATA_DIR", str(tmp_path))
+    checks = doctor.data_checks()
+    assert [c.status for c in checks] == ["warn", "warn", "warn"]
+    assert all("PLAYBOOK_DATA_DIR" in c.fix for c in checks)
+
+
+def test_doctor_reports_the_real_data_when_present(monkeypatch, shared_data):
+    monkeypatch.setenv("PLAYBOOK_DATA_DIR", str(shared_data))
+    checks = {c.item: c for c in doctor.data_checks()}
+    assert checks["data: hh-rlhf"].status == "ok" and checks["data: hh-rlhf"].detail == "1,794 rows"
+    assert checks["data: SelfAware"].detail == "3,369 rows"
+
+
+def test_notebook_times_come_from_the_committed_execution_records():
+    seconds = doctor.notebook_seconds(REPO / "notebooks" / "00_setup.ipynb")
+    assert seconds is not None and 1 < seconds < 600
+    table = doctor.notebook_estimates(dict(doctor.REFERENCE_MICRO_SECONDS))
+    assert table.attrs["speed"] == pytest.approx(1.0)
+    assert table["estimated minutes here"].equals(table["reference minutes"])
+    slower = doctor.notebook_estimates({k: 2 * v for k, v in doctor.REFERENCE_MICRO_SECONDS.items()})
+    assert slower.attrs["speed"] == pytest.approx(2.0)
+    assert len(table) == len(list((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb")))
+
+
+@pytest.mark.slow
+def test_doctor_on_this_machine_passes_and_estimates_every_notebook(capsys):
+    assert doctor.main([]) == 0
+    out = capsys.readouterr().out
+    assert "embedded model" in out and "estimated minutes here" in out
+    assert "FAIL" not in out
+
+
+# ------------------------------------------------------------------------------------------- offline install
+
+
+def test_make_setup_with_a_wheelhouse_never_asks_an_index():
+    dry_run = subprocess.run(
+        ["make", "-n", "-W", "pyproject.toml", "setup", "WHEELHOUSE=/stick/wheels"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    installs = [line for line in dry_run.splitlines() if "pip install" in line]
+    assert installs and all("--no-index --find-links /stick/wheels" in line for line in installs)
+    assert "--upgrade pip" not in dry_run
+
+
+@pytest.mark.slow
+def test_the_project_installs_from_a_wheelhouse_with_no_network(tmp_path):
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--wheel-dir",
+            str(wheels),
+            str(REPO),
+        ],
+        check=True,
+    )
+    (wheel,) = wheels.glob("alignment_playbook-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "playbook/dola_hub/custom_generate/generate.py" in names
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(venv / "bin" / "python"),
+            "install",
+            "--quiet",
+            "--no-index",
+            "--find-links",
+            str(wheels),
+            "--no-deps",
+            "alignment-playbook",
+        ],
+        check=True,
+        env={"PIP_CONFIG_FILE": "/dev/null", "PATH": "/usr/bin:/bin"},
+    )
+    installed = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import importlib.metadata as m; print(m.version('alignment-playbook'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert installed == "0.1.0"
+
+
+# ----------------------------------------------------------------------------------------------------- slides
+
+
+def test_slide_roles_follow_headings_outputs_and_tags():
+    heading = nbformat.v4.new_markdown_cell("## Results")
+    prose = nbformat.v4.new_markdown_cell("Some words.")
+    plot = nbformat.v4.new_code_cell("plot()", outputs=[nbformat.v4.new_output("display_data", {"image/png": "x"})])
+    text = nbformat.v4.new_code_cell("print(1)", outputs=[nbformat.v4.new_output("stream", text="1")])
+    shown = nbformat.v4.new_code_cell("print(2)", metadata={"tags": ["slides-show"]})
+    hidden = nbformat.v4.new_markdown_cell("# Title", metadata={"tags": ["slides-skip"]})
+    assert [slide_type(c) for c in (heading, prose, plot, text, shown, hidden)] == [
+        "slide",
+        "-",
+        "fragment",
+        "skip",
+        "fragment",
+        "skip",
+    ]
+
+
+def test_slides_are_written_for_a_notebook(tmp_path):
+    notebook = REPO / "notebooks" / "03_hh_rlhf.ipynb"
+    (deck,) = build_slides(tmp_path, [notebook])
+    html = deck.read_text()
+    assert deck.name == "03_hh_rlhf.slides.html"
+    assert html.count("<section") >= 3 and "reveal" in html
+    assert "load_hh_rlhf(" not in html  # code is hidden
+    original = nbformat.read(notebook, as_version=4)
+    assert "slideshow" not in original.cells[0].metadata  # the notebook itself is left alone
+    assert as_slides(original).cells[0].metadata["slideshow"]["slide_type"] == "slide"
