@@ -32,7 +32,7 @@ MIN_FREE_MEMORY_GIB = 4.0
 MIN_FREE_DISK_GIB = 2.0
 
 REFERENCE_MACHINE = "2-core x86-64 CPU, 24 GiB, no GPU (where the committed notebooks were run)"
-REFERENCE_MICRO_SECONDS = {"generate": 1.38, "score": 0.66, "train": 1.83}
+REFERENCE_MICRO_SECONDS = {"generate": 1.61, "score": 1.71, "train": 1.45}
 """`micro_benchmarks()` on the reference machine (median of 3), measured with `python -m playbook.doctor --micro`."""
 
 
