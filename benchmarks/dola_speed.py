@@ -9,12 +9,11 @@ median of --repeats runs is reported. Greedy is `model.generate` of the installe
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
 from playbook.dola import dola_generate
+from playbook.environment import median_seconds
 from playbook.models import load_model
 
 PROMPTS = [
@@ -22,15 +21,6 @@ PROMPTS = [
     "Who won the 2020 Olympic gold medal in the men's 10,000 metres?",
     "Why do we see lightning before we hear thunder?",
 ]
-
-
-def median_seconds(action, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -48,7 +38,11 @@ def main() -> None:
     no_stop = {"max_new_tokens": args.tokens, "eos_token_id": -1}
 
     def run(decode) -> float:
-        return median_seconds(lambda: [decode(ids) for ids in prompts], args.repeats) / (len(prompts) * args.tokens)
+        def all_prompts():
+            for ids in prompts:
+                decode(ids)
+
+        return median_seconds(all_prompts, args.repeats, warmup=False) / (len(prompts) * args.tokens)
 
     decoders = {
         "greedy (model.generate)": lambda ids: model.generate(

@@ -6,21 +6,11 @@
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 from transformers import AutoModelForCausalLM
 
+from playbook.environment import median_seconds
 from playbook.models import embedded_gguf_path, embedded_model_dir, load_model
-
-
-def seconds(action, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -29,8 +19,10 @@ def main() -> None:
     repeats = parser.parse_args().repeats
     embedded_model_dir()  # make sure the cache exists before timing it
     gguf = embedded_gguf_path()
-    from_gguf = seconds(lambda: AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name), repeats)
-    from_cache = seconds(lambda: load_model(device="cpu"), repeats)
+    from_gguf = median_seconds(
+        lambda: AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name), repeats, warmup=False
+    )
+    from_cache = median_seconds(lambda: load_model(device="cpu"), repeats, warmup=False)
     print(f"{'load':<26}{'median s':>10}")
     print(f"{'GGUF (de-quantize)':<26}{from_gguf:>10.2f}")
     print(f"{'float32 cache (load_model)':<26}{from_cache:>10.2f}")

@@ -12,11 +12,14 @@ written mid-run) and, like our PPO, train only the top layers of the policy so a
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import torch
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 from trl import DPOConfig, DPOTrainer, RLOOConfig, RLOOTrainer
@@ -35,7 +38,17 @@ CPU_SAFE = {
     "logging_steps": 1,
     "disable_tqdm": False,
     "seed": 0,
+    "dataloader_pin_memory": torch.cuda.is_available(),  # pinning only helps copies to a GPU
 }
+
+
+@contextmanager
+def _quiet_renames():
+    """TRL 1.16 configs still set `gradient_checkpointing`, which transformers 5 renamed; its FutureWarnings say
+    nothing a learner can act on (and print library paths into notebooks), so they are silenced here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 @dataclass
@@ -61,7 +74,8 @@ class _History(TrainerCallback):
 
 def _run(name: str, trainer, history: _History, policy: PreTrainedModel) -> MethodRun:
     started = time.perf_counter()
-    trainer.train()
+    with _quiet_renames():
+        trainer.train()
     seconds = time.perf_counter() - started
     policy.eval()
     return MethodRun(name, policy, pd.DataFrame(history.rows), seconds)
@@ -93,24 +107,26 @@ def train_dpo(
     pairs = pairs.map(lambda row: {"prompt": row["prompt"][-prompt_messages:]})
     train_top_layers(policy, trainable_layers)
     reference.requires_grad_(False)
-    config = DPOConfig(
-        output_dir=str(output_dir),
-        max_steps=steps,
-        per_device_train_batch_size=batch_size,
-        learning_rate=learning_rate,
-        beta=beta,
-        max_length=max_length,
-        **CPU_SAFE,
-    )
+    with _quiet_renames():
+        config = DPOConfig(
+            output_dir=str(output_dir),
+            max_steps=steps,
+            per_device_train_batch_size=batch_size,
+            learning_rate=learning_rate,
+            beta=beta,
+            max_length=max_length,
+            **CPU_SAFE,
+        )
     history = _History()
-    trainer = DPOTrainer(
-        model=policy,
-        ref_model=reference,
-        args=config,
-        train_dataset=pairs,
-        processing_class=tokenizer,
-        callbacks=[history, *callbacks],
-    )
+    with _quiet_renames():
+        trainer = DPOTrainer(
+            model=policy,
+            ref_model=reference,
+            args=config,
+            train_dataset=pairs,
+            processing_class=tokenizer,
+            callbacks=[history, *callbacks],
+        )
     return _run("DPO", trainer, history, policy)
 
 
@@ -147,25 +163,27 @@ def train_rloo(
     if generations < 2:
         raise ValueError("RLOO needs at least 2 generations per prompt (the baseline is the mean of the others)")
     train_top_layers(policy, trainable_layers)
-    config = RLOOConfig(
-        output_dir=str(output_dir),
-        max_steps=steps,
-        per_device_train_batch_size=prompts_per_step * generations,
-        num_generations=generations,
-        max_completion_length=max_completion_length,
-        learning_rate=learning_rate,
-        beta=beta,
-        **CPU_SAFE,
-    )
+    with _quiet_renames():
+        config = RLOOConfig(
+            output_dir=str(output_dir),
+            max_steps=steps,
+            per_device_train_batch_size=prompts_per_step * generations,
+            num_generations=generations,
+            max_completion_length=max_completion_length,
+            learning_rate=learning_rate,
+            beta=beta,
+            **CPU_SAFE,
+        )
     history = _History()
-    trainer = RLOOTrainer(
-        model=policy,
-        reward_funcs=reward_function(reward_model) if isinstance(reward_model, RewardModel) else reward_model,
-        args=config,
-        train_dataset=Dataset.from_dict({"prompt": list(prompts)}),
-        processing_class=tokenizer,
-        callbacks=[history, *callbacks],
-    )
+    with _quiet_renames():
+        trainer = RLOOTrainer(
+            model=policy,
+            reward_funcs=reward_function(reward_model) if isinstance(reward_model, RewardModel) else reward_model,
+            args=config,
+            train_dataset=Dataset.from_dict({"prompt": list(prompts)}),
+            processing_class=tokenizer,
+            callbacks=[history, *callbacks],
+        )
     return _run("RLOO", trainer, history, policy)
 
 

@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 
 from playbook.config import get_profile, repository_root
+from playbook.environment import median_seconds
 from playbook.models import INSTALL_COMMAND, EmbeddedModelMissing, cache_root, embedded_gguf_path, pick_device
 
 REQUIRED_LIBRARIES = ("torch", "transformers", "trl", "datasets", "peft", "accelerate", "gguf", "safetensors")
@@ -128,16 +129,6 @@ def data_checks() -> list[Check]:
     return checks
 
 
-def _median_seconds(action, repeats: int = 3) -> float:
-    action()  # warm-up
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
-
-
 def micro_benchmarks(model, tokenizer) -> dict[str, float]:
     """Seconds for three small steps that stand for the course's work: 16 greedy tokens for 4 prompts
     (generate), a forward pass over 8 × 128 tokens (score) and a training step of the top 6 layers on
@@ -145,7 +136,7 @@ def micro_benchmarks(model, tokenizer) -> dict[str, float]:
     torch.manual_seed(0)
     prompts = torch.randint(100, 1000, (4, 32))
     tokens = torch.randint(100, 1000, (8, 128))
-    generate = _median_seconds(
+    generate = median_seconds(
         lambda: model.generate(
             prompts,
             attention_mask=torch.ones_like(prompts),
@@ -174,7 +165,7 @@ def micro_benchmarks(model, tokenizer) -> dict[str, float]:
             p.grad = None
             p.requires_grad_(False)
 
-    return {"generate": generate, "score": _median_seconds(score), "train": _median_seconds(train)}
+    return {"generate": generate, "score": median_seconds(score), "train": median_seconds(train)}
 
 
 def notebook_seconds(notebook: Path) -> float | None:

@@ -35,6 +35,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from playbook.models import chat_batches, decode_new_tokens
+
 DolaLayers = str | Sequence[int]
 
 RELATIVE_TOP = 0.1
@@ -223,18 +225,18 @@ def _decode(
     input_ids: torch.Tensor,
     *,
     dola_layers: DolaLayers,
-    attention_mask: torch.Tensor | None,
-    max_new_tokens: int,
-    repetition_penalty: float,
-    relative_top: float,
-    do_sample: bool,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    eos_token_id: int | Sequence[int] | None,
-    pad_token_id: int | None,
-    generator: torch.Generator | None,
-    num_beams: int,
+    attention_mask: torch.Tensor | None = None,
+    max_new_tokens: int = 64,
+    repetition_penalty: float = 1.2,
+    relative_top: float = RELATIVE_TOP,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_token_id: int | Sequence[int] | None = None,
+    pad_token_id: int | None = None,
+    generator: torch.Generator | None = None,
+    num_beams: int = 1,
 ) -> tuple[torch.Tensor, list[DolaTrace]]:
     _check_model(model)
     if num_beams != 1:
@@ -354,24 +356,15 @@ def dola_replies(
     decodes greedily): chat template, left-padded batches, special tokens removed. `dola_options` go to
     `dola_generate` (dola_layers, max_new_tokens, repetition_penalty, ...)."""
     replies: list[str] = []
-    padding_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        for start in range(0, len(conversations), batch_size):
-            chunk = conversations[start : start + batch_size]
-            texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chunk]
-            batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-            output = dola_generate(
-                model,
-                batch["input_ids"],
-                attention_mask=batch["attention_mask"],
-                pad_token_id=tokenizer.pad_token_id,
-                **dola_options,
-            )
-            new_tokens = output[:, batch["input_ids"].shape[1] :]
-            replies += [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
-    finally:
-        tokenizer.padding_side = padding_side
+    for _, batch in chat_batches(tokenizer, conversations, batch_size=batch_size, device=model.device):
+        output = dola_generate(
+            model,
+            batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            pad_token_id=tokenizer.pad_token_id,
+            **dola_options,
+        )
+        replies += decode_new_tokens(tokenizer, output, batch["input_ids"].shape[1])
     return replies
 
 
@@ -393,15 +386,6 @@ def dola_layer_divergence(
         attention_mask=attention_mask,
         max_new_tokens=max_new_tokens,
         repetition_penalty=repetition_penalty,
-        relative_top=RELATIVE_TOP,
-        do_sample=False,
-        temperature=1.0,
-        top_k=None,
-        top_p=None,
-        eos_token_id=None,
-        pad_token_id=None,
-        generator=None,
-        num_beams=1,
     )
     return traces
 

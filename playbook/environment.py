@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 import sys
+import time
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -48,3 +51,16 @@ def environment_report() -> pd.DataFrame:
     rows["data dir (PLAYBOOK_DATA_DIR)"] = display_path(folder) if folder else "unset: bundled samples"
     rows["model cache (PLAYBOOK_CACHE)"] = display_path(cache_root())
     return pd.DataFrame({"item": list(rows), "value": list(rows.values())})
+
+
+def median_seconds(action: Callable[[], object], repeats: int = 3, *, warmup: bool = True) -> float:
+    """Median wall time of `repeats` calls of `action`, after one untimed call when `warmup` (the first call
+    pays for lazy initialisation and cold caches)."""
+    if warmup:
+        action()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        action()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)

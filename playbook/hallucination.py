@@ -25,6 +25,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from playbook.data import BUNDLED_DATA_DIR
 from playbook.judge import WINDOW, abstains
+from playbook.models import chat_batches
 
 FACT_TABLE = BUNDLED_DATA_DIR / "uganda_tokyo2020_medallists.json"
 FACTUAL_PROBES = BUNDLED_DATA_DIR / "factual_probes.jsonl"
@@ -414,42 +415,32 @@ def answer_confidence(
     log-probability of the tokens it chose and the mean entropy of its next-token distributions, over the reply's
     tokens up to and including the end-of-turn token."""
     rows = []
-    padding_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        for start in range(0, len(questions), batch_size):
-            chunk = list(questions[start : start + batch_size])
-            conversations = [[{"role": "user", "content": q}] for q in chunk]
-            texts = [
-                tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
-                for conversation in conversations
-            ]
-            batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-            output = model.generate(
-                **batch,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-                output_logits=True,
-                return_dict_in_generate=True,
+    for start, batch in chat_batches(
+        tokenizer, [[{"role": "user", "content": q}] for q in questions], batch_size=batch_size, device=model.device
+    ):
+        output = model.generate(
+            **batch,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+        new_tokens = output.sequences[:, batch["input_ids"].shape[1] :]
+        logprobs = torch.stack(output.logits, dim=1).float().log_softmax(-1)  # [B, T, V]
+        chosen = logprobs.gather(-1, new_tokens[..., None]).squeeze(-1)
+        entropy = -(logprobs.exp() * logprobs).sum(-1)
+        for row in range(len(new_tokens)):
+            length = _reply_length(new_tokens[row], tokenizer.eos_token_id)
+            rows.append(
+                {
+                    "question": questions[start + row],
+                    "reply": tokenizer.decode(new_tokens[row, :length], skip_special_tokens=True).strip(),
+                    "mean_logprob": float(chosen[row, :length].mean()),
+                    "mean_entropy": float(entropy[row, :length].mean()),
+                    "tokens": length,
+                }
             )
-            new_tokens = output.sequences[:, batch["input_ids"].shape[1] :]
-            logprobs = torch.stack(output.logits, dim=1).float().log_softmax(-1)  # [B, T, V]
-            chosen = logprobs.gather(-1, new_tokens[..., None]).squeeze(-1)
-            entropy = -(logprobs.exp() * logprobs).sum(-1)
-            for row, question in enumerate(chunk):
-                length = _reply_length(new_tokens[row], tokenizer.eos_token_id)
-                rows.append(
-                    {
-                        "question": question,
-                        "reply": tokenizer.decode(new_tokens[row, :length], skip_special_tokens=True).strip(),
-                        "mean_logprob": float(chosen[row, :length].mean()),
-                        "mean_entropy": float(entropy[row, :length].mean()),
-                        "tokens": length,
-                    }
-                )
-    finally:
-        tokenizer.padding_side = padding_side
     return pd.DataFrame(rows)
 
 

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -22,6 +23,7 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
+    BatchEncoding,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -198,6 +200,28 @@ def model_summary(model: PreTrainedModel) -> dict[str, object]:
 Messages = list[dict[str, str]]
 
 
+def chat_batches(
+    tokenizer: PreTrainedTokenizerBase, conversations: list[Messages], *, batch_size: int, device: torch.device
+) -> Iterator[tuple[int, BatchEncoding]]:
+    """Conversations with the chat template applied and a generation prompt added, tokenized in left-padded
+    batches (so every prompt ends at the last position): yields (index of the batch's first conversation, batch).
+    The tokenizer's padding side is restored afterwards."""
+    padding_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        for start in range(0, len(conversations), batch_size):
+            chunk = conversations[start : start + batch_size]
+            texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chunk]
+            yield start, tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    finally:
+        tokenizer.padding_side = padding_side
+
+
+def decode_new_tokens(tokenizer: PreTrainedTokenizerBase, output: torch.Tensor, prompt_length: int) -> list[str]:
+    """The text each row generated after its (left-padded) prompt, special tokens removed, stripped."""
+    return [t.strip() for t in tokenizer.batch_decode(output[:, prompt_length:], skip_special_tokens=True)]
+
+
 @torch.no_grad()
 def generate_replies(
     model: PreTrainedModel,
@@ -214,24 +238,15 @@ def generate_replies(
     Conversations are batched with left padding; the replies come back in input order, special tokens removed.
     """
     replies: list[str] = []
-    padding_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        for start in range(0, len(conversations), batch_size):
-            chunk = conversations[start : start + batch_size]
-            texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chunk]
-            batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-            output = model.generate(
-                **batch,
-                max_new_tokens=max_new_tokens,
-                do_sample=do_sample,
-                pad_token_id=tokenizer.pad_token_id,
-                **generate_kwargs,
-            )
-            new_tokens = output[:, batch["input_ids"].shape[1] :]
-            replies += [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
-    finally:
-        tokenizer.padding_side = padding_side
+    for _, batch in chat_batches(tokenizer, conversations, batch_size=batch_size, device=model.device):
+        output = model.generate(
+            **batch,
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            pad_token_id=tokenizer.pad_token_id,
+            **generate_kwargs,
+        )
+        replies += decode_new_tokens(tokenizer, output, batch["input_ids"].shape[1])
     return replies
 
 
