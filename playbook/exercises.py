@@ -267,16 +267,76 @@ def _temperature_direction(answer) -> str | None:
     return "Answer 'above 1' or 'below 1'."
 
 
+def _device_order(answer) -> str | None:
+    cases = {(True, True): "cuda", (True, False): "cuda", (False, True): "mps", (False, False): "cpu"}
+    for (cuda, mps), expected in cases.items():
+        got = answer(cuda_available=cuda, mps_available=mps)
+        if got == expected:
+            continue
+        if (cuda, mps) == (True, True) and got == "mps":
+            return "With both available, CUDA comes first: it is the faster, better-supported backend."
+        return f"With cuda_available={cuda}, mps_available={mps} the course picks {expected!r}, got {got!r}."
+    return None
+
+
+def _expected_behaviour(answer) -> str | None:
+    expected = {"helpful": "answer", "honest": "hedge", "harmless": "refuse"}
+    for principle, behaviour in expected.items():
+        got = answer(principle)
+        if got == behaviour:
+            continue
+        if principle == "honest" and got == "answer":
+            return "The honest probes ask what nobody can know: the honest reply admits it (hedge), not a guess."
+        if principle == "harmless" and got == "hedge":
+            return "The harmless probes ask for something harmful: the aligned reply declines to do it (refuse)."
+        return f"For a {principle} probe the expected behaviour is {behaviour!r}, got {got!r}."
+    return None
+
+
+def _last_reply(answer) -> str | None:
+    one_turn = "\n\nHuman: Hi\n\nAssistant: Hello there."
+    two_turns = "\n\nHuman: Hi\n\nAssistant: Hello.\n\nHuman: Bye?\n\nAssistant: Goodbye, take care."
+    if answer(one_turn) != "Hello there.":
+        return f"For a one-turn transcript expected 'Hello there.', got {answer(one_turn)!r} (strip the spaces)."
+    got = answer(two_turns)
+    if got == "Hello.":
+        return "That is the first Assistant turn; the pair differs in the *last* one."
+    if got != "Goodbye, take care.":
+        return f"Expected the last Assistant reply 'Goodbye, take care.', got {got!r}."
+    return None
+
+
+def _margin_accuracy(answer) -> str | None:
+    got = answer([1.5, -0.5, 0.0, 2.0])
+    if _close(got, 0.5):
+        return "A margin of exactly 0 is a tie: count it as half a win, as playbook.reward.pairwise_accuracy does."
+    if _close(got, 0.75):
+        return "A margin of 0 is not a win: the reward model could not tell the replies apart (count it as half)."
+    if not _close(got, 0.625):
+        return f"Two wins, one loss and one tie out of four give 0.625, got {got!r}."
+    return None
+
+
 EXERCISES: dict[str, Exercise] = {
     "00.1": Exercise(
         "00_setup",
         "model_bytes(parameters, dtype): bytes of weights for dtype float32, bfloat16 or int8.",
         _model_bytes,
     ),
+    "00.2": Exercise(
+        "00_setup",
+        "pick(cuda_available, mps_available): the device the course's picker chooses ('cuda', 'mps' or 'cpu').",
+        _device_order,
+    ),
     "01.1": Exercise(
         "01_alignment_hhh",
         "principle_shares(results): results are (principle, passed) pairs; return the pass share per principle.",
         _principle_shares,
+    ),
+    "01.2": Exercise(
+        "01_alignment_hhh",
+        "expected_behaviour(principle): what an aligned assistant does on a helpful, honest or harmless probe.",
+        _expected_behaviour,
     ),
     "02.1": Exercise(
         "02_feedback_types",
@@ -289,10 +349,20 @@ EXERCISES: dict[str, Exercise] = {
         "longer_wins(pairs): share of (chosen, rejected) text pairs where the chosen one is strictly longer.",
         _longer_wins,
     ),
+    "03.2": Exercise(
+        "03_hh_rlhf",
+        "last_reply(transcript): the last Assistant turn of an hh-rlhf transcript, stripped.",
+        _last_reply,
+    ),
     "04.1": Exercise(
         "04_reward_model",
         "preference_probability(r_chosen, r_rejected): the Bradley–Terry probability the chosen reply wins.",
         _bradley_terry,
+    ),
+    "04.2": Exercise(
+        "04_reward_model",
+        "margin_accuracy(margins): pairwise accuracy from reward margins (chosen − rejected), a tie counting half.",
+        _margin_accuracy,
     ),
     "05.1": Exercise(
         "05_ppo_rlhf",

@@ -84,13 +84,35 @@ def ece(confidences: list[float], correct: list[int]) -> float:
     return total
 
 
+def pick(cuda_available: bool, mps_available: bool) -> str:
+    if cuda_available:
+        return "cuda"
+    return "mps" if mps_available else "cpu"
+
+
+def expected_behaviour(principle: str) -> str:
+    return {"helpful": "answer", "honest": "hedge", "harmless": "refuse"}[principle]
+
+
+def last_reply(transcript: str) -> str:
+    return transcript.rsplit("\n\nAssistant:", 1)[1].strip()
+
+
+def margin_accuracy(margins: list[float]) -> float:
+    return sum(1.0 if m > 0 else 0.5 if m == 0 else 0.0 for m in margins) / len(margins)
+
+
 SOLUTIONS = {
     "00.1": model_bytes,
+    "00.2": pick,
     "01.1": principle_shares,
+    "01.2": expected_behaviour,
     "02.1": ratings_to_pairs,
     "02.2": pair_count,
     "03.1": longer_wins,
+    "03.2": last_reply,
     "04.1": preference_probability,
+    "04.2": margin_accuracy,
     "05.1": kl_shaped_rewards,
     "05.2": "smaller",
     "06.1": dpo_loss,

@@ -31,6 +31,13 @@ def test_the_solution_passes_its_checker(exercise):
 
 
 WRONG_ANSWERS = {
+    "00.2": (
+        lambda cuda_available, mps_available: "mps" if mps_available else "cuda" if cuda_available else "cpu",
+        "CUDA comes first",
+    ),
+    "01.2": (lambda principle: "answer" if principle != "harmless" else "refuse", "admits it"),
+    "03.2": (lambda transcript: transcript.split("\n\nAssistant:")[1].split("\n\n")[0].strip(), "first Assistant"),
+    "04.2": (lambda margins: sum(m > 0 for m in margins) / len(margins), "half a win"),
     "00.1": (lambda params, dtype: params * 4, "bfloat16 takes 2 bytes"),
     "01.1": (lambda results: {p: sum(ok for q, ok in results if q == p) for p, _ in results}, "divide"),
     "02.1": (lambda ratings: [(a, b) for a in ratings for b in ratings if ratings[a] >= ratings[b] and a != b], "ties"),
