@@ -23,7 +23,7 @@ from playbook.beyond_ppo import train_rloo
 from playbook.config import get_profile
 from playbook.data import load_hh_rlhf
 from playbook.models import load_model
-from playbook.ppo import PPOConfig, PPOTrainer
+from playbook.ppo import CPU_SETTINGS, PPOConfig, PPOTrainer
 from playbook.reward import RewardModel, default_reward_dir, train_reward_model
 
 
@@ -73,14 +73,11 @@ def main() -> None:
     value, _ = load_model(default_reward_dir(), task="reward")
     config = PPOConfig.from_profile(
         profile,
+        **{**CPU_SETTINGS, "policy_trainable_layers": args.layers},
         batch_size=args.batch,
         mini_batch_size=max(1, args.batch // 2),
         response_length=args.response_length,
         steps=args.steps,
-        policy_trainable_layers=args.layers,
-        value_trainable_layers=2,
-        max_prompt_length=64,
-        ppo_epochs=4,
     )
     ppo = PPOTrainer(policy, reference, reward_model, value, tokenizer, prompts, config).train()
     phases = ["seconds_generate", "seconds_score", "seconds_forward", "seconds_update"]

@@ -16,19 +16,9 @@ import pandas as pd
 from playbook.config import get_profile
 from playbook.data import load_hh_rlhf
 from playbook.models import load_model
-from playbook.ppo import PPOConfig, PPOTrainer, score_spread
+from playbook.ppo import CPU_SETTINGS, PPOConfig, PPOTrainer, score_spread
 from playbook.reward import RewardModel, default_reward_dir
 
-NOTEBOOK_05 = dict(
-    policy_trainable_layers=6,
-    value_trainable_layers=2,
-    max_prompt_length=64,
-    learning_rate=2e-5,
-    value_learning_rate=1e-4,
-    ppo_epochs=4,
-    kl_coef=0.1,
-    missing_eos_penalty=0.0,
-)
 VARIANTS = {
     "notebook 05 (lr 2e-5, β 0.1)": {},
     "lr 3e-5": {"learning_rate": 3e-5},
@@ -56,7 +46,7 @@ def main() -> None:
             continue
         policy, _ = load_model()
         value, _ = load_model(default_reward_dir(), task="reward")
-        config = PPOConfig.from_profile(profile, **{**NOTEBOOK_05, **change, "steps": args.steps})
+        config = PPOConfig.from_profile(profile, **{**CPU_SETTINGS, **change, "steps": args.steps})
         trainer = PPOTrainer(policy, reference, reward_model, value, tokenizer, train_prompts, config)
         if baseline is None:
             baseline = score_spread(reward_model.score_batch(held_out, trainer.respond(held_out)))

@@ -165,7 +165,7 @@ def _sampling_scores(scores: torch.Tensor, temperature: float, top_k: int | None
         cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
         drop_sorted = cumulative <= 1 - top_p
         drop_sorted[..., -1] = False
-        scores = scores.masked_fill(drop_sorted.scatter(1, order, drop_sorted), -math.inf)
+        scores = scores.masked_fill(torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted), -math.inf)
     return scores
 
 
@@ -220,11 +220,11 @@ class DolaTrace:
 
 
 @torch.no_grad()
-def _decode(
+def dola_generate(
     model: PreTrainedModel,
     input_ids: torch.Tensor,
     *,
-    dola_layers: DolaLayers,
+    dola_layers: DolaLayers = "high",
     attention_mask: torch.Tensor | None = None,
     max_new_tokens: int = 64,
     repetition_penalty: float = 1.2,
@@ -237,7 +237,15 @@ def _decode(
     pad_token_id: int | None = None,
     generator: torch.Generator | None = None,
     num_beams: int = 1,
-) -> tuple[torch.Tensor, list[DolaTrace]]:
+    return_traces: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, list[DolaTrace]]:
+    """Decode with DoLa and return what `model.generate` returns: prompt + new tokens, `[batch, length]`.
+
+    Greedy unless `do_sample`. Left-pad batches and pass their `attention_mask`; finished rows are filled with
+    `pad_token_id` (default: the model's, else its EOS). The repetition penalty of 1.2 is what the DoLa authors and
+    the transformers docs recommend for open-ended DoLa generation. With `return_traces`, also returns one
+    `DolaTrace` per row (what `dola_layer_divergence` plots).
+    """
     _check_model(model)
     if num_beams != 1:
         raise ValueError(f"DoLa is greedy or sampling only; num_beams={num_beams} (beam search) is not supported")
@@ -297,51 +305,7 @@ def _decode(
     divergences = torch.stack(steps_divergence, dim=1).numpy()  # [B, steps, L]
     for row, trace in enumerate(traces):
         trace.divergences = divergences[row, : len(trace.new_tokens)]
-    return sequences, traces
-
-
-def dola_generate(
-    model: PreTrainedModel,
-    input_ids: torch.Tensor,
-    *,
-    dola_layers: DolaLayers = "high",
-    attention_mask: torch.Tensor | None = None,
-    max_new_tokens: int = 64,
-    repetition_penalty: float = 1.2,
-    relative_top: float = RELATIVE_TOP,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    eos_token_id: int | Sequence[int] | None = None,
-    pad_token_id: int | None = None,
-    generator: torch.Generator | None = None,
-    num_beams: int = 1,
-) -> torch.Tensor:
-    """Decode with DoLa and return what `model.generate` returns: prompt + new tokens, `[batch, length]`.
-
-    Greedy unless `do_sample`. Left-pad batches and pass their `attention_mask`; finished rows are filled with
-    `pad_token_id` (default: the model's, else its EOS). The repetition penalty of 1.2 is what the DoLa authors and
-    the transformers docs recommend for open-ended DoLa generation.
-    """
-    sequences, _ = _decode(
-        model,
-        input_ids,
-        dola_layers=dola_layers,
-        attention_mask=attention_mask,
-        max_new_tokens=max_new_tokens,
-        repetition_penalty=repetition_penalty,
-        relative_top=relative_top,
-        do_sample=do_sample,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        eos_token_id=eos_token_id,
-        pad_token_id=pad_token_id,
-        generator=generator,
-        num_beams=num_beams,
-    )
-    return sequences
+    return (sequences, traces) if return_traces else sequences
 
 
 def dola_replies(
@@ -379,13 +343,14 @@ def dola_layer_divergence(
 ) -> list[DolaTrace]:
     """Greedy DoLa that also records, per generated token, every candidate layer's divergence from the final layer
     and the layer chosen: one `DolaTrace` per prompt, for heatmaps like the DoLa paper's."""
-    _, traces = _decode(
+    _, traces = dola_generate(
         model,
         input_ids,
         dola_layers=dola_layers,
         attention_mask=attention_mask,
         max_new_tokens=max_new_tokens,
         repetition_penalty=repetition_penalty,
+        return_traces=True,
     )
     return traces
 

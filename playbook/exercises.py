@@ -116,7 +116,7 @@ def _longer_wins(answer) -> str | None:
     got = answer(pairs)
     if _close(got, 2 / 3):
         return "Pairs of equal length should not count as a win for the longer reply: use a strict >."
-    if _close(got, 1 / 3 * 100) or _close(got, 100 / 3):
+    if _close(got, 100 / 3):
         return "Return a fraction between 0 and 1, not a percentage."
     if not _close(got, 1 / 3):
         return f"One of three chosen replies is strictly longer, so expected 0.333, got {got!r}."

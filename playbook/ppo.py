@@ -98,6 +98,21 @@ class PPOConfig:
 # ------------------------------------------------------------------------------------ pure functions
 
 
+CPU_SETTINGS = {
+    "policy_trainable_layers": 6,
+    "value_trainable_layers": 2,
+    "max_prompt_length": 64,
+    "learning_rate": 2e-5,
+    "value_learning_rate": 1e-4,
+    "ppo_epochs": 4,
+    "kl_coef": 0.1,
+    "missing_eos_penalty": 0.0,
+}
+"""PPOConfig overrides that fit a 2-core CPU (notebook 05 and the PPO benchmarks): only the top 6 policy layers and
+the top 2 value layers train, prompts keep their last 64 tokens, and replies that run out of tokens are not
+penalised."""
+
+
 def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     """Mean of ``values`` where ``mask`` is 1 (over everything, or along ``dim``); 0 where nothing is valid."""
     mask = mask.to(values.dtype)
