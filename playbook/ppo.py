@@ -16,6 +16,13 @@ RLHF with PPO: A Case Study on TL;DR Summarization*):
 Dropout is off throughout (the models stay in eval mode; gradients still flow). The value model is a copy of the
 reward model, so its head starts out predicting rewards. Devices come from ``accelerate``: the same code runs on
 a CPU, one GPU, or several (``accelerate launch your_script.py``; each process takes its share of the prompts).
+
+**Frozen layers run once.** Only the top layers of the policy and the value model train on a CPU, and the layers
+below them never change. So each rollout runs the policy's frozen layers once, keeps the hidden states there, and
+every later pass (the rollout's log-probs and values, every PPO epoch) starts from them. The reference and the
+value model share those frozen layers too wherever their weights are the policy's, weight for weight (the reference
+below the policy's first trainable layer; a reward model built on the same backbone below its own first trainable
+layer). The numbers are exactly those of a full forward pass (tested); the update costs about half as much.
 """
 
 from __future__ import annotations
@@ -32,8 +39,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.masking_utils import create_causal_mask
 
 from playbook.config import Profile, runs_dir
 from playbook.models import write_model_atomically
@@ -68,7 +77,7 @@ class PPOConfig:
     value_coef: float = 0.1  # weight of the value loss
     missing_eos_penalty: float = 1.0  # subtracted from the score of a reply that did not end
     max_grad_norm: float = 1.0
-    policy_trainable_layers: int | None = None  # train only the top k decoder layers (None: every weight)
+    policy_trainable_layers: int | None = None  # train the top k decoder layers (None: all; never the embeddings)
     value_trainable_layers: int | None = None  # same for the value model; its head is always trained
     seed: int = 0
 
@@ -249,6 +258,73 @@ def train_top_layers(model: PreTrainedModel, layers: int | None) -> None:
             module.requires_grad_(True)
 
 
+def first_trainable_layer(model: PreTrainedModel) -> int:
+    """Index of the lowest decoder layer with a trainable weight (the layer count if none trains)."""
+    layers = model.base_model.layers
+    return next((i for i, layer in enumerate(layers) if any(p.requires_grad for p in layer.parameters())), len(layers))
+
+
+def shared_lower_layers(model: PreTrainedModel, policy: PreTrainedModel, limit: int) -> int | None:
+    """How many of ``model``'s bottom decoder layers (at most ``limit``) are the policy's, weight for weight.
+
+    ``None`` when even the input embeddings differ: then ``model`` cannot start from the policy's hidden states.
+    """
+
+    def same(a: nn.Module, b: nn.Module) -> bool:
+        ours, theirs = list(a.parameters()), list(b.parameters())
+        return len(ours) == len(theirs) and all(
+            x.shape == y.shape and torch.equal(x, y.to(x.device)) for x, y in zip(ours, theirs, strict=True)
+        )
+
+    ours, theirs = model.base_model, policy.base_model
+    if not same(ours.embed_tokens, theirs.embed_tokens):
+        return None
+    depth = 0
+    while depth < min(limit, len(ours.layers), len(theirs.layers)) and same(ours.layers[depth], theirs.layers[depth]):
+        depth += 1
+    return depth
+
+
+def run_decoder_layers(
+    backbone: nn.Module,
+    hidden: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    start: int = 0,
+    stop: int | None = None,
+) -> torch.Tensor:
+    """Decoder layers ``start:stop`` of a Llama-style backbone (``layers``, ``rotary_emb``), applied to ``hidden``,
+    the input of layer ``start``: the same causal mask and rotary positions as the backbone's own forward pass."""
+    mask = create_causal_mask(
+        config=backbone.config,
+        inputs_embeds=hidden,
+        attention_mask=attention_mask,
+        past_key_values=None,
+        position_ids=position_ids,
+    )
+    rotary = backbone.rotary_emb(hidden, position_ids=position_ids)
+    for layer in backbone.layers[start:stop]:
+        hidden = layer(hidden, attention_mask=mask, position_embeddings=rotary, position_ids=position_ids)
+    return hidden
+
+
+class UpperLayers(nn.Module):
+    """A model from decoder layer ``start`` up: hidden states at that layer in, head outputs of the last ``keep``
+    positions out (next-token logits for a language model, one value each for a classification model)."""
+
+    def __init__(self, model: PreTrainedModel, start: int) -> None:
+        super().__init__()
+        self.model, self.start = model, start
+
+    def forward(
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, keep: int
+    ) -> torch.Tensor:
+        backbone = self.model.base_model
+        hidden = run_decoder_layers(backbone, hidden, attention_mask, position_ids, self.start)
+        head = getattr(self.model, "score", None) or self.model.get_output_embeddings()
+        return head(backbone.norm(hidden)[:, -keep:])
+
+
 @dataclass
 class Rollout:
     """One batch of sampled replies and everything PPO needs to learn from it (``[batch, T]`` unless noted)."""
@@ -257,6 +333,8 @@ class Rollout:
     query_mask: torch.Tensor
     response: torch.Tensor
     mask: torch.Tensor
+    policy_hidden: torch.Tensor  # [batch, Lq + T, hidden]: the input of the policy's first trainable layer
+    value_hidden: torch.Tensor  # the same for the value model
     logprobs: torch.Tensor
     ref_logprobs: torch.Tensor
     values: torch.Tensor
@@ -290,10 +368,20 @@ class PPOTrainer:
         self.prompts = list(prompts)[self.accelerator.process_index :: self.accelerator.num_processes]
         self.score_fn = reward_model.score_batch if hasattr(reward_model, "score_batch") else reward_model
         torch.manual_seed(self.config.seed)
+        device = self.accelerator.device
         ref_policy.requires_grad_(False)
         train_top_layers(policy, self.config.policy_trainable_layers)
         train_top_layers(value_model, self.config.value_trainable_layers)
-        self.ref_policy = ref_policy.eval().to(self.accelerator.device)
+        for model in (policy, value_model):
+            model.get_input_embeddings().requires_grad_(False)  # read once per rollout, before any trainable layer
+        self.policy = policy.eval().to(device)
+        self.ref_policy, self.value_model = ref_policy.eval().to(device), value_model.eval().to(device)
+        self.frozen_depth = first_trainable_layer(policy)
+        starts = {}  # where each model's own computation starts; None: from its own embeddings
+        for name, model in (("reference", ref_policy), ("value", value_model)):
+            starts[name] = shared_lower_layers(model, policy, min(self.frozen_depth, first_trainable_layer(model)))
+        self.starts = {"policy": self.frozen_depth, **starts}
+        self.ref_upper = UpperLayers(ref_policy, starts["reference"] or 0)
         self.optimizer = torch.optim.AdamW(
             [
                 {"params": [p for p in policy.parameters() if p.requires_grad], "lr": self.config.learning_rate},
@@ -304,8 +392,8 @@ class PPOTrainer:
             ],
             eps=1e-5,
         )
-        self.policy, self.value_model, self.optimizer = self.accelerator.prepare(
-            policy.eval(), value_model.eval(), self.optimizer
+        self.policy_upper, self.value_upper, self.optimizer = self.accelerator.prepare(
+            UpperLayers(policy, self.frozen_depth), UpperLayers(value_model, starts["value"] or 0), self.optimizer
         )
         self.eos_id, self.pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
         self._order = np.random.default_rng(self.config.seed).permutation(len(self.prompts))
@@ -330,13 +418,12 @@ class PPOTrainer:
 
     @torch.no_grad()
     def _sample(self, query: torch.Tensor, query_mask: torch.Tensor, *, greedy: bool = False) -> torch.Tensor:
-        policy = self.accelerator.unwrap_model(self.policy)
         sampling = (
             {"do_sample": False}
             if greedy
             else {"do_sample": True, "temperature": self.config.temperature, "top_k": 0, "top_p": 1.0}
         )
-        output = policy.generate(
+        output = self.policy.generate(
             input_ids=query,
             attention_mask=query_mask,
             max_new_tokens=self.config.response_length,
@@ -349,21 +436,33 @@ class PPOTrainer:
             response = F.pad(response, (0, self.config.response_length - response.shape[1]), value=self.pad_id)
         return response
 
-    def _forward(self, model, query, query_mask, response, mask, *, values: bool = False) -> torch.Tensor:
-        """Per-reply-token log-probs (or values) for the concatenated query + response."""
-        ids = torch.cat([query, response], dim=1)
+    @staticmethod
+    def _inputs(query, query_mask, response, mask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Token ids, attention mask and position ids of the concatenated (left-padded) query and response."""
         attention = torch.cat([query_mask, mask], dim=1)
-        positions = (attention.cumsum(1) - 1).clamp(min=0)
-        start = query.shape[1] - 1
-        if values:
-            backbone = self.accelerator.unwrap_model(model).base_model
-            head = self.accelerator.unwrap_model(model).score
-            hidden = backbone(input_ids=ids, attention_mask=attention, position_ids=positions).last_hidden_state
-            return head(hidden[:, start:-1]).squeeze(-1).float()
-        keep = response.shape[1] + 1  # only the positions that predict reply tokens need the vocabulary
-        logits = model(input_ids=ids, attention_mask=attention, position_ids=positions, logits_to_keep=keep).logits
-        logits = logits[:, :-1] / self.config.temperature
+        return torch.cat([query, response], dim=1), attention, (attention.cumsum(1) - 1).clamp(min=0)
+
+    @torch.no_grad()
+    def _frozen_hidden(self, ids, attention, positions) -> dict[str, torch.Tensor]:
+        """The hidden states where each model's own layers start, from one pass through the shared frozen layers."""
+        backbone = self.policy.base_model
+        hidden, depth, captured = backbone.embed_tokens(ids), 0, {}
+        for name, start in sorted(((n, s) for n, s in self.starts.items() if s is not None), key=lambda x: x[1]):
+            hidden = run_decoder_layers(backbone, hidden, attention, positions, depth, start)
+            captured[name], depth = hidden, start
+        models = {"reference": self.ref_policy, "value": self.value_model}
+        for name in (n for n, s in self.starts.items() if s is None):
+            captured[name] = models[name].base_model.embed_tokens(ids)
+        return captured
+
+    def _logprobs(self, upper, hidden, attention, positions, response) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-reply-token log-probs and entropies; only the positions that predict reply tokens need the vocabulary."""
+        logits = upper(hidden, attention, positions, response.shape[1] + 1)[:, :-1] / self.config.temperature
         return logprobs_from_logits(logits, response), entropy_from_logits(logits)
+
+    def _values(self, hidden, attention, positions, response) -> torch.Tensor:
+        """The value model's estimate at each position that predicts a reply token."""
+        return self.value_upper(hidden, attention, positions, response.shape[1] + 1)[:, :-1].squeeze(-1).float()
 
     def _next_prompts(self) -> list[Messages]:
         batch = []
@@ -389,9 +488,11 @@ class PPOTrainer:
         scores = scores - self.config.missing_eos_penalty * (~has_eos).float()
         scores = scores.to(query.device)
         scored = time.perf_counter()
-        logprobs, _ = self._forward(self.policy, query, query_mask, response, mask)
-        ref_logprobs, _ = self._forward(self.ref_policy, query, query_mask, response, mask)
-        values = self._forward(self.value_model, query, query_mask, response, mask, values=True)
+        ids, attention, positions = self._inputs(query, query_mask, response, mask)
+        hidden = self._frozen_hidden(ids, attention, positions)
+        logprobs, _ = self._logprobs(self.policy_upper, hidden["policy"], attention, positions, response)
+        ref_logprobs, _ = self._logprobs(self.ref_upper, hidden["reference"], attention, positions, response)
+        values = self._values(hidden["value"], attention, positions, response)
         self.phase_seconds = {
             "seconds_generate": sampled - started,
             "seconds_score": scored - sampled,
@@ -401,7 +502,19 @@ class PPOTrainer:
         advantages, returns = compute_gae(rewards, values, mask, self.config.gamma, self.config.lam)
         advantages = masked_whiten(advantages, mask)
         return Rollout(
-            query, query_mask, response, mask, logprobs, ref_logprobs, values, scores, advantages, returns, texts
+            query,
+            query_mask,
+            response,
+            mask,
+            hidden["policy"],
+            hidden["value"],
+            logprobs,
+            ref_logprobs,
+            values,
+            scores,
+            advantages,
+            returns,
+            texts,
         )
 
     def update(self, batch: Rollout) -> dict[str, float]:
@@ -411,9 +524,13 @@ class PPOTrainer:
         for _ in range(config.ppo_epochs):
             for rows in torch.randperm(config.batch_size, generator=generator).split(config.mini_batch_size):
                 rows = rows.to(batch.query.device)
-                pick = (batch.query[rows], batch.query_mask[rows], batch.response[rows], batch.mask[rows])
-                new_logprobs, entropy = self._forward(self.policy, *pick)
-                new_values = self._forward(self.value_model, *pick, values=True)
+                _, attention, positions = self._inputs(
+                    batch.query[rows], batch.query_mask[rows], batch.response[rows], batch.mask[rows]
+                )
+                new_logprobs, entropy = self._logprobs(
+                    self.policy_upper, batch.policy_hidden[rows], attention, positions, batch.response[rows]
+                )
+                new_values = self._values(batch.value_hidden[rows], attention, positions, batch.response[rows])
                 pg_loss, pg_clip = policy_loss(
                     new_logprobs, batch.logprobs[rows], batch.advantages[rows], batch.mask[rows], config.clip_range
                 )
@@ -489,9 +606,8 @@ class PPOTrainer:
     def save_policy(self, path: str | os.PathLike | None = None) -> Path:
         """Save the trained policy atomically (default :func:`default_policy_dir`)."""
         folder = Path(path) if path is not None else default_policy_dir()
-        policy = self.accelerator.unwrap_model(self.policy)
         if self.accelerator.is_main_process:
-            write_model_atomically(policy, self.tokenizer, folder, source="playbook.ppo", replace=True)
+            write_model_atomically(self.policy, self.tokenizer, folder, source="playbook.ppo", replace=True)
             (folder / "ppo_config.json").write_text(pd.Series(asdict(self.config)).to_json())
         return folder
 

@@ -126,6 +126,8 @@ def test_ppo_raises_a_programmatic_reward_on_the_embedded_model():
     reference, _ = load_model()
     value, _ = load_model(task="reward")
     keep_lower_layers(value, 2)
+    with torch.no_grad():
+        value.score.weight.zero_()  # a random head would make the outcome hinge on its draw (4 of 4 seeds pass)
     prompts = [
         [{"role": "user", "content": question}]
         for question in (
@@ -141,11 +143,13 @@ def test_ppo_raises_a_programmatic_reward_on_the_embedded_model():
         mini_batch_size=2,
         ppo_epochs=4,
         response_length=12,
-        learning_rate=2e-5,
+        learning_rate=5e-5,
         value_learning_rate=1e-4,
         kl_coef=0.02,
+        policy_trainable_layers=6,
     )
     trainer = PPOTrainer(policy, reference, commas, value, tokenizer, prompts, config)
+    assert trainer.starts == {"policy": 24, "reference": 24, "value": 0}  # the frozen 24 layers run once
     before = sum(commas(prompts, trainer.respond(prompts)))
     history = trainer.train()
     after = sum(commas(prompts, trainer.respond(prompts)))
@@ -154,3 +158,81 @@ def test_ppo_raises_a_programmatic_reward_on_the_embedded_model():
     phases = history[["seconds_generate", "seconds_score", "seconds_forward", "seconds_update"]]
     assert (phases > 0).all().all() and (phases.sum(axis=1) <= history["seconds"]).all()
     assert set(history.columns) >= {"score", "kl", "kl_k3", "policy_loss", "value_loss", "policy_clipfrac", "entropy"}
+
+
+def _copies(model, count: int):
+    import copy
+
+    return [copy.deepcopy(model) for _ in range(count)]
+
+
+def _value_model_like(policy):
+    """A one-output classification model with the policy's backbone weights (as a reward model built from it)."""
+    from transformers import LlamaForSequenceClassification
+
+    value = LlamaForSequenceClassification(policy.config.__class__(**{**policy.config.to_dict(), "num_labels": 1}))
+    value.model.load_state_dict(policy.model.state_dict())
+    return value.eval()
+
+
+def test_shared_lower_layers_compare_weights(tiny_causal_lm):
+    from playbook.ppo import shared_lower_layers
+
+    other, changed = _copies(tiny_causal_lm, 2)
+    assert shared_lower_layers(other, tiny_causal_lm, limit=2) == 2
+    assert shared_lower_layers(other, tiny_causal_lm, limit=1) == 1
+    assert shared_lower_layers(_value_model_like(tiny_causal_lm), tiny_causal_lm, limit=2) == 2
+    with torch.no_grad():
+        changed.model.layers[1].mlp.up_proj.weight.add_(1e-3)
+    assert shared_lower_layers(changed, tiny_causal_lm, limit=2) == 1
+    with torch.no_grad():
+        changed.model.embed_tokens.weight.add_(1e-3)
+    assert shared_lower_layers(changed, tiny_causal_lm, limit=2) is None
+
+
+def test_upper_layers_give_the_full_forward_pass(tiny_causal_lm):
+    from playbook.ppo import UpperLayers, run_decoder_layers
+
+    ids = torch.randint(0, 1000, (2, 7))
+    attention = torch.ones_like(ids)
+    attention[0, :3] = 0  # left padding
+    positions = (attention.cumsum(1) - 1).clamp(min=0)
+    with torch.no_grad():
+        full = tiny_causal_lm(input_ids=ids, attention_mask=attention, position_ids=positions).logits
+        backbone = tiny_causal_lm.model
+        hidden = run_decoder_layers(backbone, backbone.embed_tokens(ids), attention, positions, 0, 1)
+        upper = UpperLayers(tiny_causal_lm, 1)(hidden, attention, positions, keep=4)
+    torch.testing.assert_close(upper, full[:, -4:], rtol=0, atol=1e-6)
+
+
+def test_trainer_runs_frozen_layers_once_with_the_same_numbers(tiny_causal_lm, tokenizer):
+    from playbook.ppo import PPOTrainer
+
+    reference, policy = _copies(tiny_causal_lm, 2)
+    value = _value_model_like(tiny_causal_lm)
+    config = PPOConfig(
+        batch_size=2, mini_batch_size=1, response_length=4, policy_trainable_layers=1, value_trainable_layers=1
+    )
+    prompts = [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "Name a colour, please."}]]
+    trainer = PPOTrainer(policy, reference, lambda p, r: [1.0] * len(r), value, tokenizer, prompts, config)
+    assert trainer.starts == {"policy": 1, "reference": 1, "value": 1}
+    assert (
+        not policy.model.embed_tokens.weight.requires_grad
+        and not value.model.layers[0].self_attn.q_proj.weight.requires_grad
+    )
+    batch = trainer.rollout(prompts)
+    ids = torch.cat([batch.query, batch.response], 1)
+    attention = torch.cat([batch.query_mask, batch.mask], 1)
+    positions = (attention.cumsum(1) - 1).clamp(min=0)
+    width = batch.response.shape[1]
+    with torch.no_grad():
+        for model, expected in ((policy, batch.logprobs), (reference, batch.ref_logprobs)):
+            logits = model(input_ids=ids, attention_mask=attention, position_ids=positions).logits
+            logprobs = logprobs_from_logits(logits[:, -width - 1 : -1] / config.temperature, batch.response)
+            torch.testing.assert_close(expected, logprobs, rtol=0, atol=1e-5)
+        hidden = value.model(input_ids=ids, attention_mask=attention, position_ids=positions).last_hidden_state
+        values = value.score(hidden[:, -width - 1 : -1]).squeeze(-1)
+    torch.testing.assert_close(batch.values, values, rtol=0, atol=1e-5)
+    trainer.update(batch)
+    assert not torch.equal(policy.model.layers[1].mlp.up_proj.weight, reference.model.layers[1].mlp.up_proj.weight)
+    assert torch.equal(policy.model.layers[0].mlp.up_proj.weight, reference.model.layers[0].mlp.up_proj.weight)
