@@ -1,10 +1,12 @@
-"""PPO settings vs held-out gain and KL on this CPU, one fresh run per setting, printed as one table.
+"""PPO settings vs held-out gain and KL on this CPU: fresh runs per setting and seed, printed as one table.
 
-.venv/bin/python benchmarks/ppo_tradeoff.py [--steps 20] [--held-out 32]
+.venv/bin/python benchmarks/ppo_tradeoff.py [--checkpoints 20 30] [--held-out 48] [--seeds 0 1 2] [--only NAME ...]
 
 Each run starts from the embedded SFT model with notebook 05's settings (cpu profile: 8 replies of <= 24 tokens per
-step, top 6 policy layers, 4 PPO epochs) and changes one thing: the learning rate or the KL coefficient β. The gain
-is the held-out reward-model score in standard deviations of the SFT model's scores on the same prompts.
+step, top 6 policy layers, 4 PPO epochs) and changes one thing. The gain is the held-out reward-model score of
+greedy replies after each checkpoint's number of steps, in standard deviations of the SFT model's scores on the same
+prompts; the KL is the mean over the last 5 steps, in nats per reply. Several seeds (prompt order and sampling) show
+how reliable a setting is: the table gives the mean and the worst gain over them.
 """
 
 from __future__ import annotations
@@ -22,15 +24,16 @@ from playbook.reward import RewardModel, default_reward_dir
 VARIANTS = {
     "notebook 05 (lr 2e-5, β 0.1)": {},
     "lr 3e-5": {"learning_rate": 3e-5},
-    "β 0.01": {"kl_coef": 0.01},
-    "β 0.5": {"kl_coef": 0.5},
+    "lr 3e-5, β 0.3": {"learning_rate": 3e-5, "kl_coef": 0.3},
+    "16 replies, 2 epochs, lr 3e-5": {"batch_size": 16, "mini_batch_size": 8, "ppo_epochs": 2, "learning_rate": 3e-5},
 }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--held-out", type=int, default=32)
+    parser.add_argument("--checkpoints", type=int, nargs="+", default=[20, 30], help="step counts to measure at")
+    parser.add_argument("--held-out", type=int, default=48)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--only", nargs="*", help="names of the variants to run (default: all)")
     args = parser.parse_args()
     profile = get_profile("cpu")
@@ -40,26 +43,46 @@ def main() -> None:
     held_out = [row["prompt"] for row in split["test"]][: args.held_out]
     reward_model = RewardModel.load()
     reference, tokenizer = load_model()
-    rows, baseline = {}, None
+    runs, baseline = [], None
     for name, change in VARIANTS.items():
         if args.only and name not in args.only:
             continue
-        policy, _ = load_model()
-        value, _ = load_model(default_reward_dir(), task="reward")
-        config = PPOConfig.from_profile(profile, **{**CPU_SETTINGS, **change, "steps": args.steps})
-        trainer = PPOTrainer(policy, reference, reward_model, value, tokenizer, train_prompts, config)
-        if baseline is None:
-            baseline = score_spread(reward_model.score_batch(held_out, trainer.respond(held_out)))
-        history = trainer.train()
-        mean_after, _ = score_spread(reward_model.score_batch(held_out, trainer.respond(held_out)))
-        rows[name] = {
-            "held-out gain (sd)": (mean_after - baseline[0]) / baseline[1],
-            "final KL (nats)": history["kl"].tail(5).mean(),
-            "PPO minutes": history["seconds"].sum() / 60,
+        for seed in args.seeds:
+            policy, _ = load_model()
+            value, _ = load_model(default_reward_dir(), task="reward")
+            settings = {**CPU_SETTINGS, **change, "steps": max(args.checkpoints), "seed": seed}
+            config = PPOConfig.from_profile(profile, **settings)
+            trainer = PPOTrainer(policy, reference, reward_model, value, tokenizer, train_prompts, config)
+            if baseline is None:
+                baseline = score_spread(reward_model.score_batch(held_out, trainer.respond(held_out)))
+            histories = []
+            for steps in sorted(args.checkpoints):
+                histories.append(trainer.train(steps - sum(len(h) for h in histories)))
+                history = pd.concat(histories)
+                mean_after, _ = score_spread(reward_model.score_batch(held_out, trainer.respond(held_out)))
+                runs.append(
+                    {
+                        "setting": name,
+                        "steps": steps,
+                        "seed": seed,
+                        "gain": (mean_after - baseline[0]) / baseline[1],
+                        "kl": history["kl"].tail(5).mean(),
+                        "minutes": history["seconds"].sum() / 60,
+                    }
+                )
+                print(runs[-1], flush=True)
+    table = pd.DataFrame(runs).groupby(["setting", "steps"], sort=False)
+    summary = pd.DataFrame(
+        {
+            "mean gain (sd)": table["gain"].mean(),
+            "worst gain (sd)": table["gain"].min(),
+            "mean KL (nats)": table["kl"].mean(),
+            "worst KL (nats)": table["kl"].max(),
+            "PPO minutes": table["minutes"].mean(),
         }
-        print(name, rows[name], flush=True)
-    print(f"\n{args.steps} steps, {len(held_out)} held-out prompts (SFT mean {baseline[0]:.3f}, sd {baseline[1]:.3f})")
-    print(pd.DataFrame(rows).T.round(2).to_string())
+    )
+    print(f"\nseeds {args.seeds}, {len(held_out)} held-out prompts (SFT mean {baseline[0]:.3f}, sd {baseline[1]:.3f})")
+    print(summary.round(2).to_string())
 
 
 if __name__ == "__main__":

@@ -39,6 +39,9 @@ class Profile:
     ppo_batch_size: int
     ppo_steps: int
     ppo_response_length: int
+    # DPO and RLOO (06): optimisation steps of ppo_batch_size pairs or replies (about PPO's wall time, as PPO's
+    # steps run the frozen layers only once).
+    rl_steps: int
     # Hallucination and calibration (07-09): questions evaluated per data set.
     eval_questions: int
     # DoLa (08): TruthfulQA questions scored for MC1/MC2/MC3 (each needs one forward pass per answer option).
@@ -60,6 +63,7 @@ PROFILES: dict[str, Profile] = {
         rm_lora_rank=4,
         ppo_batch_size=2,
         ppo_steps=2,
+        rl_steps=2,
         ppo_response_length=8,
         eval_questions=8,
         mc_questions=3,
@@ -77,7 +81,8 @@ PROFILES: dict[str, Profile] = {
         rm_layers=18,
         rm_lora_rank=8,
         ppo_batch_size=8,
-        ppo_steps=20,
+        ppo_steps=30,
+        rl_steps=20,
         ppo_response_length=24,
         eval_questions=150,
         mc_questions=100,
@@ -96,6 +101,7 @@ PROFILES: dict[str, Profile] = {
         rm_lora_rank=16,
         ppo_batch_size=64,
         ppo_steps=200,
+        rl_steps=200,
         ppo_response_length=64,
         eval_questions=817,
         mc_questions=817,

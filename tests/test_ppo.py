@@ -98,7 +98,7 @@ def test_logprobs_and_entropy():
 
 def test_config_from_profile_and_checks():
     config = PPOConfig.from_profile(get_profile("cpu"), kl_coef=0.2)
-    assert (config.batch_size, config.steps, config.kl_coef) == (8, 20, 0.2)
+    assert (config.batch_size, config.steps, config.kl_coef) == (8, 30, 0.2)
     with pytest.raises(ValueError, match="multiple of mini_batch_size"):
         PPOConfig(batch_size=6, mini_batch_size=4)
     with pytest.raises(TypeError, match="kl_coeff"):
