@@ -25,6 +25,7 @@ VARIANTS = {
     "notebook 05 (lr 2e-5, β 0.1)": {},
     "lr 3e-5": {"learning_rate": 3e-5},
     "lr 3e-5, β 0.3": {"learning_rate": 3e-5, "kl_coef": 0.3},
+    "replies of <= 16 tokens": {"response_length": 16},
     "16 replies, 2 epochs, lr 3e-5": {"batch_size": 16, "mini_batch_size": 8, "ppo_epochs": 2, "learning_rate": 3e-5},
 }
 
