@@ -57,8 +57,8 @@ def main() -> None:
             if baseline is None:
                 baseline = score_spread(reward_model.score_batch(held_out, trainer.respond(held_out)))
             histories = []
-            for steps in sorted(args.checkpoints):
-                histories.append(trainer.train(steps - sum(len(h) for h in histories)))
+            for steps in sorted(set(args.checkpoints)):
+                histories.append(trainer.train(steps - trainer.steps_done))
                 history = pd.concat(histories)
                 mean_after, _ = score_spread(reward_model.score_batch(held_out, trainer.respond(held_out)))
                 runs.append(

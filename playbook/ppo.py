@@ -104,9 +104,6 @@ class PPOConfig:
             raise ValueError(f"temperature must be positive, got {self.temperature}.")
 
 
-# ------------------------------------------------------------------------------------ pure functions
-
-
 CPU_SETTINGS = {
     "policy_trainable_layers": 6,
     "value_trainable_layers": 2,
@@ -120,6 +117,9 @@ CPU_SETTINGS = {
 """PPOConfig overrides that fit a 2-core CPU (notebook 05 and the PPO benchmarks): only the top 6 policy layers and
 the top 2 value layers train, prompts keep their last 64 tokens, and replies that run out of tokens are not
 penalised."""
+
+
+# ------------------------------------------------------------------------------------ pure functions
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
@@ -398,6 +398,7 @@ class PPOTrainer:
         self.eos_id, self.pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
         self._order = np.random.default_rng(self.config.seed).permutation(len(self.prompts))
         self._cursor = 0
+        self.steps_done = 0  # over every call of train()
 
     # ---- model calls
 
@@ -581,13 +582,13 @@ class PPOTrainer:
         return stats
 
     def train(self, steps: int | None = None) -> pd.DataFrame:
-        """Run ``steps`` (default ``config.steps``) PPO steps with a progress bar; one history row per step."""
-        rows = []
-        bar = tqdm(
-            range(steps or self.config.steps), desc="PPO", unit="step", disable=not self.accelerator.is_main_process
-        )
-        for number in bar:
-            rows.append({"step": number + 1, **self.step()})
+        """Run ``steps`` (default ``config.steps``) PPO steps with a progress bar; one history row per step, numbered
+        on from earlier calls."""
+        rows, count = [], self.config.steps if steps is None else steps
+        bar = tqdm(range(count), desc="PPO", unit="step", disable=not self.accelerator.is_main_process)
+        for _ in bar:
+            self.steps_done += 1
+            rows.append({"step": self.steps_done, **self.step()})
             bar.set_postfix(score=f"{rows[-1]['score']:.2f}", kl=f"{rows[-1]['kl']:.2f}")
         return pd.DataFrame(rows)
 

@@ -216,6 +216,7 @@ def test_trainer_runs_frozen_layers_once_with_the_same_numbers(tiny_causal_lm, t
     prompts = [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "Name a colour, please."}]]
     trainer = PPOTrainer(policy, reference, lambda p, r: [1.0] * len(r), value, tokenizer, prompts, config)
     assert trainer.starts == {"policy": 1, "reference": 1, "value": 1}
+    assert trainer.train(0).empty and trainer.steps_done == 0  # zero steps means none, not the default
     assert (
         not policy.model.embed_tokens.weight.requires_grad
         and not value.model.layers[0].self_attn.q_proj.weight.requires_grad
