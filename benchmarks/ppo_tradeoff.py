@@ -1,6 +1,6 @@
 """PPO settings vs held-out gain and KL on this CPU: fresh runs per setting and seed, printed as one table.
 
-.venv/bin/python benchmarks/ppo_tradeoff.py [--checkpoints 20 30] [--held-out 48] [--seeds 0 1 2] [--only NAME ...]
+.venv/bin/python benchmarks/ppo_tradeoff.py [--checkpoints 20 30] [--held-out 150] [--seeds 0 1 2] [--only NAME ...]
 
 Each run starts from the embedded SFT model with notebook 05's settings (cpu profile: 8 replies of <= 24 tokens per
 step, top 6 policy layers, 4 PPO epochs) and changes one thing. The gain is the held-out reward-model score of
@@ -22,18 +22,24 @@ from playbook.ppo import CPU_SETTINGS, PPOConfig, PPOTrainer, score_spread
 from playbook.reward import RewardModel, default_reward_dir
 
 VARIANTS = {
-    "notebook 05 (lr 2e-5, β 0.1)": {},
-    "lr 3e-5": {"learning_rate": 3e-5},
-    "lr 3e-5, β 0.3": {"learning_rate": 3e-5, "kl_coef": 0.3},
+    "notebook 05 (lr 3e-5, β 0.1)": {},
+    "raw scores, uncalibrated value, lr 2e-5": {
+        "normalize_scores": False,
+        "calibrate_value": False,
+        "learning_rate": 2e-5,
+    },
+    "raw scores, calibrated value, lr 2e-5": {"normalize_scores": False, "learning_rate": 2e-5},
+    "lr 2e-5": {"learning_rate": 2e-5},
+    "β 0.3": {"kl_coef": 0.3},
     "replies of <= 16 tokens": {"response_length": 16},
-    "16 replies, 2 epochs, lr 3e-5": {"batch_size": 16, "mini_batch_size": 8, "ppo_epochs": 2, "learning_rate": 3e-5},
+    "16 replies, 2 epochs": {"batch_size": 16, "mini_batch_size": 8, "ppo_epochs": 2},
 }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoints", type=int, nargs="+", default=[20, 30], help="step counts to measure at")
-    parser.add_argument("--held-out", type=int, default=48)
+    parser.add_argument("--held-out", type=int, default=150)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--only", nargs="*", help="names of the variants to run (default: all)")
     args = parser.parse_args()

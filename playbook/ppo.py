@@ -69,7 +69,7 @@ class PPOConfig:
     temperature: float = 0.7  # sampling temperature; log-probs are computed at the same temperature
     learning_rate: float = 3e-6  # policy
     value_learning_rate: float = 3e-5  # value model
-    kl_coef: float = 0.05  # β in −β·(log π − log π_ref)
+    kl_coef: float = 0.05  # β in −β·(log π − log π_ref), against scores on their (normalised) scale
     gamma: float = 1.0  # discount
     lam: float = 0.95  # GAE λ
     clip_range: float = 0.2  # policy ratio clipping
@@ -77,6 +77,8 @@ class PPOConfig:
     value_coef: float = 0.1  # weight of the value loss
     missing_eos_penalty: float = 1.0  # subtracted from the score of a reply that did not end
     max_grad_norm: float = 1.0
+    normalize_scores: bool = True  # standardise scores by the mean and spread of the first rollout (the SFT policy's)
+    calibrate_value: bool = True  # shift the value model so its first-rollout mean is the mean (normalised) score
     policy_trainable_layers: int | None = None  # train the top k decoder layers (None: all; never the embeddings)
     value_trainable_layers: int | None = None  # same for the value model; its head is always trained
     seed: int = 0
@@ -108,7 +110,7 @@ CPU_SETTINGS = {
     "policy_trainable_layers": 6,
     "value_trainable_layers": 2,
     "max_prompt_length": 64,
-    "learning_rate": 2e-5,
+    "learning_rate": 3e-5,
     "value_learning_rate": 1e-4,
     "ppo_epochs": 4,
     "kl_coef": 0.1,
@@ -325,6 +327,22 @@ class UpperLayers(nn.Module):
         return head(backbone.norm(hidden)[:, -keep:])
 
 
+@dataclass(frozen=True)
+class ScoreScale:
+    """The affine maps fixed on the first rollout: scores to ``(score - shift) / scale`` and the value model's
+    outputs to ``(value - value_shift) / scale``."""
+
+    shift: float
+    scale: float
+    value_shift: float
+
+    def scores(self, scores: torch.Tensor) -> torch.Tensor:
+        return (scores - self.shift) / self.scale
+
+    def values(self, values: torch.Tensor) -> torch.Tensor:
+        return (values - self.value_shift) / self.scale
+
+
 @dataclass
 class Rollout:
     """One batch of sampled replies and everything PPO needs to learn from it (``[batch, T]`` unless noted)."""
@@ -399,6 +417,7 @@ class PPOTrainer:
         self._order = np.random.default_rng(self.config.seed).permutation(len(self.prompts))
         self._cursor = 0
         self.steps_done = 0  # over every call of train()
+        self.scale: ScoreScale | None = None  # fixed on the first rollout
 
     # ---- model calls
 
@@ -463,7 +482,23 @@ class PPOTrainer:
 
     def _values(self, hidden, attention, positions, response) -> torch.Tensor:
         """The value model's estimate at each position that predicts a reply token."""
-        return self.value_upper(hidden, attention, positions, response.shape[1] + 1)[:, :-1].squeeze(-1).float()
+        values = self.value_upper(hidden, attention, positions, response.shape[1] + 1)[:, :-1].squeeze(-1).float()
+        return values if self.scale is None else self.scale.values(values)
+
+    def _fix_scale(self, scores: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> ScoreScale:
+        """Score normalisation and value calibration from the first rollout. A value model copied from the reward
+        model reads its head mid-reply, where the reward model was never trained (it scores whole conversations):
+        its estimates sit far from the scores (about +10 here). Uncorrected, every reply's last-token error is the
+        same large negative number, and GAE turns it into advantages that favour early tokens over late ones
+        whatever the reply said (the value-initialisation bias of Yuan et al. 2025, "What's Behind PPO's Collapse
+        in Long-CoT?")."""
+        all_scores = self.accelerator.gather(scores)
+        value_sum = self.accelerator.gather((values * mask).sum().reshape(1)).sum()
+        value_mean = (value_sum / self.accelerator.gather(mask.sum().reshape(1)).sum().clamp(min=1)).item()
+        mean, spread = all_scores.mean().item(), all_scores.std().item() if len(all_scores) > 1 else 0.0
+        shift, scale = (mean, spread if spread > 1e-6 else 1.0) if self.config.normalize_scores else (0.0, 1.0)
+        value_shift = value_mean - mean + shift if self.config.calibrate_value else 0.0
+        return ScoreScale(shift, scale, value_shift)
 
     def _next_prompts(self) -> list[Messages]:
         batch = []
@@ -494,12 +529,15 @@ class PPOTrainer:
         logprobs, _ = self._logprobs(self.policy_upper, hidden["policy"], attention, positions, response)
         ref_logprobs, _ = self._logprobs(self.ref_upper, hidden["reference"], attention, positions, response)
         values = self._values(hidden["value"], attention, positions, response)
+        if self.scale is None:
+            self.scale = self._fix_scale(scores, values, mask)
+            values = self.scale.values(values)
         self.phase_seconds = {
             "seconds_generate": sampled - started,
             "seconds_score": scored - sampled,
             "seconds_forward": time.perf_counter() - scored,
         }
-        rewards = kl_shaped_rewards(logprobs, ref_logprobs, mask, scores, self.config.kl_coef)
+        rewards = kl_shaped_rewards(logprobs, ref_logprobs, mask, self.scale.scores(scores), self.config.kl_coef)
         advantages, returns = compute_gae(rewards, values, mask, self.config.gamma, self.config.lam)
         advantages = masked_whiten(advantages, mask)
         return Rollout(

@@ -127,7 +127,7 @@ def test_ppo_raises_a_programmatic_reward_on_the_embedded_model():
     value, _ = load_model(task="reward")
     keep_lower_layers(value, 2)
     with torch.no_grad():
-        value.score.weight.zero_()  # a random head would make the outcome hinge on its draw (4 of 4 seeds pass)
+        value.score.weight.zero_()  # a random head would make the outcome hinge on its draw
     prompts = [
         [{"role": "user", "content": question}]
         for question in (
@@ -138,14 +138,15 @@ def test_ppo_raises_a_programmatic_reward_on_the_embedded_model():
         )
     ]
     config = PPOConfig(
-        steps=3,
+        steps=4,
         batch_size=4,
         mini_batch_size=2,
         ppo_epochs=4,
         response_length=12,
-        learning_rate=5e-5,
+        learning_rate=1e-4,
         value_learning_rate=1e-4,
         kl_coef=0.02,
+        missing_eos_penalty=0.0,
         policy_trainable_layers=6,
     )
     trainer = PPOTrainer(policy, reference, commas, value, tokenizer, prompts, config)
@@ -153,7 +154,8 @@ def test_ppo_raises_a_programmatic_reward_on_the_embedded_model():
     before = sum(commas(prompts, trainer.respond(prompts)))
     history = trainer.train()
     after = sum(commas(prompts, trainer.respond(prompts)))
-    assert after >= before + 3, (before, after)
+    assert after >= before + 2, (before, after)  # seeds 0-3 gain 5, 2, 5 and 4 commas
+    assert history["score"].tail(2).mean() > history["score"].iloc[0]  # sampled replies too
     assert history["kl"].iloc[-1] > 0 and (history["response_length"] <= 12).all()
     phases = history[["seconds_generate", "seconds_score", "seconds_forward", "seconds_update"]]
     assert (phases > 0).all().all() and (phases.sum(axis=1) <= history["seconds"]).all()
@@ -233,7 +235,37 @@ def test_trainer_runs_frozen_layers_once_with_the_same_numbers(tiny_causal_lm, t
             torch.testing.assert_close(expected, logprobs, rtol=0, atol=1e-5)
         hidden = value.model(input_ids=ids, attention_mask=attention, position_ids=positions).last_hidden_state
         values = value.score(hidden[:, -width - 1 : -1]).squeeze(-1)
-    torch.testing.assert_close(batch.values, values, rtol=0, atol=1e-5)
+    torch.testing.assert_close(batch.values, trainer.scale.values(values), rtol=0, atol=1e-5)
     trainer.update(batch)
     assert not torch.equal(policy.model.layers[1].mlp.up_proj.weight, reference.model.layers[1].mlp.up_proj.weight)
     assert torch.equal(policy.model.layers[0].mlp.up_proj.weight, reference.model.layers[0].mlp.up_proj.weight)
+
+
+def test_first_rollout_fixes_the_score_and_value_scale(tiny_causal_lm, tokenizer):
+    from playbook.ppo import PPOTrainer
+
+    prompts = [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "Name a colour, please."}]]
+    for normalize, expected_value_mean in ((False, 2.0), (True, 0.0)):
+        reference, policy = _copies(tiny_causal_lm, 2)
+        config = PPOConfig(
+            batch_size=2, mini_batch_size=1, response_length=4, missing_eos_penalty=0.0, normalize_scores=normalize
+        )
+        trainer = PPOTrainer(
+            policy, reference, lambda p, r: [1.0, 3.0], _value_model_like(tiny_causal_lm), tokenizer, prompts, config
+        )
+        batch = trainer.rollout(prompts)
+        # the value model's mean over reply tokens lands on the mean score (on the normalised scale: 0)
+        assert masked_mean(batch.values, batch.mask).item() == pytest.approx(expected_value_mean, abs=1e-5)
+        assert batch.scores.tolist() == [1.0, 3.0]  # the history reports raw scores
+        assert trainer.scale.scale == pytest.approx(math.sqrt(2.0) if normalize else 1.0)
+        first = trainer.scale
+        trainer.rollout(prompts)
+        assert trainer.scale is first  # fixed once, on the SFT policy's replies
+
+
+def test_score_scale_maps_by_hand():
+    from playbook.ppo import ScoreScale
+
+    scale = ScoreScale(shift=-8.0, scale=2.0, value_shift=3.0)
+    torch.testing.assert_close(scale.scores(t([-8.0, -6.0])), t([0.0, 1.0]))
+    torch.testing.assert_close(scale.values(t([3.0, 7.0])), t([0.0, 2.0]))
