@@ -31,8 +31,11 @@ VARIANTS = {
     "raw scores, calibrated value, lr 2e-5": {"normalize_scores": False, "learning_rate": 2e-5},
     "lr 2e-5": {"learning_rate": 2e-5},
     "β 0.3": {"kl_coef": 0.3},
+    "lr 5e-5, β 0.3": {"learning_rate": 5e-5, "kl_coef": 0.3},
+    "GAE λ 1 (no bootstrapping from the value model)": {"lam": 1.0},
     "replies of <= 16 tokens": {"response_length": 16},
     "16 replies, 2 epochs": {"batch_size": 16, "mini_batch_size": 8, "ppo_epochs": 2},
+    "16 replies, 4 epochs": {"batch_size": 16, "mini_batch_size": 8},
 }
 
 

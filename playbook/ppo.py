@@ -612,7 +612,8 @@ class PPOTrainer:
             "kl_k3": self.accelerator.gather(k3).mean().item(),
             "response_length": self.accelerator.gather(batch.mask.sum(1).float()).mean().item(),
         }
-        stats["rlhf_reward"] = stats["score"] - self.config.kl_coef * stats["kl"]
+        # the objective PPO maximises, in the reward model's units: β weighs KL against normalised scores
+        stats["rlhf_reward"] = stats["score"] - self.config.kl_coef * self.scale.scale * stats["kl"]
         updating = time.perf_counter()
         stats |= self.update(batch)
         stats |= self.phase_seconds | {"seconds_update": time.perf_counter() - updating}
@@ -631,11 +632,11 @@ class PPOTrainer:
         return pd.DataFrame(rows)
 
     @torch.no_grad()
-    def respond(self, prompts: Sequence[Messages], *, greedy: bool = True) -> list[str]:
-        """The policy's current replies (greedy by default), truncated at the end token."""
+    def respond(self, prompts: Sequence[Messages], *, greedy: bool = True, batch_size: int = 32) -> list[str]:
+        """The policy's current replies (greedy by default), truncated at the end token, ``batch_size`` at a time."""
         replies = []
-        for start in range(0, len(prompts), self.config.batch_size):
-            query, query_mask = self._encode_prompts(prompts[start : start + self.config.batch_size])
+        for start in range(0, len(prompts), batch_size):
+            query, query_mask = self._encode_prompts(prompts[start : start + batch_size])
             response, _, _ = truncate_after_eos(
                 self._sample(query, query_mask, greedy=greedy).cpu(), self.eos_id, self.pad_id
             )
@@ -658,14 +659,15 @@ def score_spread(scores: Sequence[float]) -> tuple[float, float]:
 
 
 def plot_history(history: pd.DataFrame, *, title: str = "PPO"):
-    """Reward-model score, KL to the reference, and their combination (score − β·KL), per step."""
+    """Reward-model score, KL to the reference, and their combination per step: score − β·σ·KL, with σ the spread
+    of the first rollout's scores that β is measured against (1 without score normalisation)."""
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, 3, figsize=(12, 3.3))
     panels = (
         ("score", "reward-model score (mean)"),
         ("kl", "KL(π ‖ π_ref) per reply (nats)"),
-        ("rlhf_reward", "score − β·KL"),
+        ("rlhf_reward", "score − β·σ·KL (what PPO maximises)"),
     )
     for axis, (column, label) in zip(axes, panels, strict=True):
         axis.plot(history["step"], history[column], marker=".", alpha=0.5)

@@ -261,6 +261,9 @@ def test_first_rollout_fixes_the_score_and_value_scale(tiny_causal_lm, tokenizer
         first = trainer.scale
         trainer.rollout(prompts)
         assert trainer.scale is first  # fixed once, on the SFT policy's replies
+        stats = trainer.step()  # the logged objective weighs KL by β on the normalised scale: β·σ in raw units
+        assert stats["score"] == pytest.approx(2.0)
+        assert stats["rlhf_reward"] == pytest.approx(2.0 - config.kl_coef * first.scale * stats["kl"])
 
 
 def test_score_scale_maps_by_hand():
