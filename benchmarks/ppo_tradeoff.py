@@ -36,6 +36,7 @@ VARIANTS = {
     "replies of <= 16 tokens": {"response_length": 16},
     "16 replies, 2 epochs": {"batch_size": 16, "mini_batch_size": 8, "ppo_epochs": 2},
     "16 replies, 4 epochs": {"batch_size": 16, "mini_batch_size": 8},
+    "16 replies, 4 epochs, lr 2e-5": {"batch_size": 16, "mini_batch_size": 8, "learning_rate": 2e-5},
 }
 
 
