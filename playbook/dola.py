@@ -23,6 +23,7 @@ projection of the last position, reusing the KV cache (`benchmarks/dola_speed.py
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,6 +45,19 @@ RELATIVE_TOP = 0.1
 
 _FILTERED_BASE_VALUE = -1e-3
 """What the reference wrote into the premature log-probs of filtered tokens (their score is −inf anyway)."""
+
+
+def cache_argument(model: PreTrainedModel, cache) -> dict:
+    """The key-value cache as a keyword argument of ``model.base_model``: transformers 5.24 renamed
+    ``past_key_values`` to ``cache`` (the old name still works there, with a deprecation warning)."""
+    parameters = inspect.signature(model.base_model.forward).parameters
+    return {"cache" if "cache" in parameters else "past_key_values": cache}
+
+
+def returned_cache(outputs):
+    """The key-value cache a forward pass returned, under either name (see :func:`cache_argument`)."""
+    cache = getattr(outputs, "cache", None)
+    return outputs.past_key_values if cache is None else cache
 
 
 def candidate_layers(num_layers: int, dola_layers: DolaLayers, *, tie_word_embeddings: bool) -> list[int]:
@@ -275,11 +289,11 @@ def dola_generate(
             input_ids=step_input,
             attention_mask=mask,
             position_ids=position_ids,
-            past_key_values=past,
+            **cache_argument(model, past),
             use_cache=True,
             output_hidden_states=True,
         )
-        past = outputs.past_key_values
+        past = returned_cache(outputs)
         final_logits, premature_logits = _final_and_early_exit_logits(
             model, outputs.last_hidden_state, outputs.hidden_states, layers
         )
@@ -463,7 +477,7 @@ def answer_logprobs(
     for answer, ids in zip(answers, answer_ids, strict=True):
         if not ids:
             raise ValueError(f"the answer {answer!r} has no tokens")
-    past = model.base_model(prompt_ids[:, :-1], use_cache=True).past_key_values
+    past = returned_cache(model.base_model(prompt_ids[:, :-1], use_cache=True))
     past.batch_repeat_interleave(len(answers))
     # Each row: the prompt's last token, then the answer; the output at position t predicts answer token t.
     width = 1 + max(len(ids) for ids in answer_ids)
@@ -478,7 +492,7 @@ def answer_logprobs(
         rows,
         attention_mask=torch.cat([valid.new_ones(len(answers), prefix), valid], dim=1),
         position_ids=(prefix + torch.arange(width, device=device)).expand(len(answers), -1),
-        past_key_values=past,
+        **cache_argument(model, past),
         use_cache=True,
         output_hidden_states=True,
     )

@@ -297,13 +297,8 @@ def run_decoder_layers(
 ) -> torch.Tensor:
     """Decoder layers ``start:stop`` of a Llama-style backbone (``layers``, ``rotary_emb``), applied to ``hidden``,
     the input of layer ``start``: the same causal mask and rotary positions as the backbone's own forward pass."""
-    mask = create_causal_mask(
-        config=backbone.config,
-        inputs_embeds=hidden,
-        attention_mask=attention_mask,
-        past_key_values=None,
-        position_ids=position_ids,
-    )
+    # no cache; passed by position, since transformers 5.24 renamed that argument from past_key_values to cache
+    mask = create_causal_mask(backbone.config, hidden, attention_mask, None, position_ids=position_ids)
     rotary = backbone.rotary_emb(hidden, position_ids=position_ids)
     for layer in backbone.layers[start:stop]:
         hidden = layer(hidden, attention_mask=mask, position_embeddings=rotary, position_ids=position_ids)
