@@ -47,15 +47,14 @@ _FILTERED_BASE_VALUE = -1e-3
 """What the reference wrote into the premature log-probs of filtered tokens (their score is −inf anyway)."""
 
 
-def cache_argument(model: PreTrainedModel, cache) -> dict:
-    """The key-value cache as a keyword argument of ``model.base_model``: transformers 5.24 renamed
+def cache_keyword(model: PreTrainedModel) -> str:
+    """The name under which ``model.base_model`` takes its key-value cache: transformers 5.24 renamed
     ``past_key_values`` to ``cache`` (the old name still works there, with a deprecation warning)."""
-    parameters = inspect.signature(model.base_model.forward).parameters
-    return {"cache" if "cache" in parameters else "past_key_values": cache}
+    return "cache" if "cache" in inspect.signature(model.base_model.forward).parameters else "past_key_values"
 
 
 def returned_cache(outputs):
-    """The key-value cache a forward pass returned, under either name (see :func:`cache_argument`)."""
+    """The key-value cache a forward pass returned, under either name (see :func:`cache_keyword`)."""
     cache = getattr(outputs, "cache", None)
     return outputs.past_key_values if cache is None else cache
 
@@ -282,14 +281,14 @@ def dola_generate(
     unfinished = torch.ones(batch, dtype=torch.bool, device=device)
     traces = [DolaTrace([], layers, np.zeros((0, len(layers))), []) for _ in range(batch)]
     steps_divergence: list[torch.Tensor] = []
-    past = None
+    past, cache_name = None, cache_keyword(model)
     step_input, position_ids = sequences, (mask.long().cumsum(-1) - 1).clamp(min=0)
     for _ in range(max_new_tokens):
         outputs = model.base_model(
             input_ids=step_input,
             attention_mask=mask,
             position_ids=position_ids,
-            **cache_argument(model, past),
+            **{cache_name: past},
             use_cache=True,
             output_hidden_states=True,
         )
@@ -492,7 +491,7 @@ def answer_logprobs(
         rows,
         attention_mask=torch.cat([valid.new_ones(len(answers), prefix), valid], dim=1),
         position_ids=(prefix + torch.arange(width, device=device)).expand(len(answers), -1),
-        **cache_argument(model, past),
+        **{cache_keyword(model): past},
         use_cache=True,
         output_hidden_states=True,
     )
