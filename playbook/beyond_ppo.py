@@ -24,7 +24,7 @@ from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 from trl import DPOConfig, DPOTrainer, RLOOConfig, RLOOTrainer
 
-from playbook.data import Messages
+from playbook.io import Messages
 from playbook.models import generate_replies
 from playbook.ppo import score_spread, train_top_layers
 from playbook.reward import RewardModel

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from playbook.io import REPOSITORY_ROOT
+
 PROFILE_ENV = "PLAYBOOK_PROFILE"
 
 
@@ -111,7 +113,7 @@ PROFILES: dict[str, Profile] = {
 
 def repository_root() -> Path:
     """The folder holding ``playbook/`` and ``notebooks/`` (the package is installed in editable mode)."""
-    return Path(__file__).resolve().parent.parent
+    return REPOSITORY_ROOT
 
 
 def runs_dir() -> Path:

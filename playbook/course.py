@@ -17,12 +17,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 from tqdm.auto import tqdm
 
-NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
-
-
-def course_notebooks(folder: Path = NOTEBOOK_DIR) -> list[Path]:
-    """The numbered notebooks (``NN_name.ipynb``) in course order."""
-    return sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
+from playbook.io import NOTEBOOK_DIR, course_notebooks
 
 
 def execute_notebook(path: Path, destination: Path, *, timeout: int = 3600) -> float:

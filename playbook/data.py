@@ -16,23 +16,23 @@ from __future__ import annotations
 
 import csv
 import functools
-import gzip
 import json
 import logging
 import os
 import re
 import socket
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
 from datasets import Dataset
 
+from playbook.io import Messages, read_jsonl
+
 DATA_DIR_ENV = "PLAYBOOK_DATA_DIR"
 BUNDLED_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 Source = Literal["auto", "local", "hub", "sample"]
-Messages = list[dict[str, str]]
 
 logger = logging.getLogger(__name__)
 _TURN = re.compile(r"\n\n(Human|Assistant):[ \t]?")
@@ -116,7 +116,7 @@ def hh_pair_from_record(record: dict, *, where: str) -> dict[str, Messages]:
 def read_hh_rlhf(path: str | os.PathLike) -> tuple[list[dict[str, Messages]], HHLoadReport]:
     """Read an hh-rlhf JSONL (optionally gzipped) file into preference pairs, with a report of what was dropped."""
     path = Path(path)
-    return hh_pairs(((f"{path}:{n}", record) for n, record in _read_jsonl(path)), source=str(path))
+    return hh_pairs(((f"{path}:{n}", record) for n, record in read_jsonl(path)), source=str(path))
 
 
 def hh_pairs(records: Iterable[tuple[str, dict]], *, source: str) -> tuple[list[dict[str, Messages]], HHLoadReport]:
@@ -387,18 +387,3 @@ def _find(
             DATA_DIR_ENV,
         )
     return sample, "sample"
-
-
-def _read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{line_number}: not valid JSON ({error.msg}).") from error
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}:{line_number}: expected a JSON object, got {type(record).__name__}.")
-            yield line_number, record

@@ -23,8 +23,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from playbook.config import get_profile, repository_root
+from playbook.config import get_profile
 from playbook.environment import median_seconds
+from playbook.io import NOTEBOOK_DIR, course_notebooks
 from playbook.models import INSTALL_COMMAND, EmbeddedModelMissing, cache_root, embedded_gguf_path, pick_device
 
 REQUIRED_LIBRARIES = ("torch", "transformers", "trl", "datasets", "peft", "accelerate", "gguf", "safetensors")
@@ -188,9 +189,8 @@ def notebook_estimates(micro: dict[str, float], notebooks: Path | None = None) -
     """Estimated minutes per notebook in the cpu profile on this machine: the reference machine's recorded time
     scaled by how much slower or faster the micro-steps ran here (median of the three ratios)."""
     speed = statistics.median(micro[k] / REFERENCE_MICRO_SECONDS[k] for k in REFERENCE_MICRO_SECONDS)
-    folder = notebooks or repository_root() / "notebooks"
     rows = []
-    for notebook in sorted(folder.glob("[0-9][0-9]_*.ipynb")):
+    for notebook in course_notebooks(notebooks or NOTEBOOK_DIR):
         reference = notebook_seconds(notebook)
         rows.append(
             {

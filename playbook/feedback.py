@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 from datasets import Dataset
 
-Messages = list[dict[str, str]]
+from playbook.io import Messages
 
 
 def as_messages(prompt: str | Messages) -> tuple[dict[str, str], ...]:

@@ -19,7 +19,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from playbook.data import BUNDLED_DATA_DIR, Messages
+from playbook.data import BUNDLED_DATA_DIR
+from playbook.io import Messages
 from playbook.judge import judge
 from playbook.models import generate_replies
 

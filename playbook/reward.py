@@ -39,10 +39,10 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from playbook.config import Profile, get_profile, runs_dir
+from playbook.io import Messages
 from playbook.models import load_model, write_model_atomically
 
 Method = Literal["head", "lora", "full"]
-Messages = list[dict[str, str]]
 REQUIRED_COLUMNS = ("prompt", "chosen", "rejected")
 L2_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
 

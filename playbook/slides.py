@@ -20,6 +20,7 @@ import nbformat
 from nbconvert import SlidesExporter
 
 from playbook.config import repository_root
+from playbook.io import course_notebooks
 
 SKIP, SHOW, NEW = "slides-skip", "slides-show", "slides-new"
 _RICH_OUTPUTS = ("image/png", "image/svg+xml", "text/html")
@@ -57,7 +58,7 @@ def build_slides(out_dir: str | Path, notebooks: list[Path] | None = None, revea
     if reveal_prefix:
         exporter.reveal_url_prefix = reveal_prefix
     written = []
-    for path in notebooks or sorted((repository_root() / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+    for path in notebooks or course_notebooks():
         deck = as_slides(nbformat.read(path, as_version=4))
         html, _ = exporter.from_notebook_node(deck)
         target = out_dir / f"{path.stem}.slides.html"

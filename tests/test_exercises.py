@@ -5,6 +5,7 @@ import pytest
 
 from conftest import REPO
 from playbook.exercises import EXERCISES, check, exercises_for, review
+from playbook.io import course_notebooks
 
 
 def load_solutions():
@@ -19,7 +20,7 @@ SOLUTIONS = load_solutions()
 
 def test_every_exercise_has_a_solution_and_every_notebook_has_exercises():
     assert set(SOLUTIONS) == set(EXERCISES)
-    notebooks = {path.stem for path in (REPO / "notebooks").glob("[0-9][0-9]_*.ipynb")}
+    notebooks = {path.stem for path in course_notebooks()}
     assert notebooks == {exercise.notebook for exercise in EXERCISES.values()}
     assert all(exercises_for(notebook) for notebook in notebooks)
 

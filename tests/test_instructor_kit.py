@@ -9,6 +9,7 @@ import pytest
 
 from conftest import REPO
 from playbook import doctor
+from playbook.io import course_notebooks
 from playbook.models import INSTALL_COMMAND, EmbeddedModelMissing
 from playbook.slides import as_slides, build_slides, slide_type
 
@@ -47,7 +48,7 @@ def test_notebook_times_come_from_the_committed_execution_records():
     assert table["estimated minutes here"].equals(table["reference minutes"])
     slower = doctor.notebook_estimates({k: 2 * v for k, v in doctor.REFERENCE_MICRO_SECONDS.items()})
     assert slower.attrs["speed"] == pytest.approx(2.0)
-    assert len(table) == len(list((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb")))
+    assert len(table) == len(course_notebooks())
 
 
 @pytest.mark.slow

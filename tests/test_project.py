@@ -9,8 +9,9 @@ import pytest
 from nbclient.exceptions import CellExecutionError
 
 from conftest import REPO
-from playbook.course import course_notebooks, execute_notebook
+from playbook.course import execute_notebook
 from playbook.environment import display_path, environment_report
+from playbook.io import course_notebooks
 
 CONDA_NAMES = {"torch": "pytorch"}
 
