@@ -12,7 +12,6 @@ bins on the left, so the two can differ only for confidences exactly on a bin ed
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +25,8 @@ import torch
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from playbook.io import read_jsonl
 
 Strategy = Literal["uniform", "quantile"]
 LETTERS = "ABCDEFGHIJ"
@@ -162,8 +163,15 @@ def fit_temperature(logits, labels, *, bounds: tuple[float, float] = (0.05, 20.0
     labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     if logits.ndim != 2 or len(logits) != len(labels):
         raise ValueError(f"logits must be [N, K] with one label each; got {tuple(logits.shape)} and {len(labels)}.")
-    if torch.isnan(logits).any():
-        raise ValueError("logits contains NaN.")
+    if len(logits) == 0:
+        raise ValueError("logits: no rows; fit the temperature on the logits of at least one question.")
+    if not torch.isfinite(logits).all():
+        row = int((~torch.isfinite(logits)).any(dim=1).nonzero()[0])
+        raise ValueError(
+            f"logits: row {row} holds NaN or infinite values; drop those questions or compute the logits again."
+        )
+    if labels.min() < 0 or labels.max() >= logits.shape[1]:
+        raise ValueError(f"labels: each must be an option index from 0 to {logits.shape[1] - 1}.")
     low, high = 1 / bounds[1], 1 / bounds[0]  # search over the inverse temperature
     ratio = (math.sqrt(5) - 1) / 2
     while high - low > tolerance:
@@ -352,16 +360,16 @@ def p_true(
     return torch.softmax(logits.double(), dim=-1)[:, 0].numpy()
 
 
-def load_mc_questions(path) -> list[MCQuestion]:
+def load_mc_questions(path: str | Path) -> list[MCQuestion]:
     """Questions from a JSONL file of ``{"question", "options": [...], "answer": index}`` lines."""
-    path = Path(path)
     questions = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
+    for number, record in read_jsonl(path):
         try:
-            record = json.loads(line)
             questions.append(MCQuestion(record["question"], tuple(record["options"]), int(record["answer"])))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        except KeyError as error:
+            raise ValueError(
+                f"{path}:{number}: missing field {error}; each line needs question, options and answer."
+            ) from error
+        except (TypeError, ValueError) as error:
             raise ValueError(f"{path}:{number}: {error}") from error
     return questions

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import io
 import json
 import logging
 import os
@@ -28,7 +29,7 @@ from typing import Literal
 
 from datasets import Dataset
 
-from playbook.io import Messages, read_jsonl
+from playbook.io import Messages, read_json, read_jsonl, read_text
 
 DATA_DIR_ENV = "PLAYBOOK_DATA_DIR"
 BUNDLED_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
@@ -37,6 +38,9 @@ Source = Literal["auto", "local", "hub", "sample"]
 logger = logging.getLogger(__name__)
 _TURN = re.compile(r"\n\n(Human|Assistant):[ \t]?")
 _ROLES = {"Human": "user", "Assistant": "assistant"}
+HH_SUBSETS = ("harmless-base", "helpful-base", "helpful-online", "helpful-rejection-sampled")
+"""The hh-rlhf folders that hold preference pairs (``red-team-attempts`` holds single transcripts)."""
+HH_SPLITS = ("train", "test")
 
 
 class DataNotFound(FileNotFoundError):
@@ -57,6 +61,11 @@ def parse_hh_transcript(text: str, *, where: str = "transcript") -> Messages:
     if len(pieces) < 3 or pieces[0].strip():
         raise ValueError(
             f"{where}: not an hh-rlhf transcript; it must start with '\\n\\nHuman: ' (starts with {text[:40]!r})."
+        )
+    if pieces[1] != "Human":
+        raise ValueError(
+            f"{where}: the transcript opens with an {pieces[1]} turn, so its prompt would be empty; an hh-rlhf "
+            "transcript must start with '\\n\\nHuman: '."
         )
     return [
         {"role": _ROLES[speaker], "content": content.strip()}
@@ -146,9 +155,13 @@ def hh_pairs(records: Iterable[tuple[str, dict]], *, source: str) -> tuple[list[
 def load_hh_rlhf(subset: str = "harmless-base", split: str = "train", source: Source = "auto") -> Dataset:
     """Anthropic's hh-rlhf preference pairs as a ``Dataset`` with ``prompt``, ``chosen`` and ``rejected``.
 
-    ``subset`` is an hh-rlhf folder (``harmless-base``, ``helpful-base``, ...), ``split`` is ``train`` or
-    ``test``. :func:`hh_load_report` gives the counts of pairs read, kept and dropped.
+    ``subset`` is one of :data:`HH_SUBSETS`, ``split`` one of :data:`HH_SPLITS`; anything else raises
+    ``ValueError`` listing them. :func:`hh_load_report` gives the counts of pairs read, kept and dropped.
     """
+    if subset not in HH_SUBSETS:
+        raise ValueError(f"subset={subset!r} is not an hh-rlhf subset; use one of {list(HH_SUBSETS)}.")
+    if split not in HH_SPLITS:
+        raise ValueError(f"split={split!r} is not an hh-rlhf split; use one of {list(HH_SPLITS)}.")
 
     def local() -> Path | None:
         folder = _local_dir("hh-rlhf")
@@ -164,7 +177,7 @@ def load_hh_rlhf(subset: str = "harmless-base", split: str = "train", source: So
 
         return list(load_dataset("Anthropic/hh-rlhf", data_dir=subset, split=split))
 
-    found, kind = _find(f"hh-rlhf {subset}/{split}", source, local, hub)
+    found, kind = _find(f"hh-rlhf {subset}/{split}", "hh-rlhf", source, local, hub)
     if kind == "hub":
         origin = f"hub:Anthropic/hh-rlhf/{subset}/{split}"
         pairs, report = hh_pairs(((f"{origin}[{i}]", r) for i, r in enumerate(found)), source=origin)
@@ -192,17 +205,16 @@ def read_truthfulqa(csv_path: str | os.PathLike, mc_path: str | os.PathLike) -> 
     ``mc1_choices``/``mc1_labels`` (exactly one label is 1) and ``mc2_choices``/``mc2_labels``.
     """
     csv_path, mc_path = Path(csv_path), Path(mc_path)
-    try:
-        mc_records = json.loads(mc_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{mc_path}:{error.lineno}: not valid JSON ({error.msg}).") from error
+    mc_records = read_json(mc_path)
+    if not isinstance(mc_records, list):
+        raise ValueError(f"{mc_path}: expected a JSON list of questions with their MC targets.")
     targets = {}
     for index, record in enumerate(mc_records):
         if not {"question", "mc1_targets", "mc2_targets"} <= set(record):
             raise ValueError(f"{mc_path}[{index}]: needs 'question', 'mc1_targets' and 'mc2_targets'.")
         targets[record["question"].strip()] = record
     rows = []
-    with csv_path.open(encoding="utf-8-sig", newline="") as handle:
+    with io.StringIO(read_text(csv_path), newline="") as handle:
         reader = csv.DictReader(handle)
         required = {"Type", "Category", "Question", "Best Answer", "Correct Answers", "Incorrect Answers"}
         if not required <= set(reader.fieldnames or ()):
@@ -264,7 +276,7 @@ def load_truthfulqa(source: Source = "auto") -> Dataset:
             )
         return rows
 
-    found, kind = _find("TruthfulQA", source, local, hub)
+    found, kind = _find("TruthfulQA", "truthfulqa", source, local, hub)
     if kind == "hub":
         return Dataset.from_list(found)
     return Dataset.from_list(read_truthfulqa(found / "TruthfulQA.csv", found / "mc_task.json"))
@@ -276,21 +288,27 @@ def load_truthfulqa(source: Source = "auto") -> Dataset:
 def read_selfaware(path: str | os.PathLike) -> list[dict]:
     """SelfAware records as ``question``, ``answers`` (list, empty when unanswerable), ``answerable``, ``source``."""
     path = Path(path)
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}:{error.lineno}: not valid JSON ({error.msg}).") from error
+    document = read_json(path)
     if not isinstance(document, dict) or not isinstance(document.get("example"), list):
         raise ValueError(f"{path}: expected a JSON object whose 'example' field lists the questions.")
+    if not document["example"]:
+        raise ValueError(f"{path}: the 'example' list is empty; point to the full SelfAware.json.")
     rows = []
     for index, record in enumerate(document["example"]):
-        if not {"question", "answerable"} <= set(record):
-            raise ValueError(f"{path}: example[{index}] needs 'question' and 'answerable'.")
+        where = f"{path}: example[{index}]"
+        if not isinstance(record, dict) or not {"question", "answerable"} <= set(record):
+            raise ValueError(f"{where} needs 'question' and 'answerable'.")
+        if not isinstance(record["question"], str) or not record["question"].strip():
+            raise ValueError(f"{where}: 'question' must be non-empty text, got {record['question']!r}.")
+        if not isinstance(record["answerable"], bool):
+            raise ValueError(
+                f"{where}: 'answerable' must be JSON true or false, got {record['answerable']!r}; fix the record."
+            )
         rows.append(
             {
                 "question": record["question"].strip(),
                 "answers": [str(a) for a in (record.get("answer") or [])],
-                "answerable": bool(record["answerable"]),
+                "answerable": record["answerable"],
                 "source": record.get("source", ""),
             }
         )
@@ -307,7 +325,7 @@ def load_selfaware(source: Source = "auto") -> Dataset:
         folder = _local_dir("selfaware")
         return folder / "SelfAware.json" if folder and (folder / "SelfAware.json").is_file() else None
 
-    found, _ = _find("SelfAware", source, local, hub=None)
+    found, _ = _find("SelfAware", "selfaware", source, local, hub=None)
     return Dataset.from_list(read_selfaware(found))
 
 
@@ -352,13 +370,34 @@ def hub_available() -> bool:
     return True
 
 
+def _not_found_locally(label: str, folder: str) -> DataNotFound:
+    """The error for data missing under ``PLAYBOOK_DATA_DIR``, listing what the data set's folder does hold."""
+    root = data_dir()
+    if root is None:
+        return DataNotFound(
+            f"{label}: not found under {DATA_DIR_ENV}=(unset); set {DATA_DIR_ENV} to a folder laid out like "
+            "shared/data, or pass source='sample' for the small bundled sample."
+        )
+    present = _local_dir(folder)
+    holds = ", ".join(sorted(p.name for p in present.iterdir())) if present else ""
+    return DataNotFound(
+        f"{label}: not found under {DATA_DIR_ENV}={root}; {root / folder} holds {holds or 'nothing'}. Ask for one "
+        "of those, add the missing file, or pass source='sample' for the small bundled sample."
+    )
+
+
 def _find(
     label: str,
+    folder: str,
     source: Source,
     local: Callable[[], Path | None],
     hub: Callable[[], list[dict]] | None,
 ) -> tuple[Path | list[dict], str]:
-    """Try local, hub and sample in order (or just the one asked for); return what was found and from where."""
+    """Try local, hub and sample in order (or just the one asked for); return what was found and from where.
+
+    ``folder`` is the data set's folder under ``PLAYBOOK_DATA_DIR``. When that folder exists but lacks what was
+    asked for, ``auto`` raises (listing what it holds) instead of quietly using the small sample.
+    """
     if source not in ("auto", "local", "hub", "sample"):
         raise ValueError(f"source={source!r}: use 'auto', 'local', 'hub' or 'sample'.")
     if source in ("auto", "local"):
@@ -366,8 +405,7 @@ def _find(
         if found is not None:
             return found, "local"
         if source == "local":
-            where = data_dir() or f"(unset; set {DATA_DIR_ENV} to a folder laid out like shared/data)"
-            raise DataNotFound(f"{label}: not found under {DATA_DIR_ENV}={where}.")
+            raise _not_found_locally(label, folder)
     if source in ("auto", "hub"):
         if hub is None:
             if source == "hub":
@@ -380,6 +418,8 @@ def _find(
                     raise DataNotFound(f"{label}: could not load it from the Hub ({error}).") from error
     sample = _sample_path(label)
     if source == "auto":
+        if _local_dir(folder) is not None:
+            raise _not_found_locally(label, folder)
         logger.warning(
             "%s: using the small bundled sample data/%s; set %s to the real data (see data/README.md).",
             label,

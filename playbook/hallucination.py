@@ -12,7 +12,6 @@ ways of catching one, each small enough to read:
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from playbook.data import BUNDLED_DATA_DIR
+from playbook.io import read_json, read_jsonl
 from playbook.judge import WINDOW, abstains
 from playbook.models import chat_batches
 
@@ -126,10 +126,9 @@ class FactTable:
 def load_fact_table(path: str | Path = FACT_TABLE) -> FactTable:
     """Read a fact table like `data/uganda_tokyo2020_medallists.json`; errors name the file and the field."""
     path = Path(path)
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from error
+    record = read_json(path)
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: expected a JSON object with 'question' and 'athletes'.")
     for key in ("question", "athletes"):
         if key not in record:
             raise ValueError(f"{path}: missing field {key!r}")
@@ -382,15 +381,8 @@ def balanced_sample(dataset, n: int, *, key: str = "answerable", seed: int = 0) 
 
 def load_factual_probes(path: str | Path = FACTUAL_PROBES) -> list[dict]:
     """Short factual questions with accepted answers (`{"question", "answers"}` per line)."""
-    path = Path(path)
     probes = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from error
+    for number, record in read_jsonl(path):
         if not record.get("question") or not record.get("answers"):
             raise ValueError(f"{path}:{number}: needs a question and a non-empty answers list")
         probes.append(record)

@@ -7,12 +7,10 @@ A probe is one user request and the behaviour an aligned assistant shows on it (
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -20,7 +18,7 @@ from matplotlib.figure import Figure
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from playbook.data import BUNDLED_DATA_DIR
-from playbook.io import Messages
+from playbook.io import Messages, read_jsonl
 from playbook.judge import judge
 from playbook.models import generate_replies
 
@@ -58,16 +56,9 @@ class Probe:
 
 def load_probes(path: str | os.PathLike = PROBES_PATH, *, per_principle: int | None = None) -> list[Probe]:
     """Read probes from JSONL, keeping the first ``per_principle`` of each principle when given."""
-    path = Path(path)
     probes, seen = [], set()
-    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
+    for line_number, record in read_jsonl(path):
         where = f"{path}:{line_number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{where}: not valid JSON ({error.msg}).") from error
         missing = {"id", "principle", "prompt", "expect"} - set(record)
         if missing:
             raise ValueError(f"{where}: missing field(s) {sorted(missing)}.")

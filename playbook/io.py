@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,18 +24,55 @@ def course_notebooks(folder: Path = NOTEBOOK_DIR) -> list[Path]:
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
     """``(line number, record)`` for every non-blank line of a JSONL file (gzipped when it ends in ``.gz``).
 
-    Raises ``ValueError`` naming ``file:line`` for a line that is not a JSON object.
+    Raises ``ValueError`` naming ``file:line`` for a line that is not a JSON object or not UTF-8 text, and naming
+    the file for a gzip stream that is cut short or not gzip at all.
     """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{line_number}: not valid JSON ({error.msg}).") from error
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}:{line_number}: expected a JSON object, got {type(record).__name__}.")
-            yield line_number, record
+    line_number = 0
+    try:
+        with opener(path, "rb") as handle:
+            for line_number, raw in enumerate(handle, start=1):
+                line = raw.decode("utf-8")
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{path}:{line_number}: not valid JSON ({error.msg}).") from error
+                if not isinstance(record, dict):
+                    raise ValueError(f"{path}:{line_number}: expected a JSON object, got {type(record).__name__}.")
+                yield line_number, record
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{path}:{line_number}: not UTF-8 text ({error.reason} at byte {error.start} of the line); "
+            "re-save the file as UTF-8."
+        ) from error
+    except (EOFError, gzip.BadGzipFile, zlib.error) as error:
+        raise ValueError(
+            f"{path}: the gzip data is damaged or cut short after line {line_number} ({error}); "
+            "download or copy the file again."
+        ) from error
+
+
+def read_text(path: str | Path) -> str:
+    """The whole of a UTF-8 text file; a file that is not UTF-8 raises ``ValueError`` naming the file and line."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line_number = data.count(b"\n", 0, error.start) + 1
+        raise ValueError(
+            f"{path}:{line_number}: not UTF-8 text ({error.reason} at byte {error.start} of the file); "
+            "re-save the file as UTF-8."
+        ) from error
+
+
+def read_json(path: str | Path) -> object:
+    """The document in a UTF-8 JSON file; bad bytes or bad JSON raise ``ValueError`` naming ``file:line``."""
+    path = Path(path)
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}:{error.lineno}: not valid JSON ({error.msg}).") from error

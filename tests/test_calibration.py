@@ -98,6 +98,24 @@ def test_temperature_fit_recovers_a_known_temperature_within_5_percent():
     assert ece_after < ece_before / 2
 
 
+BAD_TEMPERATURE_INPUTS = {
+    "no rows": (np.zeros((0, 4)), [], r"logits: no rows; fit the temperature on the logits of at least one question"),
+    "infinite logit": (
+        np.array([[1.0, 2.0], [np.inf, 0.0]]),
+        [0, 1],
+        r"logits: row 1 holds NaN or infinite values; drop those questions",
+    ),
+    "label out of range": (np.zeros((2, 2)), [0, 2], r"labels: each must be an option index from 0 to 1"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_TEMPERATURE_INPUTS))
+def test_fit_temperature_rejects_input_it_cannot_fit(case):
+    logits, labels, message = BAD_TEMPERATURE_INPUTS[case]
+    with pytest.raises(ValueError, match=message):
+        fit_temperature(logits, labels)
+
+
 def test_temperature_errors():
     with pytest.raises(ValueError, match=r"must be \[N, K\]"):
         fit_temperature(np.zeros(3), [0, 1, 2])
@@ -134,6 +152,13 @@ def test_mc_questions():
     assert len({q.answer for q in questions}) > 1  # the right letter moves around
     short = {"question": "q", "mc1_choices": ["right", "wrong"], "mc1_labels": [1, 0]}
     assert len(truthfulqa_mc_questions([short, *rows[:2]])) == 2  # too few options: skipped
+
+
+def test_mc_file_not_utf8_names_the_line(tmp_path):
+    path = tmp_path / "mc.jsonl"
+    path.write_bytes(b'{"question": "q", "options": ["a", "b"], "answer": 0}\n{"question": "caf\xe9"}\n')
+    with pytest.raises(ValueError, match=r"mc\.jsonl:2: not UTF-8 text"):
+        load_mc_questions(path)
 
 
 def test_bad_mc_file_names_the_line(tmp_path):

@@ -12,6 +12,7 @@ from playbook.data import (
     load_truthfulqa,
     parse_hh_transcript,
     read_hh_rlhf,
+    read_selfaware,
     read_truthfulqa,
 )
 
@@ -212,3 +213,131 @@ def test_load_report_needs_a_loaded_dataset():
 
     with pytest.raises(ValueError, match="no hh-rlhf load report"):
         hh_load_report(Dataset.from_list([{"a": 1}]))
+
+
+# ------------------------------------------------------------------------------ bad input
+
+
+def _write_bytes(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+def _truncated_gzip(path):
+    whole = gzip.compress(
+        b"".join(json.dumps({"chosen": f"{H}Q{A}a", "rejected": f"{H}Q{A}b"}).encode() + b"\n" for _ in range(50))
+    )
+    return _write_bytes(path, whole[: len(whole) // 2])
+
+
+def _selfaware(path, examples):
+    path.write_text(json.dumps({"example": examples}), encoding="utf-8")
+    return path
+
+
+def _truthfulqa_csv_with_latin1(folder):
+    (folder / "mc.json").write_text(json.dumps([{"question": "Q?", "mc1_targets": {"y": 1}, "mc2_targets": {"y": 1}}]))
+    return _write_bytes(
+        folder / "t.csv",
+        b"Type,Category,Question,Best Answer,Correct Answers,Incorrect Answers\nA,B,Q?,caf\xe9,y,n\n",
+    )
+
+
+BAD_FILES = {
+    "jsonl not UTF-8": (
+        lambda d: read_hh_rlhf(_write_bytes(d / "latin.jsonl", b'{"chosen": "\xe9"}\n')),
+        r"latin\.jsonl:1: not UTF-8 text .*re-save the file as UTF-8",
+    ),
+    "gzip cut short": (
+        lambda d: read_hh_rlhf(_truncated_gzip(d / "cut.jsonl.gz")),
+        r"cut\.jsonl\.gz: the gzip data is damaged or cut short after line \d+ .*download or copy the file again",
+    ),
+    "not gzip at all": (
+        lambda d: read_hh_rlhf(_write_bytes(d / "plain.jsonl.gz", b'{"chosen": 1}\n')),
+        r"plain\.jsonl\.gz: the gzip data is damaged",
+    ),
+    "csv not UTF-8": (
+        lambda d: read_truthfulqa(_truthfulqa_csv_with_latin1(d), d / "mc.json"),
+        r"t\.csv:2: not UTF-8 text .*re-save the file as UTF-8",
+    ),
+    "json not UTF-8": (
+        lambda d: read_selfaware(_write_bytes(d / "s.json", b'{"example": [\n{"question": "caf\xe9"}]}')),
+        r"s\.json:2: not UTF-8 text",
+    ),
+    "answerable as a string": (
+        lambda d: read_selfaware(_selfaware(d / "s.json", [{"question": "Q?", "answerable": "false"}])),
+        r"s\.json: example\[0\]: 'answerable' must be JSON true or false, got 'false'; fix the record",
+    ),
+    "question null": (
+        lambda d: read_selfaware(_selfaware(d / "s.json", [{"question": None, "answerable": True}])),
+        r"s\.json: example\[0\]: 'question' must be non-empty text, got None",
+    ),
+    "no examples": (
+        lambda d: read_selfaware(_selfaware(d / "s.json", [])),
+        r"s\.json: the 'example' list is empty; point to the full SelfAware\.json",
+    ),
+    "transcript opens with Assistant": (
+        lambda d: read_hh_rlhf(
+            write_jsonl(d / "a.jsonl", [{"chosen": f"{A}hi{H}Q{A}a", "rejected": f"{A}hi{H}Q{A}b"}])
+        ),
+        r"a\.jsonl:1 \(chosen\): the transcript opens with an Assistant turn, so its prompt would be empty",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_bad_files_raise_naming_the_file_and_the_fix(case, tmp_path):
+    load, message = BAD_FILES[case]
+    with pytest.raises(ValueError, match=message):
+        load(tmp_path)
+
+
+def _data_dir_with_harmless_train(tmp_path, monkeypatch):
+    (tmp_path / "hh-rlhf").mkdir()
+    write_jsonl(tmp_path / "hh-rlhf" / "harmless-base-train.jsonl", [{"chosen": f"{H}Q{A}a", "rejected": f"{H}Q{A}b"}])
+    monkeypatch.setenv("PLAYBOOK_DATA_DIR", str(tmp_path))
+
+
+BAD_REQUESTS = {
+    "unknown split": (
+        dict(subset="helpful-base", split="validation"),
+        ValueError,
+        r"split='validation' is not an hh-rlhf split; use one of \['train', 'test'\]",
+    ),
+    "unknown subset": (
+        dict(subset="helpful", split="train"),
+        ValueError,
+        r"subset='helpful' is not an hh-rlhf subset; use one of \['harmless-base'",
+    ),
+    "unknown split from the sample": (dict(split="dev", source="sample"), ValueError, r"split='dev'"),
+    "subset missing from the data dir": (
+        dict(subset="helpful-base", split="train"),
+        DataNotFound,
+        r"hh-rlhf helpful-base/train: not found under PLAYBOOK_DATA_DIR=.*holds harmless-base-train\.jsonl\. "
+        r"Ask for one of those, add the missing file, or pass source='sample'",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_wrong_subset_or_split_raises_instead_of_giving_the_sample(case, tmp_path, monkeypatch):
+    _data_dir_with_harmless_train(tmp_path, monkeypatch)
+    arguments, error, message = BAD_REQUESTS[case]
+    with pytest.raises(error, match=message):
+        load_hh_rlhf(**arguments)
+
+
+def test_an_existing_subset_still_loads_locally_and_the_sample_on_request(tmp_path, monkeypatch):
+    _data_dir_with_harmless_train(tmp_path, monkeypatch)
+    assert hh_load_report(load_hh_rlhf("harmless-base", "train")).source == "local:hh-rlhf/harmless-base-train.jsonl"
+    assert len(load_hh_rlhf("helpful-base", "train", source="sample")) == 12
+
+
+def test_selfaware_keeps_boolean_answerable(tmp_path):
+    rows = read_selfaware(
+        _selfaware(
+            tmp_path / "s.json",
+            [{"question": " Q? ", "answerable": False}, {"question": "R?", "answerable": True, "answer": [4]}],
+        )
+    )
+    assert [(r["question"], r["answerable"], r["answers"]) for r in rows] == [("Q?", False, []), ("R?", True, ["4"])]
