@@ -38,7 +38,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from playbook.models import chat_batches, decode_new_tokens
 
-DolaLayers = str | Sequence[int]
+DolaLayers = str | int | Sequence[int]
+"""``"low"``, ``"high"``, one premature layer index, or a list of them."""
 
 RELATIVE_TOP = 0.1
 """α of the adaptive plausibility constraint: keep tokens with p ≥ α · max p under the final layer."""
@@ -63,8 +64,11 @@ def candidate_layers(num_layers: int, dola_layers: DolaLayers, *, tie_word_embed
     """The premature layers DoLa may contrast with, chosen as transformers < 4.53 chose them.
 
     Layer 0 is the embedding output and layer `num_layers` the final one. With tied embeddings, layer 0's early exit
-    is close to the identity, so the "low" range starts at layer 2 (1 for two-layer models).
+    is close to the identity, so the "low" range starts at layer 2 (1 for two-layer models). A single int is taken
+    as a list of that one layer.
     """
+    if isinstance(dola_layers, int | np.integer) and not isinstance(dola_layers, bool):
+        dola_layers = [dola_layers]
     if isinstance(dola_layers, str):
         if dola_layers not in ("low", "high"):
             raise ValueError(f"dola_layers must be 'low', 'high' or a list of layer indices, got {dola_layers!r}")
@@ -76,7 +80,12 @@ def candidate_layers(num_layers: int, dola_layers: DolaLayers, *, tie_word_embed
         if start == num_layers // 2:
             return [start]
         return list(range(start, num_layers // 2 if num_layers <= 40 else 20, 2))
-    layers = list(dola_layers)
+    try:
+        layers = list(dola_layers)
+    except TypeError as error:
+        raise ValueError(
+            f"dola_layers must be 'low', 'high', a layer index or a list of them, got {dola_layers!r}"
+        ) from error
     if not layers:
         raise ValueError("dola_layers is an empty list; give at least one layer index")
     for layer in layers:
@@ -90,14 +99,23 @@ def candidate_layers(num_layers: int, dola_layers: DolaLayers, *, tie_word_embed
     return [int(layer) for layer in layers]
 
 
+def _check_relative_top(relative_top: float) -> None:
+    if not 0 < relative_top <= 1:
+        raise ValueError(
+            f"relative_top must be in (0, 1] (a share of the top token's probability), got {relative_top}; "
+            f"the DoLa default is {RELATIVE_TOP}"
+        )
+
+
 def relative_top_filter(
     final_logits: torch.Tensor, base_logits: torch.Tensor, relative_top: float = RELATIVE_TOP
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-softmax both, then drop tokens with p_final < relative_top · max p_final (the plausibility constraint).
 
     Returns (final log-probs with −inf on dropped tokens, premature log-probs with a small constant there). The most
-    likely final token is always kept, so the kept set is never empty.
+    likely final token is always kept, so the kept set is never empty. ``relative_top`` must lie in (0, 1].
     """
+    _check_relative_top(relative_top)
     final_logprobs = final_logits.float().log_softmax(dim=-1)
     base_logprobs = base_logits.float().log_softmax(dim=-1)
     threshold = final_logprobs.max(dim=-1, keepdim=True).values + math.log(relative_top)
@@ -195,6 +213,30 @@ def _check_model(model: PreTrainedModel) -> None:
             raise ValueError(f"DoLa here assumes plain output logits; this model's config sets {scaling}")
 
 
+def _check_left_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, pad: int) -> None:
+    """Raise when a batch is right-padded, or starts with padding but comes without its ``attention_mask``: DoLa
+    continues every row from the last position, so either would silently change the generated tokens."""
+    if attention_mask is None:
+        padded = (input_ids[:, 0] == pad).nonzero().flatten().tolist()
+        if padded:
+            raise ValueError(
+                f"input_ids row {padded[0]} starts with the padding token {pad} but no attention_mask was given; "
+                "pass the tokenizer's attention_mask with the left-padded batch"
+            )
+        return
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"attention_mask has shape {tuple(attention_mask.shape)}, input_ids {tuple(input_ids.shape)}; "
+            "pass the mask the tokenizer returned with these ids"
+        )
+    right_padded = (attention_mask[:, 1:] < attention_mask[:, :-1]).any(dim=1).nonzero().flatten().tolist()
+    if right_padded:
+        raise ValueError(
+            f"attention_mask row {right_padded[0]} is right-padded; DoLa needs left padding: set "
+            "tokenizer.padding_side = 'left' before tokenizing the batch"
+        )
+
+
 def _layers_for(model: PreTrainedModel, dola_layers: DolaLayers) -> list[int]:
     text_config = model.config.get_text_config()
     return candidate_layers(
@@ -269,6 +311,7 @@ def dola_generate(
     if do_sample and temperature <= 0:
         raise ValueError(f"temperature must be positive when sampling, got {temperature}")
     layers = _layers_for(model, dola_layers)
+    _check_relative_top(relative_top)
     device = model.device
     sequences = input_ids.to(device)
     mask = torch.ones_like(sequences) if attention_mask is None else attention_mask.to(device)
@@ -277,6 +320,7 @@ def dola_generate(
     pad = pad_token_id if pad_token_id is not None else model.generation_config.pad_token_id
     if pad is None:
         pad = int(eos_ids[0]) if len(eos_ids) else 0
+    _check_left_padding(sequences, attention_mask, pad)
     batch = sequences.shape[0]
     unfinished = torch.ones(batch, dtype=torch.bool, device=device)
     traces = [DolaTrace([], layers, np.zeros((0, len(layers))), []) for _ in range(batch)]

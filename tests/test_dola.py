@@ -269,6 +269,48 @@ def test_bad_requests_get_clear_errors(tiny_causal_lm):
         dola_generate(t5, ids)
 
 
+BAD_DOLA_REQUESTS = {
+    "right-padded batch": (
+        dict(attention_mask=torch.tensor([[1, 1, 1], [1, 1, 0]])),
+        r"attention_mask row 1 is right-padded; DoLa needs left padding: set tokenizer\.padding_side = 'left'",
+    ),
+    "left-padded batch without its mask": (
+        dict(pad_token_id=0),
+        r"input_ids row 1 starts with the padding token 0 but no attention_mask was given; pass the tokenizer's",
+    ),
+    "mask of another shape": (
+        dict(attention_mask=torch.ones(2, 2, dtype=torch.long)),
+        r"attention_mask has shape \(2, 2\)",
+    ),
+    "relative_top zero": (
+        dict(relative_top=0.0),
+        r"relative_top must be in \(0, 1\] .*got 0\.0; the DoLa default is 0\.1",
+    ),
+    "relative_top above one": (dict(relative_top=1.5), r"relative_top must be in \(0, 1\] .*got 1\.5"),
+    "dola_layers not a list": (
+        dict(dola_layers=1.5),
+        r"dola_layers must be 'low', 'high', a layer index or a list of them, got 1\.5",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_DOLA_REQUESTS))
+def test_bad_dola_requests_name_the_argument(case, tiny_causal_lm):
+    options, message = BAD_DOLA_REQUESTS[case]
+    ids = torch.tensor([[5, 6, 7], [0, 8, 9]])
+    with pytest.raises(ValueError, match=message):
+        dola_generate(tiny_causal_lm, ids, max_new_tokens=2, **options)
+
+
+def test_one_int_layer_is_the_same_as_a_list_of_it(tiny_causal_lm):
+    assert candidate_layers(30, 12, tie_word_embeddings=True) == [12]
+    ids = torch.tensor([[5, 6, 7]])
+    assert torch.equal(
+        dola_generate(tiny_causal_lm, ids, dola_layers=1, max_new_tokens=3),
+        dola_generate(tiny_causal_lm, ids, dola_layers=[1], max_new_tokens=3),
+    )
+
+
 def test_tiny_model_shapes_and_eos_padding(tiny_causal_lm):
     ids = torch.tensor([[5, 6, 7], [0, 8, 9]])
     mask = torch.tensor([[1, 1, 1], [0, 1, 1]])
