@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import pickle
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,11 +42,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from playbook.config import Profile, get_profile, runs_dir
 from playbook.io import Messages
-from playbook.models import load_model, write_model_atomically
+from playbook.models import load_model, saved_tensor_names, sweep_abandoned_copies, write_model_atomically
 
 Method = Literal["head", "lora", "full"]
 REQUIRED_COLUMNS = ("prompt", "chosen", "rejected")
 L2_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
+SETTINGS_FILE = "reward_settings.json"
+logger = logging.getLogger(__name__)
 
 
 def default_reward_dir() -> Path:
@@ -133,22 +137,50 @@ class RewardModel:
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, *, device: str | None = None) -> RewardModel:
-        """Load a saved reward model (default: the one notebook 04 saved, :func:`default_reward_dir`)."""
+        """Load a saved reward model (default: the one notebook 04 saved, :func:`default_reward_dir`).
+
+        Raises naming the folder or file when there is no model, its settings are damaged, or its weights hold no
+        trained reward head (``score.weight``), e.g. a language model's folder.
+        """
         folder = Path(path) if path is not None else default_reward_dir()
-        settings = folder / "reward_settings.json"
+        sweep_abandoned_copies(folder)
+        settings = folder / SETTINGS_FILE
+        retrain = "run notebooks/04_reward_model.ipynb, or call train_reward_model(...), which saves one there."
         if not settings.is_file():
-            raise FileNotFoundError(
-                f"No reward model in {folder}: run notebooks/04_reward_model.ipynb, or call "
-                "train_reward_model(...), which saves one there."
+            raise FileNotFoundError(f"No reward model in {folder}: {retrain}")
+        try:
+            max_length = json.loads(settings.read_text(encoding="utf-8"))["max_length"]
+        except (ValueError, KeyError, TypeError) as error:
+            raise ValueError(
+                f"{settings}: damaged ({type(error).__name__}: {error}); it must be a JSON object with "
+                f"'max_length'. Fix it or save the reward model again: {retrain}"
+            ) from error
+        if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1:
+            raise ValueError(f"{settings}: 'max_length' must be a positive whole number, got {max_length!r}.")
+        try:
+            has_head = "score.weight" in saved_tensor_names(folder)
+        except ValueError as error:
+            raise ValueError(f"{error} The reward model in {folder} is damaged: {retrain}") from error
+        if not has_head:
+            raise ValueError(
+                f"{folder} holds no trained reward head (its weights have no score.weight): it looks like a "
+                f"language model, not a reward model. Point to a reward model's folder, or {retrain}"
             )
         model, tokenizer = load_model(folder, task="reward", device=device)
-        return cls(model, tokenizer, json.loads(settings.read_text())["max_length"])
+        return cls(model, tokenizer, max_length)
 
     def save(self, path: str | os.PathLike, *, extra: dict | None = None) -> Path:
-        """Save atomically (a crash leaves the previous copy intact) with the settings needed to reload it."""
+        """Save atomically, settings included: a stop at any point leaves the previous copy intact and loadable."""
         folder = Path(path)
-        write_model_atomically(self.model, self.tokenizer, folder, source="playbook.reward", replace=True)
-        (folder / "reward_settings.json").write_text(json.dumps({"max_length": self.max_length, **(extra or {})}))
+        settings = json.dumps({"max_length": self.max_length, **(extra or {})})
+        write_model_atomically(
+            self.model,
+            self.tokenizer,
+            folder,
+            source="playbook.reward",
+            replace=True,
+            extra_files={SETTINGS_FILE: settings},
+        )
         return folder
 
     @torch.no_grad()
@@ -326,7 +358,8 @@ def backbone_features(
 ) -> torch.Tensor:
     """The vector the head reads (last real token after the final norm) for every encoded conversation.
 
-    With ``cache_dir``, finished chunks are saved as they complete, so an interrupted extraction resumes.
+    With ``cache_dir``, finished chunks are saved as they complete, so an interrupted extraction resumes; a saved
+    chunk that cannot be read back (or has the wrong shape) is named in a warning and computed again.
     """
     order = np.argsort([len(e) for e in encoded], kind="stable")
     chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
@@ -334,8 +367,10 @@ def backbone_features(
     for number, rows in enumerate(tqdm(chunks, desc=description, unit="batch")):
         saved = cache_dir / f"{description}-{number:05d}.pt" if cache_dir else None
         if saved is not None and saved.is_file():
-            features[rows] = torch.load(saved)
-            continue
+            chunk = _saved_chunk(saved, (len(rows), model.config.hidden_size))
+            if chunk is not None:
+                features[rows] = chunk
+                continue
         ids, mask = pad_right([encoded[i] for i in rows], pad_id)
         hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
         chunk = hidden[torch.arange(len(rows)), mask.sum(1) - 1].float()
@@ -344,6 +379,19 @@ def backbone_features(
             torch.save(chunk, saved.with_suffix(".tmp"))
             saved.with_suffix(".tmp").rename(saved)
     return features
+
+
+def _saved_chunk(saved: Path, shape: tuple[int, int]) -> torch.Tensor | None:
+    """A cached feature chunk, or ``None`` (with a warning naming the file) when it is damaged or of another shape."""
+    try:
+        chunk = torch.load(saved, weights_only=True)
+        if isinstance(chunk, torch.Tensor) and tuple(chunk.shape) == shape:
+            return chunk
+        problem = f"holds {type(chunk).__name__} {tuple(getattr(chunk, 'shape', ()))}, expected a tensor {shape}"
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as error:
+        problem = f"cannot be read ({type(error).__name__}: {error})"
+    logger.warning("%s %s; computing this chunk again.", saved, problem)
+    return None
 
 
 def fit_bradley_terry_head(

@@ -1,4 +1,6 @@
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -7,9 +9,10 @@ from safetensors.torch import load_file
 
 from playbook.config import get_profile
 from playbook.feedback import PairwiseFeedback, to_preference_row
-from playbook.models import write_model_atomically
+from playbook.models import load_model, write_model_atomically
 from playbook.reward import (
     RewardModel,
+    backbone_features,
     check_preference_dataset,
     encode_conversation,
     fit_bradley_terry_head,
@@ -182,3 +185,97 @@ def test_resume_false_sets_old_checkpoints_aside_instead_of_deleting(tmp_path):
     train_reward_model(separable_pairs(8), profile=profile, output_dir=tmp_path / "rm", resume=False)
     assert len(list(tmp_path.glob("rm-checkpoints-set-aside-*"))) == 1
     assert json.loads((tmp_path / "rm" / "reward_settings.json").read_text())["method"] == "head"
+
+
+# ------------------------------------------------------------------------------ saving, loading, bad folders
+
+
+@pytest.fixture
+def tiny_reward_model(tiny_base):
+    model, tokenizer = load_model(tiny_base, task="reward", device="cpu")
+    return RewardModel(model, tokenizer, max_length=32)
+
+
+def test_a_stop_while_publishing_leaves_the_previous_model_and_its_settings(tiny_reward_model, tmp_path, monkeypatch):
+    folder = tiny_reward_model.save(tmp_path / "rm", extra={"method": "head"})
+    tiny_reward_model.max_length = 64
+    seen_in_staging = []
+    real_rename = Path.rename
+
+    def stop_at_publishing(source, destination):
+        if source.name.endswith(".partial") and Path(destination) == folder:
+            seen_in_staging.append(json.loads((source / "reward_settings.json").read_text())["max_length"])
+            raise KeyboardInterrupt("power cut")
+        return real_rename(source, destination)
+
+    monkeypatch.setattr(Path, "rename", stop_at_publishing)
+    with pytest.raises(KeyboardInterrupt):
+        tiny_reward_model.save(folder)
+    monkeypatch.undo()
+    assert seen_in_staging == [64]  # the settings travel inside the copy that one rename publishes
+    assert RewardModel.load(folder, device="cpu").max_length == 32
+    tiny_reward_model.save(folder)
+    assert RewardModel.load(folder, device="cpu").max_length == 64
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rm", "tiny-base"]
+
+
+def _language_model_with_settings(folder, tiny_base, reward_model):
+    shutil.copytree(tiny_base, folder)
+    (folder / "reward_settings.json").write_text('{"max_length": 32}')
+
+
+def _damaged_settings(text):
+    def damage(folder, tiny_base, reward_model):
+        reward_model.save(folder)
+        (folder / "reward_settings.json").write_text(text)
+
+    return damage
+
+
+def _truncated_reward_weights(folder, tiny_base, reward_model):
+    reward_model.save(folder)
+    weights_file = folder / "model.safetensors"
+    weights_file.write_bytes(weights_file.read_bytes()[:500])
+
+
+BAD_REWARD_FOLDERS = {
+    "language model with settings": (
+        _language_model_with_settings,
+        r"rm holds no trained reward head \(its weights have no score\.weight\): it looks like a language model",
+    ),
+    "settings not JSON": (
+        _damaged_settings("{"),
+        r"rm/reward_settings\.json: damaged \(JSONDecodeError: .*Fix it or save the reward model again",
+    ),
+    "settings without max_length": (
+        _damaged_settings('{"method": "head"}'),
+        r"rm/reward_settings\.json: damaged \(KeyError: 'max_length'\); it must be a JSON object with 'max_length'",
+    ),
+    "max_length not a number": (_damaged_settings('{"max_length": "long"}'), r"'max_length' must be a positive"),
+    "weights cut short": (
+        _truncated_reward_weights,
+        r"rm/model\.safetensors: cannot be read .* The reward model in .*rm is damaged: run notebooks/04",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REWARD_FOLDERS))
+def test_bad_reward_folders_raise_naming_the_folder_or_file(case, tiny_base, tiny_reward_model, tmp_path):
+    make, message = BAD_REWARD_FOLDERS[case]
+    make(tmp_path / "rm", tiny_base, tiny_reward_model)
+    with pytest.raises(ValueError, match=message):
+        RewardModel.load(tmp_path / "rm", device="cpu")
+
+
+def test_a_damaged_feature_chunk_is_named_and_computed_again(tiny_reward_model, tmp_path, caplog):
+    model, tokenizer = tiny_reward_model.model, tiny_reward_model.tokenizer
+    encoded = [tokenizer(f"text number {i}").input_ids for i in range(6)]
+    fresh = backbone_features(model, encoded, tokenizer.pad_token_id, batch_size=2)
+    backbone_features(model, encoded, tokenizer.pad_token_id, batch_size=2, cache_dir=tmp_path)
+    damaged = tmp_path / "features-00001.pt"
+    damaged.write_bytes(damaged.read_bytes()[:40])
+    with caplog.at_level("WARNING", logger="playbook.reward"):
+        resumed = backbone_features(model, encoded, tokenizer.pad_token_id, batch_size=2, cache_dir=tmp_path)
+    assert f"{damaged} cannot be read" in caplog.text and "computing this chunk again" in caplog.text
+    assert torch.equal(resumed, fresh)
+    assert torch.load(damaged).shape == (2, model.config.hidden_size)  # repaired for the next resume
