@@ -3,8 +3,13 @@
 :class:`AnnotationStore` appends each label to a JSONL file the moment it is given (flushed and fsynced), so a
 crash loses at most the label being written. Reopening the file resumes where the annotator stopped: items that
 already have a label of a kind are not offered or recorded again. A line torn by a crash at the end of the file
-is moved to a ``.torn`` file beside it (never silently deleted) and the store carries on; damage anywhere else
-stops with the file and line named, because guessing could lose a person's work.
+is moved to a ``.torn-<time>`` file beside it (never silently deleted, never overwritten) and the store carries
+on; damage anywhere else stops with the file and line named, because guessing could lose a person's work.
+
+One store writes to a file at a time: the store holds an operating-system lock on ``<file>.lock`` while it is
+open, so a second annotator or process on the same file gets a clear error instead of labelling the same items
+again. When a file does hold several labels of one kind for one item (written before it was locked, or merged
+from two files), the last one counts; the earlier ones stay in the file, and their number is reported.
 
 The widget is a thin layer: every button calls :func:`feedback_from_answer` and :meth:`AnnotationStore.record`,
 which tests and headless notebooks call directly.
@@ -13,11 +18,23 @@ which tests and headless notebooks call directly.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+try:
+    import msvcrt
+except ImportError:  # everywhere but Windows
+    msvcrt = None
 
 from playbook.feedback import (
     KINDS,
@@ -32,6 +49,7 @@ from playbook.feedback import (
 )
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -81,21 +99,111 @@ def _index(letter: str, count: int) -> int:
     return LETTERS.index(letter)
 
 
+class AnnotationStoreBusy(RuntimeError):
+    """Another annotator or process has the label file open."""
+
+
+_HELD_LOCKS: dict[Path, tuple[IO, weakref.ref]] = {}
+"""The label files this process has locked: the open lock file and the store that uses it."""
+
+
+def _take_lock(store: AnnotationStore) -> None:
+    """Lock ``store.path`` for ``store``; a newer store on the same file in this process takes the lock over (re-running
+    a notebook cell), and the older one can no longer record. Raises :class:`AnnotationStoreBusy` when another
+    process holds it."""
+    key = store.path.resolve()
+    owner = weakref.ref(store)
+    if key in _HELD_LOCKS:
+        handle, previous = _HELD_LOCKS[key]
+        if previous() is not None:
+            previous()._replaced_by_newer_store = True
+    else:
+        handle = _lock_file(store.path.with_name(f"{store.path.name}.lock"), store.path)
+    _HELD_LOCKS[key] = (handle, owner)
+    weakref.finalize(store, _release_lock, key, owner)
+
+
+def _release_lock(key: Path, owner: weakref.ref) -> None:
+    handle, current = _HELD_LOCKS.get(key, (None, None))
+    if current is owner:
+        del _HELD_LOCKS[key]
+        handle.close()  # closing the file releases the operating-system lock
+
+
+def _lock_file(lock_path: Path, label_path: Path) -> IO:
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    handle = lock_path.open("a+b")
+    try:
+        if fcntl is not None:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        elif msvcrt is not None:
+            handle.seek(0)
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        else:
+            logger.warning(
+                "%s: this system offers no file lock; if two processes label into it, the last label of each item "
+                "and kind counts.",
+                label_path,
+            )
+    except OSError as error:
+        handle.close()
+        raise AnnotationStoreBusy(
+            f"{label_path} is open in another annotator or process (it holds {lock_path.name}). Finish there and "
+            "close it (or restart that notebook's kernel), or label into a different file."
+        ) from error
+    return handle
+
+
+def _last_label_per_item_and_kind(labels: list[tuple[str, Feedback]]) -> list[tuple[str, Feedback]]:
+    """Keep only the last label of each (item, kind), in the order the kept labels were given."""
+    last = {(item_id, feedback.kind): index for index, (item_id, feedback) in enumerate(labels)}
+    return [label for index, label in enumerate(labels) if last[(label[0], label[1].kind)] == index]
+
+
+def _write_new_file(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path``, or to ``<path>-2``, ``<path>-3``, ... when that exists: never overwrites."""
+    candidate, number = path, 1
+    while True:
+        try:
+            with candidate.open("xb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            return candidate
+        except FileExistsError:
+            number += 1
+            candidate = path.with_name(f"{path.name}-{number}")
+
+
 class AnnotationStore:
-    """Labels in a JSONL file, one ``{"item_id", "time", "feedback": {...}}`` line per label."""
+    """Labels in a JSONL file, one ``{"item_id", "time", "feedback": {...}}`` line per label.
+
+    ``replaced_labels`` counts the labels in the file that a later label of the same item and kind replaced.
+    """
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self._labels: list[tuple[str, Feedback]] = []
+        self._replaced_by_newer_store = False
+        _take_lock(self)
         if self.path.exists():
             self._load()
+        kept = _last_label_per_item_and_kind(self._labels)
+        self.replaced_labels = len(self._labels) - len(kept)
+        if self.replaced_labels:
+            logger.warning(
+                "%s: %d label(s) were given again later for the same item and kind (two annotators or processes "
+                "wrote to this file); the last label of each counts, the earlier ones stay in the file unused.",
+                self.path,
+                self.replaced_labels,
+            )
+        self._labels = kept
 
     def _load(self) -> None:
         data = self.path.read_bytes()
         complete, _, tail = data.rpartition(b"\n")
         if tail.strip():  # a last line without its newline: the write was cut off
-            torn = self.path.with_name(f"{self.path.name}.torn-{time.strftime('%Y%m%d-%H%M%S')}")
-            torn.write_bytes(tail)
+            _write_new_file(self.path.with_name(f"{self.path.name}.torn-{time.strftime('%Y%m%d-%H%M%S')}"), tail)
             with self.path.open("r+b") as handle:
                 handle.truncate(len(complete) + 1 if complete else 0)
                 os.fsync(handle.fileno())
@@ -120,7 +228,15 @@ class AnnotationStore:
         return any(i == item_id and f.kind == kind for i, f in self._labels)
 
     def record(self, item_id: str, feedback: Feedback) -> bool:
-        """Append one label durably; returns ``False`` (and writes nothing) if the item already has this kind."""
+        """Append one label durably; returns ``False`` (and writes nothing) if the item already has this kind.
+
+        Raises ``RuntimeError`` once a newer store on the same file has been opened in this process: record there.
+        """
+        if self._replaced_by_newer_store:
+            raise RuntimeError(
+                f"{self.path}: a newer AnnotationStore was opened on this file in this process; record labels "
+                "through that one (this one no longer writes, so no label is given twice)."
+            )
         if self.has(item_id, feedback.kind):
             return False
         line = json.dumps({"item_id": item_id, "time": time.time(), "feedback": to_record(feedback)})

@@ -1,8 +1,20 @@
+import gc
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from playbook.annotation import AnnotationItem, AnnotationStore, annotation_widget, feedback_from_answer
+from playbook import annotation
+from playbook.annotation import (
+    AnnotationItem,
+    AnnotationStore,
+    AnnotationStoreBusy,
+    annotation_widget,
+    feedback_from_answer,
+)
 from playbook.feedback import (
     BinaryFeedback,
     CorrectiveFeedback,
@@ -194,3 +206,103 @@ def test_ranking_widget_shows_the_error_and_keeps_the_item(tmp_path):
     text.value = "C B A"
     submit.click()
     assert store.labels[0][1].ranks == (3, 2, 1) and "Item 2 of 3" in header.value
+
+
+# ------------------------------------------------------------------------------ two writers, torn tails
+
+
+HOLD_THE_STORE = (
+    "import sys, time; from playbook.annotation import AnnotationStore; s = AnnotationStore(sys.argv[1]); "
+    "print('ready', flush=True); time.sleep(120)"
+)
+
+
+@pytest.fixture
+def other_process_holding(tmp_path):
+    """Start a process that opens an AnnotationStore on a path and keeps it open; yields the path."""
+    path = tmp_path / "labels.jsonl"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_THE_STORE, str(path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    )
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        yield path
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_second_process_on_the_same_file_is_refused_by_name(other_process_holding):
+    with pytest.raises(AnnotationStoreBusy) as refused:
+        AnnotationStore(other_process_holding)
+    assert str(refused.value) == (
+        f"{other_process_holding} is open in another annotator or process (it holds labels.jsonl.lock). Finish "
+        "there and close it (or restart that notebook's kernel), or label into a different file."
+    )
+
+
+def test_the_lock_goes_with_the_store(tmp_path):
+    path = tmp_path / "labels.jsonl"
+    store = AnnotationStore(path)
+    store.record("item-0", feedback_from_answer(ITEMS[0], "pairwise", "A"))
+    del store
+    gc.collect()
+    other = subprocess.run(
+        [sys.executable, "-c", HOLD_THE_STORE.replace("time.sleep(120)", "print(len(s.labels))"), str(path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    )
+    assert other.stdout.split() == ["ready", "1"], other.stderr
+
+
+def test_a_newer_store_in_the_same_process_takes_over_and_the_older_one_stops_writing(tmp_path):
+    path = tmp_path / "labels.jsonl"
+    first = AnnotationStore(path)
+    first.record("item-0", feedback_from_answer(ITEMS[0], "pairwise", "A"))
+    second = AnnotationStore(path)  # a notebook cell run again
+    with pytest.raises(RuntimeError, match=r"labels\.jsonl: a newer AnnotationStore was opened on this file"):
+        first.record("item-1", feedback_from_answer(ITEMS[1], "pairwise", "A"))
+    assert second.record("item-1", feedback_from_answer(ITEMS[1], "pairwise", "B"))
+    assert [json.loads(line)["item_id"] for line in path.read_text().splitlines()] == ["item-0", "item-1"]
+
+
+def test_two_annotators_labels_resolve_to_the_last_per_item_and_kind(tmp_path, caplog):
+    items = [AnnotationItem(f"item-{i}", f"Question {i}?", [f"first {i}", f"second {i}"]) for i in range(300)]
+    lines = [
+        json.dumps(
+            {
+                "item_id": item.item_id,
+                "time": 0.0,
+                "feedback": to_record(feedback_from_answer(item, "pairwise", answer)),
+            }
+        )
+        for answer in ("A", "B")  # annotator one prefers A everywhere, annotator two (later) B
+        for item in items
+    ]
+    path = tmp_path / "labels.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with caplog.at_level("WARNING", logger="playbook.annotation"):
+        store = AnnotationStore(path)
+    assert store.replaced_labels == 300 and len(store.labels) == 300
+    assert "300 label(s) were given again later for the same item and kind" in caplog.text
+    assert "the last label of each counts, the earlier ones stay in the file unused" in caplog.text
+    preference = to_training_sets(store.feedback())["preference"]
+    assert len(preference) == 300
+    assert {row["chosen"][0]["content"].split()[0] for row in preference} == {"second"}
+    assert len(path.read_text().splitlines()) == 600  # nothing was deleted from the file
+
+
+def test_torn_tails_within_one_second_are_both_kept(tmp_path, monkeypatch):
+    monkeypatch.setattr(annotation.time, "strftime", lambda pattern: "20260101-120000")
+    path = tmp_path / "labels.jsonl"
+    for number in (1, 2):
+        with path.open("a") as handle:
+            handle.write(f'{{"item_id": "torn-{number}"')
+        AnnotationStore(path)
+    torn = sorted(tmp_path.glob("labels.jsonl.torn-*"))
+    assert [p.name for p in torn] == ["labels.jsonl.torn-20260101-120000", "labels.jsonl.torn-20260101-120000-2"]
+    assert [p.read_text() for p in torn] == ['{"item_id": "torn-1"', '{"item_id": "torn-2"']
