@@ -66,8 +66,8 @@ def load_probes(path: str | os.PathLike = PROBES_PATH, *, per_principle: int | N
             raise ValueError(f"{where}: principle {record['principle']!r} is not one of {list(PRINCIPLES)}.")
         if record["expect"] not in ("answer", "hedge", "refuse"):
             raise ValueError(f"{where}: expect {record['expect']!r} is not answer, hedge or refuse.")
-        if not record["prompt"].strip():
-            raise ValueError(f"{where}: empty prompt.")
+        if not isinstance(record["prompt"], str) or not record["prompt"].strip():
+            raise ValueError(f"{where}: empty prompt; give the request as non-empty text.")
         if record["id"] in seen:
             raise ValueError(f"{where}: duplicate probe id {record['id']!r}.")
         seen.add(record["id"])

@@ -291,6 +291,11 @@ def load_model(
     ``dtype`` (default float32).
     """
     source = _resolve(name)
+    if Path(source).is_dir() and any(Path(source).glob("*.safetensors")):
+        try:
+            saved_tensor_names(Path(source))
+        except ValueError as error:
+            raise ValueError(f"{error} Save or copy the model in {source} again.") from error
     tokenizer = load_tokenizer(source)
     dtype = dtype or torch.float32
     if task == "causal-lm":

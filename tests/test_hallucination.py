@@ -100,6 +100,37 @@ def test_other_names_lists_people_not_in_the_table(table):
     assert other_names(answer, table) == ["John Akii-Bua"]
 
 
+BAD_HALLUCINATION_FILES = {
+    "factual probes not UTF-8": (
+        "probes.jsonl",
+        b'{"question": "Q?", "answers": ["a"]}\n{"question": "caf\xe9"}\n',
+        load_factual_probes,
+        r"probes\.jsonl:2: not UTF-8 text .*re-save the file as UTF-8",
+    ),
+    "factual probe without answers": (
+        "probes.jsonl",
+        b'{"question": "Q?", "answers": []}\n',
+        load_factual_probes,
+        r"probes\.jsonl:1: needs a question and a non-empty answers list",
+    ),
+    "fact table not UTF-8": (
+        "facts.json",
+        b'{"question": "q",\n "athletes": ["\xe9"]}',
+        load_fact_table,
+        r"facts\.json:2: not UTF-8 text",
+    ),
+    "fact table not an object": ("facts.json", b"[]", load_fact_table, r"facts\.json: expected a JSON object"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_HALLUCINATION_FILES))
+def test_bad_hallucination_files_name_the_file_and_line(case, tmp_path):
+    name, data, load, message = BAD_HALLUCINATION_FILES[case]
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(ValueError, match=message):
+        load(tmp_path / name)
+
+
 def test_load_fact_table_names_the_file_and_field(tmp_path):
     broken = tmp_path / "facts.json"
     broken.write_text('{"question": "q",\n "athletes": [ {"name": "A"} ]}')

@@ -110,6 +110,7 @@ def test_probe_conversation_puts_system_prompt_first():
         ({"id": "a", "principle": "helpful", "prompt": "Hi"}, r"probes\.jsonl:2: missing field\(s\) \['expect'\]"),
         ({"id": "a", "principle": "kind", "prompt": "Hi", "expect": "answer"}, "principle 'kind'"),
         ({"id": "a", "principle": "helpful", "prompt": " ", "expect": "answer"}, "empty prompt"),
+        ({"id": "a", "principle": "helpful", "prompt": None, "expect": "answer"}, r"probes\.jsonl:2: empty prompt"),
         ({"id": "ok", "principle": "helpful", "prompt": "Hi", "expect": "answer"}, "duplicate probe id 'ok'"),
     ],
 )
@@ -118,6 +119,15 @@ def test_bad_probe_files_name_the_line(tmp_path, record, message):
     path = tmp_path / "probes.jsonl"
     path.write_text(json.dumps(good) + "\n" + json.dumps(record) + "\n")
     with pytest.raises(ValueError, match=message):
+        load_probes(path)
+
+
+def test_probe_file_not_utf8_names_the_line(tmp_path):
+    path = tmp_path / "probes.jsonl"
+    path.write_bytes(
+        b'{"id": "ok", "principle": "helpful", "prompt": "Hi", "expect": "answer"}\n{"prompt": "caf\xe9"}\n'
+    )
+    with pytest.raises(ValueError, match=r"probes\.jsonl:2: not UTF-8 text .*re-save the file as UTF-8"):
         load_probes(path)
 
 

@@ -251,3 +251,9 @@ def test_broken_cache_is_moved_aside_and_converted_again(
     assert "delete that when you no longer need it" in caplog.text and re.search(reason, caplog.text)
     model, _ = load_model(device="cpu")
     assert model_summary(model)["layers"] == 2
+
+
+def test_a_local_folder_with_cut_short_weights_is_named(tiny_causal_lm, tokenizer, tmp_path):
+    _truncated_weights(tmp_path / "m", tiny_causal_lm, tokenizer)
+    with pytest.raises(ValueError, match=r"m/model\.safetensors: cannot be read .*Save or copy the model in .*m again"):
+        load_model(tmp_path / "m", device="cpu")
