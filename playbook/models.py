@@ -232,8 +232,9 @@ def sweep_abandoned_copies(target: Path) -> None:
 
     A copy is abandoned when its writer (named in the folder's name) is no longer running on this machine, or,
     when that cannot be checked, after :data:`ABANDONED_AFTER_SECONDS` without a change; a live writer's copy is
-    never touched. If ``target`` itself is missing (a stop between the two renames of a replacement), the newest
-    complete abandoned copy is published as ``target`` instead of being deleted.
+    never touched. If ``target`` itself is missing (a stop between the two renames of a replacement), a complete
+    abandoned copy is published as ``target`` instead of being deleted, the new one (``.partial``) before the
+    previous one (``.old``).
     """
     target = Path(target)
     pattern = re.compile(rf"\.{re.escape(target.name)}\.(?:(?P<host>.+)-(?P<pid>\d+)\.)?[0-9a-f]{{32}}\.(partial|old)")
