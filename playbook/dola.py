@@ -296,10 +296,11 @@ def dola_generate(
 ) -> torch.Tensor | tuple[torch.Tensor, list[DolaTrace]]:
     """Decode with DoLa and return what `model.generate` returns: prompt + new tokens, `[batch, length]`.
 
-    Greedy unless `do_sample`. Left-pad batches and pass their `attention_mask`; finished rows are filled with
-    `pad_token_id` (default: the model's, else its EOS). The repetition penalty of 1.2 is what the DoLa authors and
-    the transformers docs recommend for open-ended DoLa generation. With `return_traces`, also returns one
-    `DolaTrace` per row (what `dola_layer_divergence` plots).
+    Greedy unless `do_sample`. Left-pad batches and pass their `attention_mask` (a right-padded batch, or one
+    starting with padding but given without its mask, raises); finished rows are filled with `pad_token_id`
+    (default: the model's, else its EOS). `relative_top` must lie in (0, 1]. The repetition penalty of 1.2 is what
+    the DoLa authors and the transformers docs recommend for open-ended DoLa generation. With `return_traces`, also
+    returns one `DolaTrace` per row (what `dola_layer_divergence` plots).
     """
     _check_model(model)
     if num_beams != 1:
