@@ -112,6 +112,7 @@ def write_model_atomically(
     *,
     source: str,
     replace: bool = False,
+    extra_files: dict[str, str] | None = None,
 ) -> None:
     """Save model and tokenizer into ``target`` so that ``target`` is either complete or absent.
 
@@ -126,6 +127,8 @@ def write_model_atomically(
     try:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
+        for name, text in (extra_files or {}).items():
+            (staging / name).write_text(text)
         (staging / _CACHE_MARKER).write_text(json.dumps({"source": source, "dtype": str(model.dtype)}))
         if replace and target.exists():
             target.rename(retired)
@@ -178,6 +181,16 @@ def load_model(
     else:
         raise ValueError(f"Unknown task {task!r}: use 'causal-lm' or 'reward'.")
     return model.to(pick_device(device)).eval(), tokenizer
+
+
+def load_policy_and_reference(
+    name: str | os.PathLike | None = None, *, device: str | torch.device | None = None
+) -> tuple[PreTrainedModel, PreTrainedModel, PreTrainedTokenizerBase]:
+    """``(policy, reference, tokenizer)``: two copies of the same model (default: the embedded one), the first to
+    train and the second to stay frozen as the KL anchor of PPO, DPO and RLOO."""
+    policy, tokenizer = load_model(name, device=device)
+    reference, _ = load_model(name, device=device)
+    return policy, reference.requires_grad_(False), tokenizer
 
 
 def _resolve(name: str | os.PathLike | None) -> str:
