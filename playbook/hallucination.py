@@ -327,14 +327,6 @@ def expresses_uncertainty(reply: str) -> bool:
     return abstains(reply) or bool(_UNCERTAIN.search(text))
 
 
-QUADRANTS = {
-    (True, False): "known known: answerable, model answers",
-    (True, True): "unknown known: answerable, model hedges",
-    (False, True): "known unknown: unanswerable, model hedges",
-    (False, False): "unknown unknown: unanswerable, model answers anyway",
-}
-
-
 def knowledge_quadrants(answerable: Sequence[bool], uncertain: Sequence[bool]) -> pd.DataFrame:
     """The 2×2 table of counts: rows answerable / unanswerable, columns model answers / model hedges."""
     if len(answerable) != len(uncertain):
