@@ -20,7 +20,7 @@ ifneq ($(wildcard $(SHARED_DATA)/hh-rlhf),)
 export PLAYBOOK_DATA_DIR ?= $(SHARED_DATA)
 endif
 
-.PHONY: setup lab course test lint unit notebooks refresh-notebooks doctor bundle slides clean
+.PHONY: setup lab course test lint unit unit-fast notebooks refresh-notebooks doctor bundle slides clean
 
 setup: $(SETUP_STAMP)
 
@@ -44,11 +44,18 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Tests and smoke runs write their models under build/test-runs, never into a learner's runs/ (conftest.py checks).
+TEST_ENV := HF_HUB_OFFLINE=1 PLAYBOOK_RUNS=$(abspath build/test-runs)
+
 unit: setup
-	HF_HUB_OFFLINE=1 $(BIN)/pytest -q tests
+	$(TEST_ENV) $(BIN)/pytest -q tests
+
+# The unit tests that need no model: seconds, for a quick check while editing.
+unit-fast: setup
+	$(TEST_ENV) $(BIN)/pytest -q -m "not slow" tests
 
 notebooks: setup
-	HF_HUB_OFFLINE=1 PLAYBOOK_PROFILE=smoke $(BIN)/pytest -q --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
+	$(TEST_ENV) PLAYBOOK_PROFILE=smoke $(BIN)/pytest -q --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
 
 # For maintainers: re-run every notebook in the default profile and write the outputs back for committing.
 refresh-notebooks: setup

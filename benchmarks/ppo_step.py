@@ -3,8 +3,8 @@
 .venv/bin/python benchmarks/ppo_step.py [--steps 4] [--batch 8] [--response-length 24] [--layers 6]
 
 Both train the top --layers layers of the embedded model on hh-rlhf harmless-base prompts, with --batch sampled
-replies of up to --response-length tokens per step, scored by the reward model of notebook 04 (trained here with
-the head method if it is missing). PPO uses notebook 05's settings (4 epochs, minibatches of half the batch);
+replies of up to --response-length tokens per step, scored by notebook 04's reward model (trained as notebook 04 does
+into build/benchmarks/, never into runs/). PPO uses notebook 05's settings (4 epochs, minibatches of half the batch);
 RLOO uses 4 replies per prompt and one optimisation pass, TRL's defaults. The first step of each is a warm-up
 and not counted. Phases: generate (sampling), score (reward model), forward (log-probs and values the rollout
 needs), update (loss, backward, optimiser; for RLOO also its own log-prob passes).
@@ -13,18 +13,16 @@ needs), update (loss, backward, optimiser; for RLOO also its own log-prob passes
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 
 import pandas as pd
+from common import course_reward_model
 from transformers import TrainerCallback
 
-from playbook.beyond_ppo import train_rloo
-from playbook.config import get_profile
-from playbook.data import load_hh_rlhf
-from playbook.models import load_model
-from playbook.ppo import CPU_SETTINGS, PPOConfig, PPOTrainer
-from playbook.reward import RewardModel, default_reward_dir, train_reward_model
+from playbook.beyond_ppo import RLOOConfig, train_rloo
+from playbook.data import hh_rlhf_split
+from playbook.models import load_model, load_policy_and_reference
+from playbook.ppo import PPOConfig, PPOTrainer
 
 
 class StepClock(TrainerCallback):
@@ -60,26 +58,18 @@ def main() -> None:
     parser.add_argument("--response-length", type=int, default=24)
     parser.add_argument("--layers", type=int, default=6)
     args = parser.parse_args()
-    profile = get_profile("cpu")
-    pairs = load_hh_rlhf("harmless-base")
-    prompts = [row["prompt"][-3:] for row in pairs]
-    try:
-        reward_model = RewardModel.load()
-    except FileNotFoundError:
-        reward_model = train_reward_model(pairs.select(range(min(400, len(pairs)))), profile=profile).reward_model
-
-    policy, tokenizer = load_model()
-    reference, _ = load_model()
-    value, _ = load_model(default_reward_dir(), task="reward")
+    prompts = [row["prompt"][-3:] for row in hh_rlhf_split("cpu")["train"]]
+    reward_model = course_reward_model()
+    policy, reference, tokenizer = load_policy_and_reference()
     config = PPOConfig.from_profile(
-        profile,
-        **{**CPU_SETTINGS, "policy_trainable_layers": args.layers},
+        "cpu",
+        policy_trainable_layers=args.layers,
         batch_size=args.batch,
         mini_batch_size=max(1, args.batch // 2),
         response_length=args.response_length,
         steps=args.steps,
     )
-    ppo = PPOTrainer(policy, reference, reward_model, value, tokenizer, prompts, config).train()
+    ppo = PPOTrainer(policy, reference, tokenizer, prompts, reward_model, config).train().history
     phases = ["seconds_generate", "seconds_score", "seconds_forward", "seconds_update"]
     ppo_mean = ppo.iloc[1:][phases + ["seconds"]].mean()
 
@@ -88,20 +78,15 @@ def main() -> None:
     rloo_policy.generate = timed(rloo_policy.generate, generate_seconds)
     reward_model.score_batch = timed(reward_model.score_batch, score_seconds)
     generations = 4
-    with tempfile.TemporaryDirectory() as output_dir:
-        train_rloo(
-            rloo_policy,
-            tokenizer,
-            prompts,
-            reward_model,
-            output_dir=output_dir,
-            steps=args.steps,
-            prompts_per_step=max(1, args.batch // generations),
-            generations=generations,
-            max_completion_length=args.response_length,
-            trainable_layers=args.layers,
-            callbacks=[clock],
-        )
+    rloo_config = RLOOConfig.from_profile(
+        "cpu",
+        steps=args.steps,
+        prompts_per_step=max(1, args.batch // generations),
+        generations=generations,
+        max_completion_length=args.response_length,
+        trainable_layers=args.layers,
+    )
+    train_rloo(rloo_policy, None, tokenizer, prompts, reward_model, rloo_config, callbacks=[clock])
     rloo_total = pd.Series(clock.seconds[1:]).mean()
     rloo_generate = pd.Series(generate_seconds[1:]).mean()
     rloo_score = pd.Series(score_seconds[1:]).mean()

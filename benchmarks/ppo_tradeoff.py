@@ -2,11 +2,12 @@
 
 .venv/bin/python benchmarks/ppo_tradeoff.py [--checkpoints 20 30] [--held-out 150] [--seeds 0 1 2] [--only NAME ...]
 
-Each run starts from the embedded SFT model with notebook 05's settings (cpu profile: 8 replies of <= 24 tokens per
-step, top 6 policy layers, 4 PPO epochs) and changes one thing. The gain is the held-out reward-model score of
-greedy replies after each checkpoint's number of steps, in standard deviations of the SFT model's scores on the same
-prompts; the KL is the mean over the last 5 steps, in nats per reply. Several seeds (prompt order and sampling) show
-how reliable a setting is: the table gives the mean and the worst gain over them.
+Each run starts from the embedded model with notebook 05's settings (PPOConfig's defaults, the cpu profile: 8 replies
+of <= 24 tokens per step, top 6 policy layers, 4 PPO epochs), is scored by notebook 04's reward model (trained as
+notebook 04 does, into build/benchmarks/), and changes one thing. The gain is the held-out reward-model score of
+greedy replies after each checkpoint's number of steps, in standard deviations of the starting model's scores on the
+same prompts; the KL is the mean over the last 5 steps, in nats per reply. Several seeds (prompt order and sampling)
+show how reliable a setting is: the table gives the mean and the worst gain over them.
 """
 
 from __future__ import annotations
@@ -14,12 +15,11 @@ from __future__ import annotations
 import argparse
 
 import pandas as pd
+from common import course_reward_model
 
-from playbook.config import get_profile
-from playbook.data import load_hh_rlhf
-from playbook.models import load_model
-from playbook.ppo import CPU_SETTINGS, PPOConfig, PPOTrainer, score_spread
-from playbook.reward import RewardModel, default_reward_dir
+from playbook.data import hh_rlhf_split
+from playbook.models import load_model, load_policy_and_reference
+from playbook.ppo import PPOConfig, PPOTrainer, score_spread
 
 VARIANTS = {
     "notebook 05 (lr 3e-5, β 0.1)": {},
@@ -47,28 +47,24 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--only", nargs="*", help="names of the variants to run (default: all)")
     args = parser.parse_args()
-    profile = get_profile("cpu")
-    pairs = load_hh_rlhf("harmless-base")
-    split = pairs.train_test_split(test_size=min(profile.hh_eval_pairs, len(pairs) // 4), seed=0)
+    split = hh_rlhf_split("cpu")
     train_prompts = [row["prompt"] for row in split["train"]]
     held_out = [row["prompt"] for row in split["test"]][: args.held_out]
-    reward_model = RewardModel.load()
-    reference, tokenizer = load_model()
+    reward_model = course_reward_model()
+    _, reference, tokenizer = load_policy_and_reference()
     runs, baseline = [], None
     for name, change in VARIANTS.items():
         if args.only and name not in args.only:
             continue
         for seed in args.seeds:
             policy, _ = load_model()
-            value, _ = load_model(default_reward_dir(), task="reward")
-            settings = {**CPU_SETTINGS, **change, "steps": max(args.checkpoints), "seed": seed}
-            config = PPOConfig.from_profile(profile, **settings)
-            trainer = PPOTrainer(policy, reference, reward_model, value, tokenizer, train_prompts, config)
+            config = PPOConfig.from_profile("cpu", **change, steps=max(args.checkpoints), seed=seed)
+            trainer = PPOTrainer(policy, reference, tokenizer, train_prompts, reward_model, config)
             if baseline is None:
                 baseline = score_spread(reward_model.score_batch(held_out, trainer.respond(held_out)))
             histories = []
             for steps in sorted(set(args.checkpoints)):
-                histories.append(trainer.train(steps - trainer.steps_done))
+                histories.append(trainer.train(steps - trainer.steps_done).history)
                 history = pd.concat(histories)
                 mean_after, _ = score_spread(reward_model.score_batch(held_out, trainer.respond(held_out)))
                 runs.append(

@@ -19,19 +19,19 @@ import time
 import numpy as np
 import torch
 
-from playbook.config import get_profile
 from playbook.data import load_hh_rlhf
 from playbook.models import load_model
 from playbook.reward import (
+    RewardConfig,
     backbone_features,
     choose_l2,
     fit_bradley_terry_head,
     give_distinct_pad_token,
-    pad_right,
     score_token_ids,
     tokenize_pairs,
     train_reward_model,
 )
+from playbook.tensors import pad_sequences
 
 PAIRS_PER_STEP = 8
 MAX_LENGTH = 128
@@ -42,12 +42,10 @@ def trainer_pairs_per_second(method: str, pairs, steps: int) -> float:
     loading, tokenising and saving cancel out."""
     seconds = {}
     for count in (1, steps + 1):
-        profile = get_profile(
-            "cpu", rm_max_length=MAX_LENGTH, rm_batch_size=PAIRS_PER_STEP, rm_layers=30, rm_steps=count
-        )
+        config = RewardConfig(method=method, max_length=MAX_LENGTH, batch_size=PAIRS_PER_STEP, layers=30, steps=count)
         with tempfile.TemporaryDirectory() as folder:
             start = time.perf_counter()
-            train_reward_model(pairs, profile=profile, method=method, output_dir=f"{folder}/rm")
+            train_reward_model(pairs, config, output_dir=f"{folder}/rm")
             seconds[count] = time.perf_counter() - start
     return steps * PAIRS_PER_STEP / max(seconds[steps + 1] - seconds[1], 1e-9)
 
@@ -89,7 +87,7 @@ def tradeoff(pairs_total: int) -> None:
         rows = list(encoded[f"{side}_ids"])
         collected = {layer: torch.zeros(len(rows), model.config.hidden_size) for layer in layers}
         for first in range(0, len(rows), 16):
-            ids, mask = pad_right(rows[first : first + 16], tokenizer.pad_token_id)
+            ids, mask = pad_sequences(rows[first : first + 16], tokenizer.pad_token_id)
             output = model.base_model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
             last = mask.sum(1) - 1
             for layer in layers:  # what a reward model cut at this layer reads: the final norm of that layer's output

@@ -11,74 +11,98 @@ written mid-run) and, like our PPO, train only the top layers of the policy so a
 
 from __future__ import annotations
 
-import time
-import warnings
+import os
+import tempfile
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import torch
+import trl
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
-from trl import DPOConfig, DPOTrainer, RLOOConfig, RLOOTrainer
 
+from playbook.config import Profile, TrainerConfig
+from playbook.frozen_layers import train_top_layers
 from playbook.io import Messages
-from playbook.models import generate_replies
-from playbook.ppo import score_spread, train_top_layers
+from playbook.models import generate_replies, write_model_atomically
+from playbook.ppo import score_spread
 from playbook.reward import RewardModel
-
-CPU_SAFE = {
-    "bf16": False,  # TRL configs default to bf16 where the hardware has it; float32 keeps CPU runs exact
-    "fp16": False,
-    "gradient_checkpointing": False,  # recomputing activations only costs time when memory is not the limit
-    "report_to": [],
-    "save_strategy": "no",
-    "logging_steps": 1,
-    "disable_tqdm": False,
-    "seed": 0,
-    "dataloader_pin_memory": torch.cuda.is_available(),  # pinning only helps copies to a GPU
-}
+from playbook.training import HistoryCallback, TrainResult, quiet_trl_renames, timed, trl_cpu_safe_args
 
 
-@contextmanager
-def _quiet_renames():
-    """TRL 1.16 configs still set `gradient_checkpointing`, which transformers 5 renamed; its FutureWarnings say
-    nothing a learner can act on (and print library paths into notebooks), so they are silenced here."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.*", category=FutureWarning)
-        yield
+@dataclass(frozen=True)
+class DPOConfig(TrainerConfig):
+    """DPO settings; the defaults are the course's measured cpu run (notebook 06), a profile sets the sizes. Turned
+    into TRL's ``trl.DPOConfig`` by :func:`train_dpo`."""
+
+    steps: int = 20  # optimisation steps (profile: rl_steps)
+    batch_size: int = 8  # preference pairs per step (profile: ppo_batch_size)
+    max_length: int = 128  # tokens of prompt + reply; TRL cuts what exceeds it (profile: rm_max_length)
+    learning_rate: float = 2e-5  # (profile: rl_learning_rate; Rafailov et al. 2023: 1e-6 with every layer)
+    beta: float = 0.1  # strength of the implicit KL leash (Rafailov et al. 2023: 0.1)
+    prompt_messages: int = 3  # prompt messages kept, from the end (hh-rlhf's earlier turns rarely matter)
+    trainable_layers: int | None = 6  # top decoder layers that train (profile: policy_trainable_layers)
+    seed: int = 0
+
+    @classmethod
+    def profile_values(cls, profile: Profile) -> dict:
+        return {
+            "steps": profile.rl_steps,
+            "batch_size": profile.ppo_batch_size,
+            "max_length": profile.rm_max_length,
+            "learning_rate": profile.rl_learning_rate,
+            "trainable_layers": profile.policy_trainable_layers,
+        }
+
+    def __post_init__(self) -> None:
+        self.require_positive("steps", "batch_size", "max_length", "learning_rate", "beta", "prompt_messages")
+        self.require(self.trainable_layers is None or self.trainable_layers > 0, "trainable_layers", "positive or None")
 
 
-@dataclass
-class MethodRun:
-    """A trained policy, its per-step log (the trainer's own metrics) and the wall time of training."""
+@dataclass(frozen=True)
+class RLOOConfig(TrainerConfig):
+    """RLOO settings; the defaults are the course's measured cpu run (notebook 06), a profile sets the sizes. Turned
+    into TRL's ``trl.RLOOConfig`` by :func:`train_rloo`."""
 
-    name: str
-    policy: PreTrainedModel
-    history: pd.DataFrame
-    seconds: float
+    steps: int = 20  # optimisation steps (profile: rl_steps)
+    prompts_per_step: int = 2  # prompts per step, each answered `generations` times (profile: ppo_batch_size / 4)
+    generations: int = 4  # sampled replies per prompt; each is baselined by the mean of the others
+    max_completion_length: int = 24  # tokens per sampled reply (profile: ppo_response_length)
+    learning_rate: float = 2e-5  # (profile: rl_learning_rate)
+    beta: float = 0.1  # KL penalty to the frozen start policy
+    trainable_layers: int | None = 6  # top decoder layers that train (profile: policy_trainable_layers)
+    seed: int = 0
+
+    @classmethod
+    def profile_values(cls, profile: Profile) -> dict:
+        generations = max(2, min(4, profile.ppo_batch_size))
+        return {
+            "steps": profile.rl_steps,
+            "prompts_per_step": max(1, profile.ppo_batch_size // generations),
+            "generations": generations,
+            "max_completion_length": profile.ppo_response_length,
+            "learning_rate": profile.rl_learning_rate,
+            "trainable_layers": profile.policy_trainable_layers,
+        }
+
+    def __post_init__(self) -> None:
+        self.require_positive("steps", "prompts_per_step", "max_completion_length", "learning_rate")
+        self.require(self.generations >= 2, "generations", "needs at least 2 (the baseline is the mean of the others)")
+        self.require(self.beta >= 0, "beta", "must be 0 or more")
+        self.require(self.trainable_layers is None or self.trainable_layers > 0, "trainable_layers", "positive or None")
 
 
-class _History(TrainerCallback):
-    """Collects every log line a TRL trainer emits into rows of a table."""
-
-    def __init__(self) -> None:
-        self.rows: list[dict] = []
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "train_runtime" not in logs:
-            self.rows.append({"step": state.global_step, **logs})
-
-
-def _run(name: str, trainer, history: _History, policy: PreTrainedModel) -> MethodRun:
-    started = time.perf_counter()
-    with _quiet_renames():
-        trainer.train()
-    seconds = time.perf_counter() - started
+def _finish(
+    trainer, history: HistoryCallback, policy, tokenizer, output_dir: str | os.PathLike | None, source: str
+) -> TrainResult:
+    """Train, then save the policy atomically to ``output_dir`` (when given) on the main process."""
+    _, seconds = timed(trainer.train)
     policy.eval()
-    return MethodRun(name, policy, pd.DataFrame(history.rows), seconds)
+    saved = Path(output_dir) if output_dir is not None else None
+    if saved is not None and trainer.accelerator.is_main_process:
+        write_model_atomically(policy, tokenizer, saved, source=source, replace=True)
+    return TrainResult(policy, pd.DataFrame(history.rows), seconds, saved)
 
 
 def train_dpo(
@@ -86,48 +110,40 @@ def train_dpo(
     reference: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     pairs: Dataset,
+    config: DPOConfig | None = None,
     *,
-    output_dir: str | Path,
-    steps: int,
-    batch_size: int = 8,
-    max_length: int = 128,
-    learning_rate: float = 2e-5,
-    beta: float = 0.1,
-    trainable_layers: int | None = 6,
-    prompt_messages: int = 3,
+    output_dir: str | os.PathLike | None = None,
     callbacks: Sequence[TrainerCallback] = (),
-) -> MethodRun:
+) -> TrainResult:
     """Direct preference optimisation with TRL's `DPOTrainer` on conversational pairs (`prompt` / `chosen` /
-    `rejected` message lists, as `playbook.data.load_hh_rlhf` gives them). Prompts keep their last
-    `prompt_messages` messages (hh-rlhf's earlier turns are rarely needed to judge the last reply), and TRL cuts
-    what still exceeds `max_length` tokens from the end."""
+    `rejected` message lists, as `playbook.data.load_hh_rlhf` gives them), saved to `output_dir` when given."""
+    config = config or DPOConfig.from_profile()
     for column in ("prompt", "chosen", "rejected"):
         if column not in pairs.column_names:
             raise ValueError(f"DPO needs a {column!r} column; the dataset has {pairs.column_names}")
-    pairs = pairs.map(lambda row: {"prompt": row["prompt"][-prompt_messages:]})
-    train_top_layers(policy, trainable_layers)
+    pairs = pairs.map(lambda row: {"prompt": row["prompt"][-config.prompt_messages :]})
+    train_top_layers(policy, config.trainable_layers)
     reference.requires_grad_(False)
-    with _quiet_renames():
-        config = DPOConfig(
-            output_dir=str(output_dir),
-            max_steps=steps,
-            per_device_train_batch_size=batch_size,
-            learning_rate=learning_rate,
-            beta=beta,
-            max_length=max_length,
-            **CPU_SAFE,
+    with quiet_trl_renames():
+        args = trl.DPOConfig(
+            output_dir=tempfile.mkdtemp(prefix="playbook-dpo-"),  # TRL wants a folder; nothing is written mid-run
+            max_steps=config.steps,
+            per_device_train_batch_size=config.batch_size,
+            learning_rate=config.learning_rate,
+            beta=config.beta,
+            max_length=config.max_length,
+            **trl_cpu_safe_args(config.seed),
         )
-    history = _History()
-    with _quiet_renames():
-        trainer = DPOTrainer(
+        history = HistoryCallback()
+        trainer = trl.DPOTrainer(
             model=policy,
             ref_model=reference,
-            args=config,
+            args=args,
             train_dataset=pairs,
             processing_class=tokenizer,
             callbacks=[history, *callbacks],
         )
-    return _run("DPO", trainer, history, policy)
+    return _finish(trainer, history, policy, tokenizer, output_dir, "playbook.beyond_ppo.train_dpo")
 
 
 def reward_function(reward_model: RewardModel) -> Callable[..., list[float]]:
@@ -142,49 +158,48 @@ def reward_function(reward_model: RewardModel) -> Callable[..., list[float]]:
 
 def train_rloo(
     policy: PreTrainedModel,
+    reference: PreTrainedModel | None,
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[Messages],
     reward_model: RewardModel | Callable[..., list[float]],
+    config: RLOOConfig | None = None,
     *,
-    output_dir: str | Path,
-    steps: int,
-    prompts_per_step: int = 2,
-    generations: int = 4,
-    max_completion_length: int = 24,
-    learning_rate: float = 2e-5,
-    beta: float = 0.1,
-    trainable_layers: int | None = 6,
+    output_dir: str | os.PathLike | None = None,
     callbacks: Sequence[TrainerCallback] = (),
-) -> MethodRun:
+) -> TrainResult:
     """REINFORCE leave-one-out with TRL's `RLOOTrainer`: `generations` sampled replies per prompt, scored by our
     reward model (or any TRL reward function), each baselined by the mean of the others; a KL penalty of `beta` to
-    the frozen start. TRL loads that reference from the policy's folder (`config._name_or_path`), so pass a policy
-    loaded from disk, as `playbook.models.load_model` does."""
-    if generations < 2:
-        raise ValueError("RLOO needs at least 2 generations per prompt (the baseline is the mean of the others)")
-    train_top_layers(policy, trainable_layers)
-    with _quiet_renames():
-        config = RLOOConfig(
-            output_dir=str(output_dir),
-            max_steps=steps,
-            per_device_train_batch_size=prompts_per_step * generations,
-            num_generations=generations,
-            max_completion_length=max_completion_length,
-            learning_rate=learning_rate,
-            beta=beta,
-            **CPU_SAFE,
+    the frozen start. TRL builds that reference itself from the policy's folder (`config._name_or_path`), so
+    `reference` must be `None` or a model loaded from that same folder (checked), and the policy must come from
+    disk, as `playbook.models.load_model` gives it."""
+    config = config or RLOOConfig.from_profile()
+    if reference is not None and reference.config._name_or_path != policy.config._name_or_path:
+        raise ValueError(
+            f"reference: TRL's RLOO uses the policy's own folder {policy.config._name_or_path!r} as the reference; "
+            f"got a model from {reference.config._name_or_path!r}. Pass None or a copy loaded from the same folder."
         )
-    history = _History()
-    with _quiet_renames():
-        trainer = RLOOTrainer(
+    train_top_layers(policy, config.trainable_layers)
+    with quiet_trl_renames():
+        args = trl.RLOOConfig(
+            output_dir=tempfile.mkdtemp(prefix="playbook-rloo-"),
+            max_steps=config.steps,
+            per_device_train_batch_size=config.prompts_per_step * config.generations,
+            num_generations=config.generations,
+            max_completion_length=config.max_completion_length,
+            learning_rate=config.learning_rate,
+            beta=config.beta,
+            **trl_cpu_safe_args(config.seed),
+        )
+        history = HistoryCallback()
+        trainer = trl.RLOOTrainer(
             model=policy,
             reward_funcs=reward_function(reward_model) if isinstance(reward_model, RewardModel) else reward_model,
-            args=config,
+            args=args,
             train_dataset=Dataset.from_dict({"prompt": list(prompts)}),
             processing_class=tokenizer,
             callbacks=[history, *callbacks],
         )
-    return _run("RLOO", trainer, history, policy)
+    return _finish(trainer, history, policy, tokenizer, output_dir, "playbook.beyond_ppo.train_rloo")
 
 
 def evaluate_policies(

@@ -27,6 +27,8 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from playbook.io import read_jsonl
+from playbook.models import chat_batches
+from playbook.tensors import pad_sequences
 
 Strategy = Literal["uniform", "quantile"]
 LETTERS = "ABCDEFGHIJ"
@@ -265,19 +267,13 @@ def next_token_logits(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, conversations: Sequence, *, batch_size: int = 8
 ) -> torch.Tensor:
     """Logits of the first token of the assistant's reply to each conversation, ``[N, vocab]`` on the CPU."""
-    rows = []
-    padding_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        for start in tqdm(range(0, len(conversations), batch_size), desc="scoring", unit="batch", leave=False):
-            texts = [
-                tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
-                for c in conversations[start : start + batch_size]
-            ]
-            batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-            rows.append(model(**batch, logits_to_keep=1).logits[:, -1].float().cpu())
-    finally:
-        tokenizer.padding_side = padding_side
+    batches = chat_batches(tokenizer, list(conversations), batch_size=batch_size, device=model.device)
+    rows = [
+        model(**batch, logits_to_keep=1).logits[:, -1].float().cpu()
+        for _, batch in tqdm(
+            batches, desc="scoring", unit="batch", leave=False, total=-(-len(conversations) // batch_size)
+        )
+    ]
     return torch.cat(rows)
 
 
@@ -320,11 +316,7 @@ def option_logits(
     scores = []
     for start in tqdm(range(0, len(items), batch_size), desc="scoring options", unit="batch", leave=False):
         chunk = items[start : start + batch_size]
-        width = max(len(ids) for ids, _ in chunk)
-        ids = torch.full((len(chunk), width), tokenizer.pad_token_id)
-        mask = torch.zeros_like(ids)
-        for row, (sequence, _) in enumerate(chunk):
-            ids[row, : len(sequence)], mask[row, : len(sequence)] = torch.tensor(sequence), 1
+        ids, mask = pad_sequences([sequence for sequence, _ in chunk], tokenizer.pad_token_id)
         log_probs = torch.log_softmax(
             model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float(), -1
         ).cpu()

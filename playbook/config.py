@@ -16,19 +16,26 @@ import torch
 from playbook.io import REPOSITORY_ROOT
 
 PROFILE_ENV = "PLAYBOOK_PROFILE"
+RUNS_ENV = "PLAYBOOK_RUNS"
 
 
 @dataclass(frozen=True)
 class Profile:
-    """The knobs that size the course's experiments. Every field is a count or a length."""
+    """Every knob that differs between ``smoke``, ``cpu`` and ``gpu``. Counts, lengths and the few settings that
+    must change with the hardware (how much of the model trains, and at which learning rate); everything else is a
+    default of a trainer's config (:class:`playbook.reward.RewardConfig`, :class:`playbook.ppo.PPOConfig`,
+    :class:`playbook.beyond_ppo.DPOConfig`, :class:`playbook.beyond_ppo.RLOOConfig`), built with
+    ``XConfig.from_profile(profile)``."""
 
     name: str
     # Generation used by the probe notebooks (01, 07): tokens per answer, and how many probes.
     max_new_tokens: int
     probe_limit: int
-    # Preference data (03, 04): how many hh-rlhf pairs to train and evaluate a reward model on.
+    # Preference data (03-06): hh-rlhf pairs to train on, pairs held out (never trained on), and how many held-out
+    # prompts the RL notebooks answer before and after training.
     hh_train_pairs: int
     hh_eval_pairs: int
+    eval_prompts: int
     # Reward-model training (04): how (see playbook.reward), tokens per conversation, pairs per step,
     # optimisation steps, backbone layers kept, LoRA rank.
     rm_method: str
@@ -37,13 +44,20 @@ class Profile:
     rm_steps: int
     rm_layers: int
     rm_lora_rank: int
-    # PPO (05, 06): prompts per rollout batch, PPO steps, tokens per sampled response.
+    # Policy training (05, 06): the top decoder layers of the policy and of PPO's value model that train (None:
+    # every layer; the embeddings never do), and the prompt tokens kept (from the end) when sampling replies.
+    policy_trainable_layers: int | None
+    value_trainable_layers: int | None
+    prompt_length: int
+    # PPO (05): prompts per rollout and per gradient step, rollouts, tokens per sampled reply, learning rate.
     ppo_batch_size: int
+    ppo_mini_batch_size: int
     ppo_steps: int
     ppo_response_length: int
-    # DPO and RLOO (06): optimisation steps of ppo_batch_size pairs or replies (about PPO's wall time, as PPO's
-    # steps run the frozen layers only once).
+    ppo_learning_rate: float
+    # DPO and RLOO (06): optimisation steps of ppo_batch_size pairs or replies, and the learning rate.
     rl_steps: int
+    rl_learning_rate: float
     # Hallucination and calibration (07-09): questions evaluated per data set.
     eval_questions: int
     # DoLa (08): TruthfulQA questions scored for MC1/MC2/MC3 (each needs one forward pass per answer option).
@@ -57,54 +71,79 @@ PROFILES: dict[str, Profile] = {
         probe_limit=3,
         hh_train_pairs=16,
         hh_eval_pairs=16,
+        eval_prompts=4,
         rm_method="head",
         rm_max_length=64,
         rm_batch_size=4,
         rm_steps=20,
         rm_layers=18,
         rm_lora_rank=4,
+        policy_trainable_layers=6,
+        value_trainable_layers=2,
+        prompt_length=64,
         ppo_batch_size=2,
+        ppo_mini_batch_size=1,
         ppo_steps=2,
-        rl_steps=2,
         ppo_response_length=8,
+        ppo_learning_rate=3e-5,
+        rl_steps=2,
+        rl_learning_rate=2e-5,
         eval_questions=8,
         mc_questions=3,
     ),
+    # The course's measured run on a 2-core laptop CPU (README, benchmarks/README.md).
     "cpu": Profile(
         name="cpu",
         max_new_tokens=64,
         probe_limit=1_000,
         hh_train_pairs=1_494,
         hh_eval_pairs=300,
+        eval_prompts=150,
         rm_method="head",
         rm_max_length=128,
         rm_batch_size=8,
         rm_steps=200,
         rm_layers=18,
         rm_lora_rank=8,
+        policy_trainable_layers=6,
+        value_trainable_layers=2,
+        prompt_length=64,
         ppo_batch_size=8,
+        ppo_mini_batch_size=4,
         ppo_steps=30,
-        rl_steps=20,
         ppo_response_length=24,
+        ppo_learning_rate=3e-5,
+        rl_steps=20,
+        rl_learning_rate=2e-5,
         eval_questions=150,
         mc_questions=100,
     ),
+    # Sized for one GPU from the published reproductions, not measured by the course: every layer trains, so the
+    # learning rates are those of full fine-tuning (Huang et al. 2024 used 3e-6 for PPO on 1B-6.9B models;
+    # InstructGPT about 1e-5 for its 1.3B policy), with larger batches and longer replies.
     "gpu": Profile(
         name="gpu",
         max_new_tokens=128,
         probe_limit=1_000,
         hh_train_pairs=20_000,
         hh_eval_pairs=2_000,
+        eval_prompts=500,
         rm_method="lora",
         rm_max_length=512,
         rm_batch_size=32,
         rm_steps=2_000,
         rm_layers=30,
         rm_lora_rank=16,
+        policy_trainable_layers=None,
+        value_trainable_layers=None,
+        prompt_length=256,
         ppo_batch_size=64,
+        ppo_mini_batch_size=16,
         ppo_steps=200,
-        rl_steps=200,
         ppo_response_length=64,
+        ppo_learning_rate=1e-5,
+        rl_steps=200,
+        rl_learning_rate=5e-6,
         eval_questions=817,
         mc_questions=817,
     ),
@@ -116,9 +155,12 @@ def repository_root() -> Path:
     return REPOSITORY_ROOT
 
 
-def runs_dir() -> Path:
-    """Where trained models and run outputs go: ``$PLAYBOOK_RUNS``, else ``runs/`` at the repository root."""
-    return Path(os.environ.get("PLAYBOOK_RUNS") or repository_root() / "runs")
+def runs_dir(profile: Profile | str | None = None) -> Path:
+    """Where trained models and run outputs go: ``$PLAYBOOK_RUNS`` (else ``runs/`` at the repository root), in a
+    folder per profile (``runs/cpu/reward_model``), so a run in one profile never replaces a model trained in
+    another. ``profile`` defaults to the current one (:func:`get_profile`)."""
+    name = profile.name if isinstance(profile, Profile) else get_profile(profile).name
+    return Path(os.environ.get(RUNS_ENV) or repository_root() / "runs") / name
 
 
 def default_profile_name() -> str:
@@ -126,7 +168,7 @@ def default_profile_name() -> str:
     return "gpu" if torch.cuda.is_available() else "cpu"
 
 
-def get_profile(name: str | None = None, **overrides: int) -> Profile:
+def get_profile(name: str | None = None, **overrides) -> Profile:
     """The profile called ``name``, else the one ``PLAYBOOK_PROFILE`` names, else the default.
 
     Keyword overrides replace single knobs (``get_profile("cpu", rm_steps=10)``) for a quick experiment.
@@ -141,3 +183,34 @@ def get_profile(name: str | None = None, **overrides: int) -> Profile:
     if unknown:
         raise TypeError(f"Unknown profile knob(s) {unknown}; known knobs: {sorted(known)}.")
     return replace(PROFILES[key], **overrides)
+
+
+class TrainerConfig:
+    """What every trainer's config shares: ``from_profile`` and argument checks that name the field.
+
+    A subclass is a frozen dataclass whose defaults are the course's measured cpu run; :meth:`profile_values`
+    says which fields a profile sets, and ``overrides`` change any field for one experiment.
+    """
+
+    @classmethod
+    def profile_values(cls, profile: Profile) -> dict:
+        """The fields a profile sets (the rest keep their defaults)."""
+        return {}
+
+    @classmethod
+    def from_profile(cls, profile: Profile | str | None = None, **overrides):
+        """The config for ``profile`` (a :class:`Profile`, its name, or ``None`` for the current one)."""
+        profile = profile if isinstance(profile, Profile) else get_profile(profile)
+        unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
+        if unknown:
+            raise TypeError(f"Unknown {cls.__name__} field(s) {unknown}; known: {sorted(f.name for f in fields(cls))}.")
+        return cls(**{**cls.profile_values(profile), **overrides})
+
+    def require(self, condition: bool, field: str, rule: str) -> None:
+        """Raise ``ValueError`` naming the field, its value and the rule it breaks, unless ``condition``."""
+        if not condition:
+            raise ValueError(f"{type(self).__name__}.{field}={getattr(self, field)!r}: {rule}.")
+
+    def require_positive(self, *names: str) -> None:
+        for name in names:
+            self.require(getattr(self, name) > 0, name, "must be positive")

@@ -27,8 +27,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from datasets import Dataset
+from datasets import Dataset, DatasetDict
 
+from playbook.config import Profile, get_profile
 from playbook.io import Messages, read_json, read_jsonl, read_text
 
 DATA_DIR_ENV = "PLAYBOOK_DATA_DIR"
@@ -427,3 +428,15 @@ def _find(
             DATA_DIR_ENV,
         )
     return sample, "sample"
+
+
+def hh_rlhf_split(profile: Profile | str | None = None, subset: str = "harmless-base") -> DatasetDict:
+    """The course's deterministic split of hh-rlhf ``subset``: ``"test"`` holds at most ``profile.hh_eval_pairs``
+    pairs (a quarter of them at most, so the bundled sample splits too) that no model ever trains on, and
+    ``"train"`` the first ``profile.hh_train_pairs`` of the rest. Notebooks 04-06, the pipeline and the benchmarks
+    all use it, so a held-out pair is held out everywhere."""
+    profile = profile if isinstance(profile, Profile) else get_profile(profile)
+    pairs = load_hh_rlhf(subset)
+    split = pairs.train_test_split(test_size=min(profile.hh_eval_pairs, len(pairs) // 4), seed=0)
+    train = split["train"].select(range(min(profile.hh_train_pairs, len(split["train"]))))
+    return DatasetDict({"train": train, "test": split["test"]})

@@ -29,7 +29,7 @@ from playbook.io import NOTEBOOK_DIR, course_notebooks
 from playbook.models import REINSTALL_COMMAND, EmbeddedModelMissing, cache_root, embedded_cache_dir, pick_device
 
 REQUIRED_LIBRARIES = ("torch", "transformers", "trl", "datasets", "peft", "accelerate", "gguf", "safetensors")
-MIN_PYTHON = (3, 10)
+MIN_PYTHON = (3, 11)  # pyproject.toml: requires-python = ">=3.11"
 MIN_FREE_MEMORY_GIB = 4.0
 MIN_FREE_DISK_GIB = 2.0
 

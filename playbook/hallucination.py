@@ -26,6 +26,7 @@ from playbook.data import BUNDLED_DATA_DIR
 from playbook.io import read_json, read_jsonl
 from playbook.judge import WINDOW, abstains
 from playbook.models import chat_batches
+from playbook.tensors import entropy_from_logits, logprobs_from_logits
 
 FACT_TABLE = BUNDLED_DATA_DIR / "uganda_tokyo2020_medallists.json"
 FACTUAL_PROBES = BUNDLED_DATA_DIR / "factual_probes.jsonl"
@@ -325,14 +326,6 @@ def expresses_uncertainty(reply: str) -> bool:
     return abstains(reply) or bool(_UNCERTAIN.search(text))
 
 
-QUADRANTS = {
-    (True, False): "known known: answerable, model answers",
-    (True, True): "unknown known: answerable, model hedges",
-    (False, True): "known unknown: unanswerable, model hedges",
-    (False, False): "unknown unknown: unanswerable, model answers anyway",
-}
-
-
 def knowledge_quadrants(answerable: Sequence[bool], uncertain: Sequence[bool]) -> pd.DataFrame:
     """The 2×2 table of counts: rows answerable / unanswerable, columns model answers / model hedges."""
     if len(answerable) != len(uncertain):
@@ -419,9 +412,8 @@ def answer_confidence(
             return_dict_in_generate=True,
         )
         new_tokens = output.sequences[:, batch["input_ids"].shape[1] :]
-        logprobs = torch.stack(output.logits, dim=1).float().log_softmax(-1)  # [B, T, V]
-        chosen = logprobs.gather(-1, new_tokens[..., None]).squeeze(-1)
-        entropy = -(logprobs.exp() * logprobs).sum(-1)
+        logits = torch.stack(output.logits, dim=1)  # [B, T, V]
+        chosen, entropy = logprobs_from_logits(logits, new_tokens), entropy_from_logits(logits)
         for row in range(len(new_tokens)):
             length = _reply_length(new_tokens[row], tokenizer.eos_token_id)
             rows.append(

@@ -314,6 +314,16 @@ def load_model(
     return model.to(pick_device(device)).eval(), tokenizer
 
 
+def load_policy_and_reference(
+    name: str | os.PathLike | None = None, *, device: str | torch.device | None = None
+) -> tuple[PreTrainedModel, PreTrainedModel, PreTrainedTokenizerBase]:
+    """``(policy, reference, tokenizer)``: two copies of the same model (default: the embedded one), the first to
+    train and the second to stay frozen as the KL anchor of PPO, DPO and RLOO."""
+    policy, tokenizer = load_model(name, device=device)
+    reference, _ = load_model(name, device=device)
+    return policy, reference.requires_grad_(False), tokenizer
+
+
 def _resolve(name: str | os.PathLike | None) -> str:
     return str(embedded_model_dir()) if name is None else str(name)
 

@@ -15,23 +15,25 @@ RLHF with PPO: A Case Study on TL;DR Summarization*):
 
 Dropout is off throughout (the models stay in eval mode; gradients still flow). The value model is a copy of the
 reward model, so its head starts out predicting rewards. Devices come from ``accelerate``: the same code runs on
-a CPU, one GPU, or several (``accelerate launch your_script.py``; each process takes its share of the prompts).
+a CPU, one GPU, or several (``accelerate launch -m playbook.pipeline ppo``; each process takes its share of the
+prompts and the logged statistics are gathered from all of them).
 
-**Frozen layers run once.** Only the top layers of the policy and the value model train on a CPU, and the layers
-below them never change. So each rollout runs the policy's frozen layers once, keeps the hidden states there, and
-every later pass (the rollout's log-probs and values, every PPO epoch) starts from them. The reference and the
-value model share those frozen layers too wherever their weights are the policy's, weight for weight (the reference
-below the policy's first trainable layer; a reward model built on the same backbone below its own first trainable
-layer). The numbers are exactly those of a full forward pass (tested); the update costs about half as much.
+**Frozen layers run once** (:mod:`playbook.frozen_layers`). Only the top layers of the policy and the value model
+train on a CPU, and the layers below them never change. So each rollout runs the policy's frozen layers once, keeps
+the hidden states there, and every later pass (the rollout's log-probs and values, every PPO epoch) starts from
+them. The reference and the value model share those frozen layers too wherever their weights are the policy's,
+weight for weight. The numbers are exactly those of a full forward pass (tested); the update costs about half as
+much.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,116 +41,93 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
-from transformers.masking_utils import create_causal_mask
 
-from playbook.config import Profile, runs_dir
+from playbook.config import Profile, TrainerConfig, runs_dir
+from playbook.frozen_layers import (
+    SharedTrunk,
+    UpperLayers,
+    first_trainable_layer,
+    shared_lower_layers,
+    train_top_layers,
+)
 from playbook.io import Messages
 from playbook.models import write_model_atomically
+from playbook.tensors import entropy_from_logits, logprobs_from_logits, masked_mean, masked_whiten, pad_sequences
+from playbook.training import TrainResult
 
 RewardFunction = Callable[[Sequence[Messages], Sequence[str]], Sequence[float]]
+"""What PPO needs of a reward model: ``(prompts, replies) -> one score per reply`` (``RewardModel.score_batch``)."""
 
 
-def default_policy_dir() -> Path:
-    """Where notebook 05 saves the PPO-trained policy (notebook 09 compares its calibration): ``<runs>/ppo_policy``."""
-    return runs_dir() / "ppo_policy"
+def default_policy_dir(profile: Profile | str | None = None) -> Path:
+    """Where notebook 05 saves the PPO-trained policy (notebooks 06 and 09 read it): ``<runs>/<profile>/ppo_policy``."""
+    return runs_dir(profile) / "ppo_policy"
 
 
 @dataclass(frozen=True)
-class PPOConfig:
-    """PPO settings. Defaults follow the published RLHF reproductions, scaled to a small model."""
+class PPOConfig(TrainerConfig):
+    """PPO settings. The defaults are the course's measured cpu run (notebook 05, ``benchmarks/README.md``); a
+    profile sets the sizes (``from_profile``). Published values for comparison: InstructGPT (Ouyang et al. 2022) and
+    the TL;DR reproduction of Huang et al. (2024), whose settings were TRL's PPO defaults."""
 
-    steps: int = 40  # rollout-and-update rounds
-    batch_size: int = 8  # prompts per rollout
-    mini_batch_size: int = 4  # replies per gradient step
-    ppo_epochs: int = 2  # passes over each rollout batch
-    response_length: int = 24  # tokens sampled per reply at most
-    max_prompt_length: int = 128  # prompt tokens kept (from the end)
-    temperature: float = 0.7  # sampling temperature; log-probs are computed at the same temperature
-    learning_rate: float = 3e-6  # policy
-    value_learning_rate: float = 3e-5  # value model
-    kl_coef: float = 0.05  # β in −β·(log π − log π_ref), against scores on their (normalised) scale
-    gamma: float = 1.0  # discount
-    lam: float = 0.95  # GAE λ
-    clip_range: float = 0.2  # policy ratio clipping
-    clip_range_value: float = 0.2  # value clipping
-    value_coef: float = 0.1  # weight of the value loss
-    missing_eos_penalty: float = 1.0  # subtracted from the score of a reply that did not end
+    steps: int = 30  # rollout-and-update rounds (profile: ppo_steps)
+    batch_size: int = 8  # prompts per rollout, one reply each (profile: ppo_batch_size; Huang et al.: 512)
+    mini_batch_size: int = 4  # replies per gradient step (profile: ppo_mini_batch_size)
+    ppo_epochs: int = 4  # passes over each rollout batch (Huang et al.: 4)
+    response_length: int = 24  # tokens sampled per reply at most (profile: ppo_response_length; Huang et al.: 53)
+    max_prompt_length: int = 64  # prompt tokens kept, from the end (profile: prompt_length)
+    temperature: float = 0.7  # sampling temperature; log-probs are computed at the same temperature (Huang: 0.7)
+    learning_rate: float = 3e-5  # policy (profile: ppo_learning_rate; Huang et al.: 3e-6 with every layer training)
+    value_learning_rate: float = 1e-4  # value model
+    kl_coef: float = 0.1  # β in −β·(log π − log π_ref), against normalised scores (Huang: 0.05; InstructGPT: 0.02)
+    gamma: float = 1.0  # discount (Huang et al.: 1)
+    lam: float = 0.95  # GAE λ (Huang et al.: 0.95)
+    clip_range: float = 0.2  # policy ratio clipping ε (Huang et al.: 0.2)
+    clip_range_value: float = 0.2  # value clipping (Huang et al.: 0.2)
+    value_coef: float = 0.1  # weight of the value loss (Huang et al.: 0.1)
+    missing_eos_penalty: float = 0.0  # subtracted from the score of a reply that did not end (in raw score units)
     max_grad_norm: float = 1.0
-    normalize_scores: bool = True  # standardise scores by the mean and spread of the first rollout (the SFT policy's)
+    normalize_scores: bool = True  # standardise scores by the mean and spread of the first rollout (the start policy's)
     calibrate_value: bool = True  # shift the value model so its first-rollout mean is the mean (normalised) score
-    policy_trainable_layers: int | None = None  # train the top k decoder layers (None: all; never the embeddings)
-    value_trainable_layers: int | None = None  # same for the value model; its head is always trained
+    policy_trainable_layers: int | None = 6  # train the top k decoder layers (None: all; never the embeddings)
+    value_trainable_layers: int | None = 2  # same for the value model; its head always trains
     seed: int = 0
 
     @classmethod
-    def from_profile(cls, profile: Profile, **overrides) -> PPOConfig:
-        """Batch size, steps and reply length from a profile; anything else from ``overrides``."""
-        sizes = {
+    def profile_values(cls, profile: Profile) -> dict:
+        return {
             "steps": profile.ppo_steps,
             "batch_size": profile.ppo_batch_size,
-            "mini_batch_size": max(1, profile.ppo_batch_size // 2),
+            "mini_batch_size": profile.ppo_mini_batch_size,
             "response_length": profile.ppo_response_length,
+            "max_prompt_length": profile.prompt_length,
+            "learning_rate": profile.ppo_learning_rate,
+            "policy_trainable_layers": profile.policy_trainable_layers,
+            "value_trainable_layers": profile.value_trainable_layers,
         }
-        unknown = set(overrides) - {f.name for f in fields(cls)}
-        if unknown:
-            raise TypeError(f"Unknown PPOConfig field(s): {sorted(unknown)}.")
-        return cls(**{**sizes, **overrides})
 
     def __post_init__(self) -> None:
-        if self.batch_size % self.mini_batch_size:
-            raise ValueError(
-                f"batch_size {self.batch_size} must be a multiple of mini_batch_size {self.mini_batch_size}."
-            )
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {self.temperature}.")
-
-
-CPU_SETTINGS = {
-    "policy_trainable_layers": 6,
-    "value_trainable_layers": 2,
-    "max_prompt_length": 64,
-    "learning_rate": 3e-5,
-    "value_learning_rate": 1e-4,
-    "ppo_epochs": 4,
-    "kl_coef": 0.1,
-    "missing_eos_penalty": 0.0,
-}
-"""PPOConfig overrides that fit a 2-core CPU (notebook 05 and the PPO benchmarks): only the top 6 policy layers and
-the top 2 value layers train, prompts keep their last 64 tokens, and replies that run out of tokens are not
-penalised."""
+        self.require(self.steps >= 0, "steps", "must be 0 or more")
+        self.require_positive(
+            "batch_size", "mini_batch_size", "ppo_epochs", "response_length", "max_prompt_length", "temperature"
+        )
+        self.require_positive("learning_rate", "value_learning_rate", "clip_range", "clip_range_value", "max_grad_norm")
+        for name in ("kl_coef", "value_coef", "missing_eos_penalty"):
+            self.require(getattr(self, name) >= 0, name, "must be 0 or more")
+        self.require(0 < self.gamma <= 1, "gamma", "must be in (0, 1]")
+        self.require(0 <= self.lam <= 1, "lam", "must be in [0, 1]")
+        self.require(
+            self.batch_size % self.mini_batch_size == 0,
+            "mini_batch_size",
+            f"must divide batch_size {self.batch_size}",
+        )
+        for name in ("policy_trainable_layers", "value_trainable_layers"):
+            self.require(getattr(self, name) is None or getattr(self, name) > 0, name, "must be positive, or None")
 
 
 # ------------------------------------------------------------------------------------ pure functions
-
-
-def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    """Mean of ``values`` where ``mask`` is 1 (over everything, or along ``dim``); 0 where nothing is valid."""
-    mask = mask.to(values.dtype)
-    total = (values * mask).sum() if dim is None else (values * mask).sum(dim)
-    count = mask.sum() if dim is None else mask.sum(dim)
-    return total / count.clamp(min=1)
-
-
-def masked_var(values: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
-    """Variance of the valid entries (with Bessel's correction by default)."""
-    mean = masked_mean(values, mask)
-    count = mask.sum()
-    variance = masked_mean((values - mean) ** 2, mask)
-    if unbiased and count > 1:
-        variance = variance * count / (count - 1)
-    return variance
-
-
-def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """Standardise ``values`` with the mean and variance of the valid entries; invalid entries become 0."""
-    mean, variance = masked_mean(values, mask), masked_var(values, mask)
-    whitened = (values - mean) * torch.rsqrt(variance + 1e-8)
-    if not shift_mean:
-        whitened = whitened + mean
-    return whitened * mask
 
 
 def compute_gae(
@@ -231,95 +210,7 @@ def truncate_after_eos(
     return torch.where(mask, responses, torch.full_like(responses, pad_id)), mask.long(), has_eos
 
 
-def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log p(token) under ``logits`` (``[..., vocab]``), gathered for each token."""
-    return torch.gather(F.log_softmax(logits.float(), dim=-1), -1, tokens.unsqueeze(-1)).squeeze(-1)
-
-
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of the distribution given by ``logits`` at each position."""
-    log_probs = F.log_softmax(logits.float(), dim=-1)
-    return -(log_probs.exp() * log_probs).sum(-1)
-
-
 # ------------------------------------------------------------------------------------------ trainer
-
-
-def train_top_layers(model: PreTrainedModel, layers: int | None) -> None:
-    """Freeze everything but the top ``layers`` decoder layers, the final norm and any classification head.
-
-    Gradients then stop at the lowest trainable layer, so a backward pass costs a fraction of a full one; with
-    ``None`` every weight trains. (Tied input and output embeddings stay frozen with the embeddings.)
-    """
-    if layers is None:
-        return
-    backbone = model.base_model
-    model.requires_grad_(False)
-    for module in [*backbone.layers[len(backbone.layers) - layers :], backbone.norm, getattr(model, "score", None)]:
-        if module is not None:
-            module.requires_grad_(True)
-
-
-def first_trainable_layer(model: PreTrainedModel) -> int:
-    """Index of the lowest decoder layer with a trainable weight (the layer count if none trains)."""
-    layers = model.base_model.layers
-    return next((i for i, layer in enumerate(layers) if any(p.requires_grad for p in layer.parameters())), len(layers))
-
-
-def shared_lower_layers(model: PreTrainedModel, policy: PreTrainedModel, limit: int) -> int | None:
-    """How many of ``model``'s bottom decoder layers (at most ``limit``) are the policy's, weight for weight.
-
-    ``None`` when even the input embeddings differ: then ``model`` cannot start from the policy's hidden states.
-    """
-
-    def same(a: nn.Module, b: nn.Module) -> bool:
-        ours, theirs = list(a.parameters()), list(b.parameters())
-        return len(ours) == len(theirs) and all(
-            x.shape == y.shape and torch.equal(x, y.to(x.device)) for x, y in zip(ours, theirs, strict=True)
-        )
-
-    ours, theirs = model.base_model, policy.base_model
-    if not same(ours.embed_tokens, theirs.embed_tokens):
-        return None
-    depth = 0
-    while depth < min(limit, len(ours.layers), len(theirs.layers)) and same(ours.layers[depth], theirs.layers[depth]):
-        depth += 1
-    return depth
-
-
-def run_decoder_layers(
-    backbone: nn.Module,
-    hidden: torch.Tensor,
-    attention_mask: torch.Tensor,
-    position_ids: torch.Tensor,
-    start: int = 0,
-    stop: int | None = None,
-) -> torch.Tensor:
-    """Decoder layers ``start:stop`` of a Llama-style backbone (``layers``, ``rotary_emb``), applied to ``hidden``,
-    the input of layer ``start``: the same causal mask and rotary positions as the backbone's own forward pass."""
-    # no cache; passed by position, since transformers 5.24 renamed that argument from past_key_values to cache
-    mask = create_causal_mask(backbone.config, hidden, attention_mask, None, position_ids=position_ids)
-    rotary = backbone.rotary_emb(hidden, position_ids=position_ids)
-    for layer in backbone.layers[start:stop]:
-        hidden = layer(hidden, attention_mask=mask, position_embeddings=rotary, position_ids=position_ids)
-    return hidden
-
-
-class UpperLayers(nn.Module):
-    """A model from decoder layer ``start`` up: hidden states at that layer in, head outputs of the last ``keep``
-    positions out (next-token logits for a language model, one value each for a classification model)."""
-
-    def __init__(self, model: PreTrainedModel, start: int) -> None:
-        super().__init__()
-        self.model, self.start = model, start
-
-    def forward(
-        self, hidden: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, keep: int
-    ) -> torch.Tensor:
-        backbone = self.model.base_model
-        hidden = run_decoder_layers(backbone, hidden, attention_mask, position_ids, self.start)
-        head = getattr(self.model, "score", None) or self.model.get_output_embeddings()
-        return head(backbone.norm(hidden)[:, -keep:])
 
 
 @dataclass(frozen=True)
@@ -351,62 +242,82 @@ class Rollout:
     logprobs: torch.Tensor
     ref_logprobs: torch.Tensor
     values: torch.Tensor
-    scores: torch.Tensor  # [batch]
+    scores: torch.Tensor  # [batch], raw reward-model scores (after the missing-EOS penalty)
     advantages: torch.Tensor
     returns: torch.Tensor
     texts: list[str]
+    seconds: dict[str, float]  # time spent sampling, scoring and in the rollout's forward passes
+
+
+def checked_scores(scores: Sequence[float], replies: int) -> torch.Tensor:
+    """The reward function's scores as a tensor, after checking there is one finite number per reply (a wrong count
+    would otherwise be broadcast, and a NaN would turn every weight into NaN)."""
+    values = torch.as_tensor(np.asarray(list(scores), dtype=np.float64), dtype=torch.float32).reshape(-1)
+    if len(values) != replies:
+        raise ValueError(f"reward function returned {len(values)} scores for {replies} replies: return one per reply.")
+    bad = torch.nonzero(~torch.isfinite(values)).flatten().tolist()
+    if bad:
+        raise ValueError(f"reward function returned non-finite scores at replies {bad}: {values[bad].tolist()}.")
+    return values
 
 
 class PPOTrainer:
-    """PPO for a chat policy. ``reward_model`` is a :class:`playbook.reward.RewardModel` or any function
-    ``(prompts, replies) -> scores``; ``value_model`` is a one-output sequence-classification model whose head
-    is applied at every token."""
+    """PPO for a chat policy: ``train()`` runs ``config.steps`` steps of :meth:`rollout` then :meth:`update`.
+
+    ``reward_model`` is a :class:`playbook.reward.RewardModel` or any :data:`RewardFunction`. ``value_model`` is a
+    one-output sequence-classification model whose head is applied at every token; by default a copy of the reward
+    model (so its head starts out predicting rewards)."""
 
     def __init__(
         self,
         policy: PreTrainedModel,
-        ref_policy: PreTrainedModel,
-        reward_model,
-        value_model: PreTrainedModel,
+        reference: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
         prompts: Sequence[Messages],
+        reward_model: RewardFunction | object,
         config: PPOConfig | None = None,
+        *,
+        value_model: PreTrainedModel | None = None,
         accelerator: Accelerator | None = None,
     ) -> None:
         self.config = config or PPOConfig()
         if not prompts:
             raise ValueError("prompts: need at least one prompt.")
+        if value_model is None:
+            if not hasattr(reward_model, "model"):
+                raise ValueError("value_model: a reward function has no model to copy; pass a value model.")
+            value_model = copy.deepcopy(reward_model.model)
         self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
         self.tokenizer = tokenizer
         self.prompts = list(prompts)[self.accelerator.process_index :: self.accelerator.num_processes]
         self.score_fn = reward_model.score_batch if hasattr(reward_model, "score_batch") else reward_model
         torch.manual_seed(self.config.seed)
         device = self.accelerator.device
-        ref_policy.requires_grad_(False)
+        reference.requires_grad_(False)
         train_top_layers(policy, self.config.policy_trainable_layers)
         train_top_layers(value_model, self.config.value_trainable_layers)
         for model in (policy, value_model):
             model.get_input_embeddings().requires_grad_(False)  # read once per rollout, before any trainable layer
         self.policy = policy.eval().to(device)
-        self.ref_policy, self.value_model = ref_policy.eval().to(device), value_model.eval().to(device)
-        self.frozen_depth = first_trainable_layer(policy)
-        starts = {}  # where each model's own computation starts; None: from its own embeddings
-        for name, model in (("reference", ref_policy), ("value", value_model)):
-            starts[name] = shared_lower_layers(model, policy, min(self.frozen_depth, first_trainable_layer(model)))
-        self.starts = {"policy": self.frozen_depth, **starts}
-        self.ref_upper = UpperLayers(ref_policy, starts["reference"] or 0)
-        self.optimizer = torch.optim.AdamW(
-            [
-                {"params": [p for p in policy.parameters() if p.requires_grad], "lr": self.config.learning_rate},
-                {
-                    "params": [p for p in value_model.parameters() if p.requires_grad],
-                    "lr": self.config.value_learning_rate,
-                },
-            ],
-            eps=1e-5,
-        )
+        self.reference, self.value_model = reference.eval().to(device), value_model.eval().to(device)
+        # Where each model's own computation starts: the policy at its first trainable layer; the reference and the
+        # value model as high as they share the policy's frozen layers (None: from their own embeddings).
+        frozen_depth = first_trainable_layer(policy)
+        starts = {
+            "policy": frozen_depth,
+            "reference": shared_lower_layers(reference, policy, frozen_depth),
+            "value": shared_lower_layers(value_model, policy, min(frozen_depth, first_trainable_layer(value_model))),
+        }
+        self.trunk = SharedTrunk(policy, starts, {"reference": reference, "value": value_model})
+        self.reference_upper = UpperLayers(reference, starts["reference"] or 0)
+        trainable = [
+            {"params": [p for p in policy.parameters() if p.requires_grad], "lr": self.config.learning_rate},
+            {"params": [p for p in value_model.parameters() if p.requires_grad], "lr": self.config.value_learning_rate},
+        ]
         self.policy_upper, self.value_upper, self.optimizer = self.accelerator.prepare(
-            UpperLayers(policy, self.frozen_depth), UpperLayers(value_model, starts["value"] or 0), self.optimizer
+            UpperLayers(policy, frozen_depth),
+            UpperLayers(value_model, starts["value"] or 0),
+            torch.optim.AdamW(trainable, eps=1e-5),
         )
         self.eos_id, self.pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
         self._order = np.random.default_rng(self.config.seed).permutation(len(self.prompts))
@@ -417,18 +328,14 @@ class PPOTrainer:
     # ---- model calls
 
     def _encode_prompts(self, prompts: Sequence[Messages]) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = []
-        for messages in prompts:
-            ids = self.tokenizer.apply_chat_template(
-                messages, tokenize=True, add_generation_prompt=True, return_dict=False
-            )
-            rows.append(list(ids)[-self.config.max_prompt_length :])
-        width = max(len(r) for r in rows)
-        query = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros_like(query)
-        for i, row in enumerate(rows):
-            query[i, width - len(row) :] = torch.tensor(row)
-            mask[i, width - len(row) :] = 1
+        """Prompts with the chat template, the last ``max_prompt_length`` tokens each, left-padded."""
+        rows = [
+            list(self.tokenizer.apply_chat_template(m, tokenize=True, add_generation_prompt=True, return_dict=False))[
+                -self.config.max_prompt_length :
+            ]
+            for m in prompts
+        ]
+        query, mask = pad_sequences(rows, self.pad_id, side="left")
         return query.to(self.accelerator.device), mask.to(self.accelerator.device)
 
     @torch.no_grad()
@@ -457,23 +364,12 @@ class PPOTrainer:
         attention = torch.cat([query_mask, mask], dim=1)
         return torch.cat([query, response], dim=1), attention, (attention.cumsum(1) - 1).clamp(min=0)
 
-    @torch.no_grad()
-    def _frozen_hidden(self, ids, attention, positions) -> dict[str, torch.Tensor]:
-        """The hidden states where each model's own layers start, from one pass through the shared frozen layers."""
-        backbone = self.policy.base_model
-        hidden, depth, captured = backbone.embed_tokens(ids), 0, {}
-        for name, start in sorted(((n, s) for n, s in self.starts.items() if s is not None), key=lambda x: x[1]):
-            hidden = run_decoder_layers(backbone, hidden, attention, positions, depth, start)
-            captured[name], depth = hidden, start
-        models = {"reference": self.ref_policy, "value": self.value_model}
-        for name in (n for n, s in self.starts.items() if s is None):
-            captured[name] = models[name].base_model.embed_tokens(ids)
-        return captured
-
     def _logprobs(self, upper, hidden, attention, positions, response) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-reply-token log-probs and entropies; only the positions that predict reply tokens need the vocabulary."""
-        logits = upper(hidden, attention, positions, response.shape[1] + 1)[:, :-1] / self.config.temperature
-        return logprobs_from_logits(logits, response), entropy_from_logits(logits)
+        """Per-reply-token log-probs and entropies at the sampling temperature; only the positions that predict
+        reply tokens need the vocabulary."""
+        logits = upper(hidden, attention, positions, response.shape[1] + 1)[:, :-1]
+        temperature = self.config.temperature
+        return logprobs_from_logits(logits, response, temperature), entropy_from_logits(logits, temperature)
 
     def _values(self, hidden, attention, positions, response) -> torch.Tensor:
         """The value model's estimate at each position that predicts a reply token."""
@@ -515,40 +411,38 @@ class PPOTrainer:
         response, mask = response.to(query.device), mask.to(query.device)
         texts = [t.strip() for t in self.tokenizer.batch_decode(response, skip_special_tokens=True)]
         sampled = time.perf_counter()
-        scores = torch.tensor(list(self.score_fn(prompts, texts)), dtype=torch.float32)
-        scores = scores - self.config.missing_eos_penalty * (~has_eos).float()
-        scores = scores.to(query.device)
+        scores = checked_scores(self.score_fn(prompts, texts), len(texts))
+        scores = (scores - self.config.missing_eos_penalty * (~has_eos).float()).to(query.device)
         scored = time.perf_counter()
         ids, attention, positions = self._inputs(query, query_mask, response, mask)
-        hidden = self._frozen_hidden(ids, attention, positions)
+        hidden = self.trunk(ids, attention, positions)
         logprobs, _ = self._logprobs(self.policy_upper, hidden["policy"], attention, positions, response)
-        ref_logprobs, _ = self._logprobs(self.ref_upper, hidden["reference"], attention, positions, response)
+        ref_logprobs, _ = self._logprobs(self.reference_upper, hidden["reference"], attention, positions, response)
         values = self._values(hidden["value"], attention, positions, response)
         if self.scale is None:
             self.scale = self._fix_scale(scores, values, mask)
             values = self.scale.values(values)
-        self.phase_seconds = {
-            "seconds_generate": sampled - started,
-            "seconds_score": scored - sampled,
-            "seconds_forward": time.perf_counter() - scored,
-        }
         rewards = kl_shaped_rewards(logprobs, ref_logprobs, mask, self.scale.scores(scores), self.config.kl_coef)
         advantages, returns = compute_gae(rewards, values, mask, self.config.gamma, self.config.lam)
-        advantages = masked_whiten(advantages, mask)
         return Rollout(
-            query,
-            query_mask,
-            response,
-            mask,
-            hidden["policy"],
-            hidden["value"],
-            logprobs,
-            ref_logprobs,
-            values,
-            scores,
-            advantages,
-            returns,
-            texts,
+            query=query,
+            query_mask=query_mask,
+            response=response,
+            mask=mask,
+            policy_hidden=hidden["policy"],
+            value_hidden=hidden["value"],
+            logprobs=logprobs,
+            ref_logprobs=ref_logprobs,
+            values=values,
+            scores=scores,
+            advantages=masked_whiten(advantages, mask),
+            returns=returns,
+            texts=texts,
+            seconds={
+                "seconds_generate": sampled - started,
+                "seconds_score": scored - sampled,
+                "seconds_forward": time.perf_counter() - scored,
+            },
         )
 
     def update(self, batch: Rollout) -> dict[str, float]:
@@ -593,38 +487,44 @@ class PPOTrainer:
         return pd.DataFrame(logs).mean().to_dict()
 
     def step(self) -> dict[str, float]:
-        """One rollout and update; returns the step's statistics, with the seconds spent sampling
-        (`seconds_generate`), in the reward model (`seconds_score`), in the policy/reference/value forward passes
-        of the rollout (`seconds_forward`) and in the PPO epochs (`seconds_update`)."""
+        """One rollout and update; returns the step's statistics, gathered over every process, with the seconds spent
+        sampling (`seconds_generate`), in the reward model (`seconds_score`), in the policy/reference/value forward
+        passes of the rollout (`seconds_forward`) and in the PPO epochs (`seconds_update`)."""
         start = time.perf_counter()
         batch = self.rollout(self._next_prompts())
         log_ratio = (batch.logprobs - batch.ref_logprobs) * batch.mask
         kl = log_ratio.sum(1)
-        k3 = ((torch.exp(-log_ratio) - 1 + log_ratio) * batch.mask).sum(1)  # ≥ 0, unbiased for KL(π‖π_ref)
+        # k3 = (r − 1) − log r with r = π_ref/π: ≥ 0 per token, unbiased for KL(π‖π_ref); expm1 keeps it exact near 0
+        k3 = ((torch.expm1(-log_ratio) + log_ratio) * batch.mask).sum(1)
+        gathered_scores = self.accelerator.gather(batch.scores)
         stats = {
-            "score": self.accelerator.gather(batch.scores).mean().item(),
+            "score": gathered_scores.mean().item(),
             "kl": self.accelerator.gather(kl).mean().item(),
             "kl_k3": self.accelerator.gather(k3).mean().item(),
             "response_length": self.accelerator.gather(batch.mask.sum(1).float()).mean().item(),
+            "replies": len(gathered_scores),
         }
         # the objective PPO maximises, in the reward model's units: β weighs KL against normalised scores
         stats["rlhf_reward"] = stats["score"] - self.config.kl_coef * self.scale.scale * stats["kl"]
         updating = time.perf_counter()
         stats |= self.update(batch)
-        stats |= self.phase_seconds | {"seconds_update": time.perf_counter() - updating}
+        stats |= batch.seconds | {"seconds_update": time.perf_counter() - updating}
         stats["seconds"] = time.perf_counter() - start
         return stats
 
-    def train(self, steps: int | None = None) -> pd.DataFrame:
-        """Run ``steps`` (default ``config.steps``) PPO steps with a progress bar; one history row per step, numbered
-        on from earlier calls."""
+    def train(self, steps: int | None = None, *, output_dir: str | os.PathLike | None = None) -> TrainResult:
+        """Run ``steps`` (default ``config.steps``) PPO steps with a progress bar, then save the policy to
+        ``output_dir`` if given. The history has one row per step, numbered on from earlier calls."""
         rows, count = [], self.config.steps if steps is None else steps
         bar = tqdm(range(count), desc="PPO", unit="step", disable=not self.accelerator.is_main_process)
         for _ in bar:
             self.steps_done += 1
             rows.append({"step": self.steps_done, **self.step()})
             bar.set_postfix(score=f"{rows[-1]['score']:.2f}", kl=f"{rows[-1]['kl']:.2f}")
-        return pd.DataFrame(rows)
+        history = pd.DataFrame(rows)
+        seconds = float(history["seconds"].sum()) if rows else 0.0
+        saved = self.save_policy(output_dir) if output_dir is not None else None
+        return TrainResult(self.policy, history, seconds, saved, {"score_scale": self.scale})
 
     @torch.no_grad()
     def respond(self, prompts: Sequence[Messages], *, greedy: bool = True, batch_size: int = 32) -> list[str]:
@@ -639,12 +539,36 @@ class PPOTrainer:
         return replies
 
     def save_policy(self, path: str | os.PathLike | None = None) -> Path:
-        """Save the trained policy atomically (default :func:`default_policy_dir`)."""
+        """Save the trained policy with its PPO settings, atomically (default :func:`default_policy_dir`)."""
         folder = Path(path) if path is not None else default_policy_dir()
         if self.accelerator.is_main_process:
-            write_model_atomically(self.policy, self.tokenizer, folder, source="playbook.ppo", replace=True)
-            (folder / "ppo_config.json").write_text(pd.Series(asdict(self.config)).to_json())
+            settings = pd.Series(asdict(self.config)).to_json()
+            write_model_atomically(
+                self.policy,
+                self.tokenizer,
+                folder,
+                source="playbook.ppo",
+                replace=True,
+                extra_files={"ppo_config.json": settings},
+            )
+        self.accelerator.wait_for_everyone()
         return folder
+
+
+def train_ppo(
+    policy: PreTrainedModel,
+    reference: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Messages],
+    reward_model: RewardFunction | object,
+    config: PPOConfig | None = None,
+    *,
+    value_model: PreTrainedModel | None = None,
+    output_dir: str | os.PathLike | None = None,
+) -> TrainResult:
+    """PPO in one call, with the same inputs and result as every other trainer of the course."""
+    trainer = PPOTrainer(policy, reference, tokenizer, prompts, reward_model, config, value_model=value_model)
+    return trainer.train(output_dir=output_dir)
 
 
 def score_spread(scores: Sequence[float]) -> tuple[float, float]:

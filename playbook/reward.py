@@ -29,7 +29,7 @@ import os
 import pickle
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -40,9 +40,11 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from playbook.config import Profile, get_profile, runs_dir
+from playbook.config import Profile, TrainerConfig, runs_dir
 from playbook.io import Messages
 from playbook.models import load_model, saved_tensor_names, sweep_abandoned_copies, write_model_atomically
+from playbook.tensors import pad_sequences
+from playbook.training import HistoryCallback, TrainResult, process_state, quiet_trl_renames, trl_cpu_safe_args
 
 Method = Literal["head", "lora", "full"]
 REQUIRED_COLUMNS = ("prompt", "chosen", "rejected")
@@ -51,9 +53,38 @@ SETTINGS_FILE = "reward_settings.json"
 logger = logging.getLogger(__name__)
 
 
-def default_reward_dir() -> Path:
-    """Where notebook 04 saves its reward model and notebook 05 looks for it: ``<runs>/reward_model``."""
-    return runs_dir() / "reward_model"
+def default_reward_dir(profile: Profile | str | None = None) -> Path:
+    """Where notebook 04 saves its reward model and notebooks 05-06 look for it: ``<runs>/<profile>/reward_model``."""
+    return runs_dir(profile) / "reward_model"
+
+
+@dataclass(frozen=True)
+class RewardConfig(TrainerConfig):
+    """Reward-model training settings; the defaults are the course's measured cpu run (notebook 04), and a profile
+    sets every field but the seed (``from_profile``)."""
+
+    method: Method = "head"  # "head" (frozen backbone, fitted head), "lora" or "full" (TRL's RewardTrainer)
+    max_length: int = 128  # tokens per conversation, kept from the end
+    batch_size: int = 8  # pairs per step (and per feature batch for "head")
+    steps: int = 200  # optimisation steps
+    layers: int = 18  # decoder layers of the backbone kept (the head reads the top one)
+    lora_rank: int = 8  # LoRA rank for method "lora" (alpha = 2 x rank)
+    seed: int = 0
+
+    @classmethod
+    def profile_values(cls, profile: Profile) -> dict:
+        return {
+            "method": profile.rm_method,
+            "max_length": profile.rm_max_length,
+            "batch_size": profile.rm_batch_size,
+            "steps": profile.rm_steps,
+            "layers": profile.rm_layers,
+            "lora_rank": profile.rm_lora_rank,
+        }
+
+    def __post_init__(self) -> None:
+        self.require(self.method in ("head", "lora", "full"), "method", "use 'head', 'lora' or 'full'")
+        self.require_positive("max_length", "batch_size", "steps", "layers", "lora_rank")
 
 
 # ------------------------------------------------------------------------------------------ encoding
@@ -113,17 +144,6 @@ def give_distinct_pad_token(tokenizer: PreTrainedTokenizerBase, model: PreTraine
                 model.resize_token_embeddings(len(tokenizer))
     if model is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
-
-
-def pad_right(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token-id lists as one right-padded batch, with its attention mask."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, sequence in enumerate(sequences):
-        ids[row, : len(sequence)] = torch.tensor(sequence)
-        mask[row, : len(sequence)] = 1
-    return ids, mask
 
 
 # --------------------------------------------------------------------------------------- the model
@@ -215,7 +235,7 @@ def score_token_ids(
     rewards = np.zeros(len(encoded))
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
-        ids, mask = pad_right([encoded[i] for i in rows], pad_id)
+        ids, mask = pad_sequences([encoded[i] for i in rows], pad_id)
         rewards[rows] = (
             model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device))
             .logits[:, 0]
@@ -243,66 +263,69 @@ def pairwise_accuracy(reward_model: RewardModel, dataset: Dataset, *, batch_size
 # ------------------------------------------------------------------------------------------ training
 
 
-@dataclass
-class TrainingResult:
-    """What :func:`train_reward_model` returns: the model, its folder, the per-step history, the wall time, and
-    r(chosen) − r(rejected) on the evaluation pairs before (fresh head) and after training."""
-
-    reward_model: RewardModel
-    path: Path
-    history: pd.DataFrame
-    seconds: float
-    eval_margins_before: np.ndarray | None = None
-    eval_margins_after: np.ndarray | None = None
-
-
 def train_reward_model(
-    train_dataset: Dataset,
+    pairs: Dataset,
+    config: RewardConfig | None = None,
     *,
-    eval_dataset: Dataset | None = None,
+    eval_pairs: Dataset | None = None,
     base: str | os.PathLike | None = None,
-    profile: Profile | None = None,
-    method: Method | None = None,
     output_dir: str | os.PathLike | None = None,
     resume: bool = True,
-    seed: int = 0,
-) -> TrainingResult:
+) -> TrainResult:
     """Train a reward model on preference pairs and save it to ``output_dir`` (default :func:`default_reward_dir`).
 
-    ``base`` is the backbone (default: the embedded model); ``method`` defaults to the profile's
-    ``rm_method``; sizes come from ``profile`` (``rm_max_length``, ``rm_batch_size``, ``rm_steps``,
-    ``rm_layers``, ``rm_lora_rank``). With ``resume`` an interrupted run continues from its last checkpoint
-    (``<output_dir>-checkpoints``); the finished model replaces the previous one only once it is complete.
+    ``base`` is the backbone (default: the embedded model); ``config`` defaults to the current profile's
+    (:meth:`RewardConfig.from_profile`). With ``resume`` an interrupted run continues from its last checkpoint
+    (``<output_dir>-checkpoints``); the finished model replaces the previous one only once it is complete. The
+    result's ``details`` hold r(chosen) − r(rejected) on ``eval_pairs`` before (fresh head) and after training.
+    Under ``accelerate launch`` the processes share the work (the "head" method's feature batches, TRL's data
+    parallelism) and the main process saves.
     """
-    profile = profile or get_profile()
-    method = method or profile.rm_method
-    if method not in ("head", "lora", "full"):
-        raise ValueError(f"method={method!r}: use 'head', 'lora' or 'full'.")
-    check_preference_dataset(train_dataset, "train_dataset")
-    if eval_dataset is not None:
-        check_preference_dataset(eval_dataset, "eval_dataset")
+    config = config or RewardConfig.from_profile()
+    check_preference_dataset(pairs, "pairs")
+    if eval_pairs is not None:
+        check_preference_dataset(eval_pairs, "eval_pairs")
     output_dir = Path(output_dir) if output_dir is not None else default_reward_dir()
-    torch.manual_seed(seed)
-    model, tokenizer = load_model(base, task="reward", device="cpu" if method == "head" else None)
+    state = process_state()
+    torch.manual_seed(config.seed)
+    model, tokenizer = load_model(base, task="reward", device="cpu" if config.method == "head" else None)
     give_distinct_pad_token(tokenizer, model)
-    if profile.rm_layers < model.config.num_hidden_layers:
-        keep_lower_layers(model, profile.rm_layers)
-    train = tokenize_pairs(train_dataset, tokenizer, profile.rm_max_length)
-    evaluation = tokenize_pairs(eval_dataset, tokenizer, profile.rm_max_length) if eval_dataset is not None else None
-    fingerprint = _fingerprint(method, profile, base, seed, train)
-    checkpoints = _checkpoint_dir(output_dir, fingerprint, resume)
+    if config.layers < model.config.num_hidden_layers:
+        keep_lower_layers(model, config.layers)
+    train = tokenize_pairs(pairs, tokenizer, config.max_length)
+    evaluation = tokenize_pairs(eval_pairs, tokenizer, config.max_length) if eval_pairs is not None else None
+    checkpoints = output_dir.with_name(f"{output_dir.name}-checkpoints")
+    if state.is_main_process:
+        _claim_checkpoint_dir(checkpoints, _fingerprint(config, base, train), resume)
+    state.wait_for_everyone()
     start = time.perf_counter()
-    if method == "head":
-        history, margins = _fit_head(model, tokenizer, train, evaluation, profile, checkpoints, seed)
+    if config.method == "head":
+        history, margins = _fit_head(model, tokenizer, train, evaluation, config, checkpoints)
     else:
-        before = _eval_margins(model, evaluation, tokenizer.pad_token_id, profile.rm_batch_size)
-        model, history = _train_with_trl(model, tokenizer, train, evaluation, method, profile, checkpoints, seed)
-        margins = (before, _eval_margins(model, evaluation, tokenizer.pad_token_id, profile.rm_batch_size))
+        before = _eval_margins(model, evaluation, tokenizer.pad_token_id, config.batch_size)
+        model, history = _train_with_trl(model, tokenizer, train, evaluation, config, checkpoints)
+        margins = (before, _eval_margins(model, evaluation, tokenizer.pad_token_id, config.batch_size))
     seconds = time.perf_counter() - start
-    reward_model = RewardModel(model.eval(), tokenizer, profile.rm_max_length)
-    reward_model.save(output_dir, extra={"method": method, "layers": model.config.num_hidden_layers})
-    history.to_csv(output_dir / "history.csv", index=False)
-    return TrainingResult(reward_model, output_dir, history, seconds, *margins)
+    reward_model = RewardModel(model.eval(), tokenizer, config.max_length)
+    if state.is_main_process:
+        reward_model.save(output_dir, extra={"method": config.method, "layers": model.config.num_hidden_layers})
+        history.to_csv(output_dir / "history.csv", index=False)
+    state.wait_for_everyone()
+    details = {"eval_margins_before": margins[0], "eval_margins_after": margins[1], "processes": state.num_processes}
+    return TrainResult(reward_model, history, seconds, output_dir, details)
+
+
+def load_or_train_reward_model(
+    pairs: Dataset, config: RewardConfig | None = None, *, folder: str | os.PathLike | None = None
+) -> RewardModel:
+    """The reward model saved in ``folder`` (default :func:`default_reward_dir`, where notebook 04 saves it), or, when
+    there is none yet, one trained on ``pairs`` as notebook 04 trains it and saved there."""
+    folder = Path(folder) if folder is not None else default_reward_dir()
+    if (folder / "reward_settings.json").is_file():
+        print(f"Loaded the reward model saved in {folder.parent.name}/{folder.name}.")
+        return RewardModel.load(folder)
+    print(f"No reward model in {folder.parent.name}/{folder.name} yet: training one as notebook 04 does.")
+    return train_reward_model(pairs, config, output_dir=folder).model
 
 
 def _eval_margins(model, evaluation: Dataset | None, pad_id: int, batch_size: int) -> np.ndarray | None:
@@ -322,25 +345,22 @@ def keep_lower_layers(model: PreTrainedModel, layers: int) -> None:
         model.config.layer_types = model.config.layer_types[:layers]
 
 
-def _fingerprint(method: str, profile: Profile, base, seed: int, train: Dataset) -> str:
+def _fingerprint(config: RewardConfig, base, train: Dataset) -> str:
     digest = hashlib.sha256()
-    settings = (method, profile.rm_max_length, profile.rm_batch_size, profile.rm_steps, profile.rm_layers)
-    digest.update(repr((settings, profile.rm_lora_rank, str(base), seed)).encode())
+    digest.update(repr((asdict(config), str(base))).encode())
     for column in ("chosen_ids", "rejected_ids"):
         digest.update(repr(train[column]).encode())
     return digest.hexdigest()[:16]
 
 
-def _checkpoint_dir(output_dir: Path, fingerprint: str, resume: bool) -> Path:
-    """``<output_dir>-checkpoints`` beside the model, checked to belong to this run; an unrelated or unwanted
-    one is renamed (``...-set-aside-<time>``), never deleted."""
-    folder = output_dir.with_name(f"{output_dir.name}-checkpoints")
+def _claim_checkpoint_dir(folder: Path, fingerprint: str, resume: bool) -> None:
+    """Make ``folder`` (``<output_dir>-checkpoints``) this run's, checked by its fingerprint; an unrelated or
+    unwanted one is renamed (``...-set-aside-<time>``), never deleted."""
     stamp = folder / "run.json"
     if folder.exists() and (not resume or not stamp.is_file() or json.loads(stamp.read_text()) != fingerprint):
         folder.rename(folder.with_name(f"{folder.name}-set-aside-{time.strftime('%Y%m%d-%H%M%S')}"))
     folder.mkdir(parents=True, exist_ok=True)
     stamp.write_text(json.dumps(fingerprint))
-    return folder
 
 
 # ---- method "head": features once, then a regularised Bradley–Terry fit
@@ -359,25 +379,39 @@ def backbone_features(
     """The vector the head reads (last real token after the final norm) for every encoded conversation.
 
     With ``cache_dir``, finished chunks are saved as they complete, so an interrupted extraction resumes; a saved
-    chunk that cannot be read back (or has the wrong shape) is named in a warning and computed again.
+    chunk that cannot be read back (or has the wrong shape) is named in a warning and computed again. Under
+    ``accelerate launch`` each process computes every n-th chunk into ``cache_dir`` and then reads the others'.
     """
+    state = process_state()
+    if state.num_processes > 1 and cache_dir is None:
+        raise ValueError("backbone_features: several processes share their chunks through cache_dir; pass one.")
     order = np.argsort([len(e) for e in encoded], kind="stable")
     chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     features = torch.zeros(len(encoded), model.config.hidden_size)
-    for number, rows in enumerate(tqdm(chunks, desc=description, unit="batch")):
+    mine = [n for n in range(len(chunks)) if n % state.num_processes == state.process_index]
+    for number in tqdm(mine, desc=description, unit="batch", disable=not state.is_main_process):
+        rows = chunks[number]
         saved = cache_dir / f"{description}-{number:05d}.pt" if cache_dir else None
         if saved is not None and saved.is_file():
             chunk = _saved_chunk(saved, (len(rows), model.config.hidden_size))
             if chunk is not None:
                 features[rows] = chunk
                 continue
-        ids, mask = pad_right([encoded[i] for i in rows], pad_id)
+        ids, mask = pad_sequences([encoded[i] for i in rows], pad_id)
         hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
         chunk = hidden[torch.arange(len(rows)), mask.sum(1) - 1].float()
         features[rows] = chunk
         if saved is not None:
             torch.save(chunk, saved.with_suffix(".tmp"))
             saved.with_suffix(".tmp").rename(saved)
+    if state.num_processes > 1:
+        state.wait_for_everyone()
+        for number in sorted(set(range(len(chunks))) - set(mine)):
+            saved = cache_dir / f"{description}-{number:05d}.pt"
+            chunk = _saved_chunk(saved, (len(chunks[number]), model.config.hidden_size))
+            if chunk is None:
+                raise RuntimeError(f"{saved}: another process's chunk cannot be used; run again to compute it anew.")
+            features[chunks[number]] = chunk
     return features
 
 
@@ -444,8 +478,8 @@ def _accuracy(margins: torch.Tensor) -> float:
     return float(((margins > 0).float() + 0.5 * (margins == 0).float()).mean())
 
 
-def _fit_head(model, tokenizer, train, evaluation, profile, checkpoints, seed):
-    pad, size = tokenizer.pad_token_id, profile.rm_batch_size * 2
+def _fit_head(model, tokenizer, train, evaluation, config: RewardConfig, checkpoints: Path):
+    pad, size, seed = tokenizer.pad_token_id, config.batch_size * 2, config.seed
     feats = {
         side: backbone_features(
             model, train[f"{side}_ids"], pad, batch_size=size, cache_dir=checkpoints, description=f"train-{side}"
@@ -467,7 +501,7 @@ def _fit_head(model, tokenizer, train, evaluation, profile, checkpoints, seed):
         )
     l2 = choose_l2(feats["chosen"], feats["rejected"], seed=seed)
     weight, history = fit_bradley_terry_head(
-        feats["chosen"], feats["rejected"], l2=l2, steps=profile.rm_steps, eval_pairs=held_out, seed=seed
+        feats["chosen"], feats["rejected"], l2=l2, steps=config.steps, eval_pairs=held_out, seed=seed
     )
     margins = (None, None)
     if held_out is not None:
@@ -496,52 +530,57 @@ def choose_l2(chosen: torch.Tensor, rejected: torch.Tensor, *, seed: int = 0, gr
 # ---- methods "lora" and "full": TRL's RewardTrainer
 
 
-def _train_with_trl(model, tokenizer, train, evaluation, method, profile, checkpoints, seed):
-    from trl import RewardConfig, RewardTrainer
+def _train_with_trl(model, tokenizer, train, evaluation, config: RewardConfig, checkpoints: Path):
+    import trl
 
-    if method == "lora":
+    if config.method == "lora":
         from peft import LoraConfig, get_peft_model
 
-        rank = profile.rm_lora_rank
         adapters = LoraConfig(
             task_type="SEQ_CLS",
-            r=rank,
-            lora_alpha=2 * rank,
+            r=config.lora_rank,
+            lora_alpha=2 * config.lora_rank,
             lora_dropout=0.0,
             target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
             modules_to_save=["score"],
         )
         model = get_peft_model(model, adapters)
-    steps = profile.rm_steps
-    args = RewardConfig(
-        output_dir=str(checkpoints),
-        max_steps=steps,
-        per_device_train_batch_size=profile.rm_batch_size,
-        per_device_eval_batch_size=profile.rm_batch_size,
-        learning_rate=1e-4 if method == "lora" else 1e-5,
-        lr_scheduler_type="constant",
-        max_length=None,  # already truncated from the front; TRL would drop longer pairs instead
-        bf16=False,
-        gradient_checkpointing=False,
-        logging_steps=max(1, steps // 20),
-        save_steps=max(1, steps // 4),
-        save_total_limit=2,
-        eval_strategy="steps" if evaluation is not None else "no",
-        eval_steps=max(1, steps // 4),
-        report_to="none",
-        seed=seed,
-        data_seed=seed,
-        dataloader_num_workers=0,
-    )
-    trainer = RewardTrainer(
-        model=model, args=args, train_dataset=train, eval_dataset=evaluation, processing_class=tokenizer
-    )
-    has_checkpoint = any(checkpoints.glob("checkpoint-*"))
-    trainer.train(resume_from_checkpoint=True if has_checkpoint else None)
-    history = pd.DataFrame(trainer.state.log_history)
-    if method == "lora":
+    with quiet_trl_renames():
+        args = trl.RewardConfig(
+            output_dir=str(checkpoints),
+            max_steps=config.steps,
+            per_device_train_batch_size=config.batch_size,
+            per_device_eval_batch_size=config.batch_size,
+            learning_rate=1e-4 if config.method == "lora" else 1e-5,
+            lr_scheduler_type="constant",
+            max_length=None,  # already truncated from the front; TRL would drop longer pairs instead
+            **{
+                **trl_cpu_safe_args(config.seed),
+                "logging_steps": max(1, config.steps // 20),
+                "save_strategy": "steps",  # checkpoints make an interrupted run resumable
+            },
+            save_steps=max(1, config.steps // 4),
+            save_total_limit=2,
+            eval_strategy="steps" if evaluation is not None else "no",
+            eval_steps=max(1, config.steps // 4),
+            data_seed=config.seed,
+            dataloader_num_workers=0,
+        )
+    history = HistoryCallback()
+    with quiet_trl_renames():
+        trainer = trl.RewardTrainer(
+            model=model,
+            args=args,
+            train_dataset=train,
+            eval_dataset=evaluation,
+            processing_class=tokenizer,
+            callbacks=[history],
+        )
+        has_checkpoint = any(checkpoints.glob("checkpoint-*"))
+        trainer.train(resume_from_checkpoint=True if has_checkpoint else None)
+    if config.method == "lora":
         model = model.merge_and_unload()
-    return model, history
+    return model, pd.DataFrame(history.rows)
 
 
 # ------------------------------------------------------------------------------------------ plots

@@ -60,3 +60,19 @@ def tiny_causal_lm(tokenizer) -> LlamaForCausalLM:
         tie_word_embeddings=True,
     )
     return LlamaForCausalLM(config).eval()
+
+
+def copies(model, count: int) -> list:
+    """``count`` independent deep copies of ``model``."""
+    import copy
+
+    return [copy.deepcopy(model) for _ in range(count)]
+
+
+def value_model_like(policy):
+    """A one-output classification model with the policy's backbone weights (as a reward model built from it)."""
+    from transformers import LlamaForSequenceClassification
+
+    value = LlamaForSequenceClassification(policy.config.__class__(**{**policy.config.to_dict(), "num_labels": 1}))
+    value.model.load_state_dict(policy.model.state_dict())
+    return value.eval()

@@ -2,7 +2,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from playbook.beyond_ppo import evaluate_policies, train_dpo, train_rloo
+from playbook.beyond_ppo import DPOConfig, RLOOConfig, evaluate_policies, train_dpo, train_rloo
 
 PAIRS = [
     {
@@ -32,13 +32,11 @@ def test_dpo_raises_the_chosen_over_rejected_margin_and_trains_only_the_top_laye
         reference,
         tokenizer,
         Dataset.from_list(PAIRS),
-        output_dir=tmp_path,
-        steps=6,
-        batch_size=4,
-        learning_rate=5e-2,
-        trainable_layers=1,
+        DPOConfig(steps=6, batch_size=4, learning_rate=5e-2, trainable_layers=1),
+        output_dir=tmp_path / "dpo",
     )
-    assert run.name == "DPO" and run.seconds > 0
+    assert run.seconds > 0 and run.output_dir == tmp_path / "dpo"
+    assert (tmp_path / "dpo" / "config.json").is_file()
     margins = run.history["rewards/margins"].dropna()
     assert len(margins) == 6
     assert margins.iloc[-1] > margins.iloc[0] + 0.05
@@ -52,8 +50,7 @@ def test_dpo_names_a_missing_column(tiny_causal_lm, tokenizer, tmp_path):
             tiny_causal_lm,
             tokenizer,
             Dataset.from_list([{"prompt": "a", "chosen": "b"}]),
-            output_dir=tmp_path,
-            steps=1,
+            DPOConfig(steps=1),
         )
 
 
@@ -69,24 +66,17 @@ def test_rloo_runs_the_requested_steps_with_our_reward_interface(tiny_causal_lm,
 
     prompts = [row["prompt"] for row in PAIRS]
     before = {name: p.detach().clone() for name, p in policy.named_parameters()}
-    run = train_rloo(
-        policy,
-        tokenizer,
-        prompts,
-        length_reward,
-        output_dir=tmp_path,
-        steps=2,
-        prompts_per_step=2,
-        generations=2,
-        max_completion_length=6,
-        trainable_layers=1,
-    )
+    config = RLOOConfig(steps=2, prompts_per_step=2, generations=2, max_completion_length=6, trainable_layers=1)
+    run = train_rloo(policy, None, tokenizer, prompts, length_reward, config)
+    assert run.output_dir is None
     assert run.history["step"].max() == 2
     assert "reward" in run.history.columns
     assert seen and all(n == 4 for n in seen)
     assert top_layer_changed_and_bottom_frozen(policy, before)
-    with pytest.raises(ValueError, match="at least 2 generations"):
-        train_rloo(policy, tokenizer, prompts, length_reward, output_dir=tmp_path, steps=1, generations=1)
+    with pytest.raises(ValueError, match="RLOOConfig.generations=1: needs at least 2"):
+        RLOOConfig(generations=1)
+    with pytest.raises(ValueError, match="reference: TRL's RLOO uses the policy's own folder"):
+        train_rloo(policy, tiny_causal_lm, tokenizer, prompts, length_reward, config)
 
 
 class CountingRewardModel:

@@ -37,7 +37,18 @@ def test_smoke_runs_the_same_reward_method_as_cpu():
 def test_profiles_are_frozen_and_grow_from_smoke_to_gpu():
     with pytest.raises(AttributeError):
         PROFILES["cpu"].rm_steps = 1
-    for field in Profile.__dataclass_fields__:
+    hardware_knobs = {"policy_trainable_layers", "value_trainable_layers"}  # None on a GPU: every layer trains
+    for field in set(Profile.__dataclass_fields__) - hardware_knobs:
         if isinstance(getattr(PROFILES["cpu"], field), int):
             smoke, cpu, gpu = (getattr(PROFILES[n], field) for n in ("smoke", "cpu", "gpu"))
             assert 0 < smoke <= cpu <= gpu, field
+    assert PROFILES["gpu"].policy_trainable_layers is None and PROFILES["cpu"].policy_trainable_layers == 6
+
+
+def test_runs_folder_is_per_profile(monkeypatch, tmp_path):
+    from playbook.config import runs_dir
+
+    monkeypatch.setenv("PLAYBOOK_RUNS", str(tmp_path))
+    assert runs_dir("cpu") == tmp_path / "cpu" and runs_dir(PROFILES["gpu"]) == tmp_path / "gpu"
+    monkeypatch.setenv("PLAYBOOK_PROFILE", "smoke")
+    assert runs_dir() == tmp_path / "smoke"

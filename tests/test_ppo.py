@@ -1,22 +1,22 @@
 import math
+import re
 
 import pytest
 import torch
 
+from conftest import copies, value_model_like
 from playbook.config import get_profile
 from playbook.ppo import (
     PPOConfig,
+    PPOTrainer,
+    checked_scores,
     compute_gae,
-    entropy_from_logits,
     kl_shaped_rewards,
-    logprobs_from_logits,
-    masked_mean,
-    masked_var,
-    masked_whiten,
     policy_loss,
     truncate_after_eos,
     value_loss,
 )
+from playbook.tensors import entropy_from_logits, logprobs_from_logits, masked_mean, masked_var, masked_whiten
 
 
 def t(rows):
@@ -99,24 +99,59 @@ def test_logprobs_and_entropy():
 def test_config_from_profile_and_checks():
     config = PPOConfig.from_profile(get_profile("cpu"), kl_coef=0.2)
     assert (config.batch_size, config.steps, config.kl_coef) == (8, 30, 0.2)
-    with pytest.raises(ValueError, match="multiple of mini_batch_size"):
+    with pytest.raises(ValueError, match="mini_batch_size=4: must divide batch_size 6"):
         PPOConfig(batch_size=6, mini_batch_size=4)
     with pytest.raises(TypeError, match="kl_coeff"):
         PPOConfig.from_profile(get_profile("cpu"), kl_coeff=0.2)
 
 
-def test_train_top_layers_freezes_the_rest(tiny_causal_lm):
-    from playbook.ppo import train_top_layers
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("batch_size", 0, "batch_size=0: must be positive"),
+        ("batch_size", -8, "batch_size=-8: must be positive"),
+        ("steps", -1, "steps=-1: must be 0 or more"),
+        ("kl_coef", -0.1, "kl_coef=-0.1: must be 0 or more"),
+        ("learning_rate", -1e-5, "learning_rate=-1e-05: must be positive"),
+        ("ppo_epochs", 0, "ppo_epochs=0: must be positive"),
+        ("mini_batch_size", 0, "mini_batch_size=0: must be positive"),
+        ("temperature", 0.0, "temperature=0.0: must be positive"),
+        ("gamma", 1.5, "gamma=1.5: must be in"),
+        ("lam", -0.5, "lam=-0.5: must be in"),
+        ("policy_trainable_layers", 0, "policy_trainable_layers=0: must be positive, or None"),
+    ],
+)
+def test_config_rejects_bad_values_naming_the_field(field, value, message):
+    with pytest.raises(ValueError, match=re.escape(f"PPOConfig.{message}")):
+        PPOConfig(**{field: value})
 
-    train_top_layers(tiny_causal_lm, 1)
-    trainable = {name for name, p in tiny_causal_lm.named_parameters() if p.requires_grad}
-    assert trainable and all(name.startswith(("model.layers.1.", "model.norm")) for name in trainable)
+
+@pytest.mark.parametrize(
+    ("scores", "message"),
+    [
+        ([1.0], "returned 1 scores for 2 replies: return one per reply"),
+        ([1.0, 2.0, 3.0], "returned 3 scores for 2 replies"),
+        ([1.0, float("nan")], "non-finite scores at replies [1]"),
+        ([float("inf"), 0.0], "non-finite scores at replies [0]"),
+    ],
+)
+def test_reward_function_boundary_is_checked(scores, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        checked_scores(scores, 2)
+    torch.testing.assert_close(checked_scores([1, 2], 2), t([1.0, 2.0]))
+
+
+def test_config_defaults_are_the_measured_cpu_run():
+    assert PPOConfig.from_profile(get_profile("cpu")) == PPOConfig()
+    gpu = PPOConfig.from_profile(get_profile("gpu"))
+    assert (
+        gpu.policy_trainable_layers is None and gpu.batch_size == 64 and gpu.learning_rate < PPOConfig().learning_rate
+    )
 
 
 @pytest.mark.slow
 def test_ppo_raises_a_programmatic_reward_on_the_embedded_model():
     from playbook.models import load_model
-    from playbook.ppo import PPOTrainer
     from playbook.reward import keep_lower_layers
 
     def commas(prompts, replies):
@@ -149,10 +184,10 @@ def test_ppo_raises_a_programmatic_reward_on_the_embedded_model():
         missing_eos_penalty=0.0,
         policy_trainable_layers=6,
     )
-    trainer = PPOTrainer(policy, reference, commas, value, tokenizer, prompts, config)
-    assert trainer.starts == {"policy": 24, "reference": 24, "value": 0}  # the frozen 24 layers run once
+    trainer = PPOTrainer(policy, reference, tokenizer, prompts, commas, config, value_model=value)
+    assert trainer.trunk.starts == {"policy": 24, "reference": 24, "value": 0}  # the frozen 24 layers run once
     before = sum(commas(prompts, trainer.respond(prompts)))
-    history = trainer.train()
+    history = trainer.train().history
     after = sum(commas(prompts, trainer.respond(prompts)))
     assert after >= before + 2, (before, after)  # seeds 0-3 gain 5, 2, 5 and 4 commas
     assert history["score"].tail(2).mean() > history["score"].iloc[0]  # sampled replies too
@@ -162,63 +197,16 @@ def test_ppo_raises_a_programmatic_reward_on_the_embedded_model():
     assert set(history.columns) >= {"score", "kl", "kl_k3", "policy_loss", "value_loss", "policy_clipfrac", "entropy"}
 
 
-def _copies(model, count: int):
-    import copy
-
-    return [copy.deepcopy(model) for _ in range(count)]
-
-
-def _value_model_like(policy):
-    """A one-output classification model with the policy's backbone weights (as a reward model built from it)."""
-    from transformers import LlamaForSequenceClassification
-
-    value = LlamaForSequenceClassification(policy.config.__class__(**{**policy.config.to_dict(), "num_labels": 1}))
-    value.model.load_state_dict(policy.model.state_dict())
-    return value.eval()
-
-
-def test_shared_lower_layers_compare_weights(tiny_causal_lm):
-    from playbook.ppo import shared_lower_layers
-
-    other, changed = _copies(tiny_causal_lm, 2)
-    assert shared_lower_layers(other, tiny_causal_lm, limit=2) == 2
-    assert shared_lower_layers(other, tiny_causal_lm, limit=1) == 1
-    assert shared_lower_layers(_value_model_like(tiny_causal_lm), tiny_causal_lm, limit=2) == 2
-    with torch.no_grad():
-        changed.model.layers[1].mlp.up_proj.weight.add_(1e-3)
-    assert shared_lower_layers(changed, tiny_causal_lm, limit=2) == 1
-    with torch.no_grad():
-        changed.model.embed_tokens.weight.add_(1e-3)
-    assert shared_lower_layers(changed, tiny_causal_lm, limit=2) is None
-
-
-def test_upper_layers_give_the_full_forward_pass(tiny_causal_lm):
-    from playbook.ppo import UpperLayers, run_decoder_layers
-
-    ids = torch.randint(0, 1000, (2, 7))
-    attention = torch.ones_like(ids)
-    attention[0, :3] = 0  # left padding
-    positions = (attention.cumsum(1) - 1).clamp(min=0)
-    with torch.no_grad():
-        full = tiny_causal_lm(input_ids=ids, attention_mask=attention, position_ids=positions).logits
-        backbone = tiny_causal_lm.model
-        hidden = run_decoder_layers(backbone, backbone.embed_tokens(ids), attention, positions, 0, 1)
-        upper = UpperLayers(tiny_causal_lm, 1)(hidden, attention, positions, keep=4)
-    torch.testing.assert_close(upper, full[:, -4:], rtol=0, atol=1e-6)
-
-
 def test_trainer_runs_frozen_layers_once_with_the_same_numbers(tiny_causal_lm, tokenizer):
-    from playbook.ppo import PPOTrainer
-
-    reference, policy = _copies(tiny_causal_lm, 2)
-    value = _value_model_like(tiny_causal_lm)
+    reference, policy = copies(tiny_causal_lm, 2)
+    value = value_model_like(tiny_causal_lm)
     config = PPOConfig(
         batch_size=2, mini_batch_size=1, response_length=4, policy_trainable_layers=1, value_trainable_layers=1
     )
     prompts = [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "Name a colour, please."}]]
-    trainer = PPOTrainer(policy, reference, lambda p, r: [1.0] * len(r), value, tokenizer, prompts, config)
-    assert trainer.starts == {"policy": 1, "reference": 1, "value": 1}
-    assert trainer.train(0).empty and trainer.steps_done == 0  # zero steps means none, not the default
+    trainer = PPOTrainer(policy, reference, tokenizer, prompts, lambda p, r: [1.0] * len(r), config, value_model=value)
+    assert trainer.trunk.starts == {"policy": 1, "reference": 1, "value": 1}
+    assert trainer.train(0).history.empty and trainer.steps_done == 0  # zero steps means none, not the default
     assert (
         not policy.model.embed_tokens.weight.requires_grad
         and not value.model.layers[0].self_attn.q_proj.weight.requires_grad
@@ -242,17 +230,19 @@ def test_trainer_runs_frozen_layers_once_with_the_same_numbers(tiny_causal_lm, t
 
 
 def test_first_rollout_fixes_the_score_and_value_scale(tiny_causal_lm, tokenizer):
-    from playbook.ppo import PPOTrainer
-
     prompts = [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "Name a colour, please."}]]
     for normalize, expected_value_mean in ((False, 2.0), (True, 0.0)):
-        reference, policy = _copies(tiny_causal_lm, 2)
+        reference, policy = copies(tiny_causal_lm, 2)
         config = PPOConfig(
-            batch_size=2, mini_batch_size=1, response_length=4, missing_eos_penalty=0.0, normalize_scores=normalize
+            batch_size=2,
+            mini_batch_size=1,
+            response_length=4,
+            normalize_scores=normalize,
+            policy_trainable_layers=None,
+            value_trainable_layers=None,
         )
-        trainer = PPOTrainer(
-            policy, reference, lambda p, r: [1.0, 3.0], _value_model_like(tiny_causal_lm), tokenizer, prompts, config
-        )
+        value = value_model_like(tiny_causal_lm)
+        trainer = PPOTrainer(policy, reference, tokenizer, prompts, lambda p, r: [1.0, 3.0], config, value_model=value)
         batch = trainer.rollout(prompts)
         # the value model's mean over reply tokens lands on the mean score (on the normalised scale: 0)
         assert masked_mean(batch.values, batch.mask).item() == pytest.approx(expected_value_mean, abs=1e-5)

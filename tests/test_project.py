@@ -67,3 +67,28 @@ def test_environment_report_names_versions_and_shows_paths_without_the_home_fold
     assert display_path(Path.home() / ".cache" / "x") == "~/.cache/x"
     monkeypatch.chdir(tmp_path)
     assert display_path(tmp_path / "data") == "data"
+
+
+def test_headline_comparison_reports_changed_outputs_only(tmp_path):
+    from playbook.reproduce import compare_headlines
+
+    def notebook(text: str, timing: str):
+        headline = nbformat.v4.new_code_cell("print(result)", metadata={"tags": ["headline"]})
+        headline.outputs = [nbformat.v4.new_output("stream", name="stdout", text=text)]
+        other = nbformat.v4.new_code_cell("print(seconds)")
+        other.outputs = [nbformat.v4.new_output("stream", name="stdout", text=timing)]
+        return nbformat.v4.new_notebook(cells=[headline, other])
+
+    for name, text, timing in (("a", "accuracy 0.637\n", "12 s\n"), ("b", "accuracy 0.637\n", "14 s\n")):
+        nbformat.write(notebook(text, timing), tmp_path / f"{name}.ipynb")
+    nbformat.write(notebook("accuracy 0.641\n", "12 s\n"), tmp_path / "c.ipynb")
+    assert compare_headlines(tmp_path / "a.ipynb", tmp_path / "b.ipynb") == []  # timings differ: not a headline
+    (problem,) = compare_headlines(tmp_path / "a.ipynb", tmp_path / "c.ipynb")
+    assert "cell 0" in problem and "-accuracy 0.637" in problem and "+accuracy 0.641" in problem
+
+
+def test_doctor_asks_for_the_python_that_pyproject_requires():
+    from playbook.doctor import MIN_PYTHON
+
+    required = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert required == ">=" + ".".join(map(str, MIN_PYTHON))

@@ -1,4 +1,5 @@
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -7,10 +8,10 @@ import torch
 from datasets import Dataset
 from safetensors.torch import load_file
 
-from playbook.config import get_profile
 from playbook.feedback import PairwiseFeedback, to_preference_row
 from playbook.models import load_model, write_model_atomically
 from playbook.reward import (
+    RewardConfig,
     RewardModel,
     backbone_features,
     check_preference_dataset,
@@ -104,10 +105,12 @@ def test_bradley_terry_head_recovers_a_separating_direction():
 
 @pytest.mark.slow
 def test_head_method_learns_separable_pairs_and_scores_consistently(tmp_path):
-    profile = get_profile("smoke", rm_layers=2, rm_max_length=48)
+    config = RewardConfig.from_profile("smoke", layers=2, max_length=48)
     result = train_reward_model(
-        separable_pairs(24), eval_dataset=separable_pairs(10, offset=100), profile=profile, output_dir=tmp_path / "rm"
+        separable_pairs(24), config, eval_pairs=separable_pairs(10, offset=100), output_dir=tmp_path / "rm"
     )
+    assert result.output_dir == tmp_path / "rm" and result.seconds > 0
+    assert ((result.details["eval_margins_after"] > 0).mean()) > 0.9
     assert result.history["loss"].iloc[-1] < result.history["loss"].iloc[0]
     reloaded = RewardModel.load(tmp_path / "rm")
     assert reloaded.model.config.num_hidden_layers == 2
@@ -123,9 +126,9 @@ def test_head_method_learns_separable_pairs_and_scores_consistently(tmp_path):
 
 @pytest.mark.slow
 def test_head_method_resumes_feature_extraction_to_the_same_weights(tmp_path, monkeypatch):
-    profile = get_profile("smoke", rm_layers=2, rm_max_length=48, rm_batch_size=2)
+    config = RewardConfig.from_profile("smoke", layers=2, max_length=48, batch_size=2)
     data = separable_pairs(12)
-    train_reward_model(data, profile=profile, output_dir=tmp_path / "straight")
+    train_reward_model(data, config, output_dir=tmp_path / "straight")
 
     calls = {"n": 0}
     real_forward = torch.nn.Module.__call__
@@ -139,11 +142,11 @@ def test_head_method_resumes_feature_extraction_to_the_same_weights(tmp_path, mo
 
     monkeypatch.setattr(torch.nn.Module, "__call__", flaky)
     with pytest.raises(KeyboardInterrupt):
-        train_reward_model(data, profile=profile, output_dir=tmp_path / "resumed")
+        train_reward_model(data, config, output_dir=tmp_path / "resumed")
     monkeypatch.undo()
     saved_chunks = list((tmp_path / "resumed-checkpoints").glob("train-chosen-*.pt"))
     assert len(saved_chunks) == 2  # the chunks finished before the interruption
-    train_reward_model(data, profile=profile, output_dir=tmp_path / "resumed")
+    train_reward_model(data, config, output_dir=tmp_path / "resumed")
     assert torch.equal(weights(tmp_path / "straight")["score.weight"], weights(tmp_path / "resumed")["score.weight"])
 
 
@@ -152,9 +155,9 @@ def test_head_method_resumes_feature_extraction_to_the_same_weights(tmp_path, mo
 def test_trl_methods_learn_and_resume_to_identical_weights(tiny_base, tmp_path, monkeypatch, method):
     from trl import RewardTrainer
 
-    profile = get_profile("smoke", rm_layers=2, rm_max_length=40, rm_batch_size=4, rm_steps=8)
+    config = RewardConfig.from_profile("smoke", layers=2, max_length=40, batch_size=4, steps=8, method=method)
     data = separable_pairs(32)
-    straight = train_reward_model(data, base=tiny_base, profile=profile, method=method, output_dir=tmp_path / "a")
+    straight = train_reward_model(data, config, base=tiny_base, output_dir=tmp_path / "a")
     losses = straight.history["loss"].dropna()
     assert losses.iloc[-1] < losses.iloc[0]
 
@@ -168,10 +171,10 @@ def test_trl_methods_learn_and_resume_to_identical_weights(tiny_base, tmp_path, 
 
     monkeypatch.setattr(RewardTrainer, "training_step", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        train_reward_model(data, base=tiny_base, profile=profile, method=method, output_dir=tmp_path / "b")
+        train_reward_model(data, config, base=tiny_base, output_dir=tmp_path / "b")
     monkeypatch.undo()
     assert (tmp_path / "b-checkpoints" / "checkpoint-4").is_dir()
-    train_reward_model(data, base=tiny_base, profile=profile, method=method, output_dir=tmp_path / "b")
+    train_reward_model(data, config, base=tiny_base, output_dir=tmp_path / "b")
     first, second = weights(tmp_path / "a"), weights(tmp_path / "b")
     assert first.keys() == second.keys()
     for name in first:
@@ -180,9 +183,9 @@ def test_trl_methods_learn_and_resume_to_identical_weights(tiny_base, tmp_path, 
 
 @pytest.mark.slow
 def test_resume_false_sets_old_checkpoints_aside_instead_of_deleting(tmp_path):
-    profile = get_profile("smoke", rm_layers=2, rm_max_length=40)
-    train_reward_model(separable_pairs(8), profile=profile, output_dir=tmp_path / "rm")
-    train_reward_model(separable_pairs(8), profile=profile, output_dir=tmp_path / "rm", resume=False)
+    config = RewardConfig.from_profile("smoke", layers=2, max_length=40)
+    train_reward_model(separable_pairs(8), config, output_dir=tmp_path / "rm")
+    train_reward_model(separable_pairs(8), config, output_dir=tmp_path / "rm", resume=False)
     assert len(list(tmp_path.glob("rm-checkpoints-set-aside-*"))) == 1
     assert json.loads((tmp_path / "rm" / "reward_settings.json").read_text())["method"] == "head"
 
@@ -279,3 +282,24 @@ def test_a_damaged_feature_chunk_is_named_and_computed_again(tiny_reward_model, 
     assert f"{damaged} cannot be read" in caplog.text and "computing this chunk again" in caplog.text
     assert torch.equal(resumed, fresh)
     assert torch.load(damaged).shape == (2, model.config.hidden_size)  # repaired for the next resume
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("layers", 0, "RewardConfig.layers=0: must be positive"),
+        ("batch_size", 0, "RewardConfig.batch_size=0: must be positive"),
+        ("steps", -5, "RewardConfig.steps=-5: must be positive"),
+        ("method", "heads", "RewardConfig.method='heads': use 'head', 'lora' or 'full'"),
+    ],
+)
+def test_reward_config_rejects_bad_values_naming_the_field(field, value, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        RewardConfig(**{field: value})
+
+
+def test_reward_config_from_profile():
+    assert RewardConfig.from_profile("cpu") == RewardConfig()
+    assert RewardConfig.from_profile("gpu").method == "lora"
+    with pytest.raises(TypeError, match="rm_layers"):
+        RewardConfig.from_profile("cpu", rm_layers=3)

@@ -1,0 +1,99 @@
+"""The course's training pipeline as a command, for runs outside the notebooks (a bigger machine, several GPUs).
+
+    python -m playbook.pipeline reward [--profile cpu] [--out DIR]
+    python -m playbook.pipeline ppo    [--profile gpu] [--out DIR]
+    accelerate launch --num_processes 2 -m playbook.pipeline ppo --profile gpu
+
+Each stage writes what the notebooks write, in the same folders: ``reward`` trains the reward model (notebook 04)
+into ``<out>/reward_model``; ``ppo``, ``dpo`` and ``rloo`` train a policy (notebooks 05 and 06) into
+``<out>/ppo_policy``, ``<out>/dpo`` and ``<out>/rloo``, training the reward model first if there is none. Each also
+writes its per-step history to ``history.csv`` in that folder. ``<out>`` defaults to the profile's runs folder
+(:func:`playbook.config.runs_dir`), which is where the notebooks look.
+
+Under ``accelerate launch`` every process runs this same command: PPO splits the prompts across processes and
+gathers its statistics from all of them, the reward model's "head" method splits its feature batches, and the TRL
+trainers (DPO, RLOO, the reward model's "lora" and "full" methods) do what TRL does.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+from playbook.beyond_ppo import DPOConfig, RLOOConfig, train_dpo, train_rloo
+from playbook.config import PROFILES, Profile, get_profile, runs_dir
+from playbook.data import hh_rlhf_split
+from playbook.models import load_policy_and_reference
+from playbook.ppo import PPOConfig, train_ppo
+from playbook.reward import RewardConfig, RewardModel, load_or_train_reward_model, train_reward_model
+from playbook.training import TrainResult, process_state
+
+
+def _reward_model(profile: Profile, out: Path) -> RewardModel:
+    return load_or_train_reward_model(
+        hh_rlhf_split(profile)["train"], RewardConfig.from_profile(profile), folder=out / "reward_model"
+    )
+
+
+def run_reward(profile: Profile, out: Path) -> TrainResult:
+    """Notebook 04's reward model, trained on the split's training pairs and evaluated on its held-out pairs."""
+    split = hh_rlhf_split(profile)
+    config = RewardConfig.from_profile(profile)
+    return train_reward_model(split["train"], config, eval_pairs=split["test"], output_dir=out / "reward_model")
+
+
+def run_ppo(profile: Profile, out: Path) -> TrainResult:
+    """Notebook 05's PPO run against the reward model, from the embedded model."""
+    reward_model = _reward_model(profile, out)
+    policy, reference, tokenizer = load_policy_and_reference()
+    prompts = [row["prompt"] for row in hh_rlhf_split(profile)["train"]]
+    config = PPOConfig.from_profile(profile)
+    return train_ppo(policy, reference, tokenizer, prompts, reward_model, config, output_dir=out / "ppo_policy")
+
+
+def run_dpo(profile: Profile, out: Path) -> TrainResult:
+    """Notebook 06's DPO run on the split's training pairs."""
+    policy, reference, tokenizer = load_policy_and_reference()
+    pairs = hh_rlhf_split(profile)["train"].shuffle(seed=0)
+    return train_dpo(policy, reference, tokenizer, pairs, DPOConfig.from_profile(profile), output_dir=out / "dpo")
+
+
+def run_rloo(profile: Profile, out: Path) -> TrainResult:
+    """Notebook 06's RLOO run against the reward model."""
+    reward_model = _reward_model(profile, out)
+    policy, _, tokenizer = load_policy_and_reference()
+    prompts = [row["prompt"] for row in hh_rlhf_split(profile)["train"]]
+    config = RLOOConfig.from_profile(profile)
+    return train_rloo(policy, None, tokenizer, prompts, reward_model, config, output_dir=out / "rloo")
+
+
+STAGES: dict[str, Callable[[Profile, Path], TrainResult]] = {
+    "reward": run_reward,
+    "ppo": run_ppo,
+    "dpo": run_dpo,
+    "rloo": run_rloo,
+}
+
+
+def main(argv: list[str] | None = None) -> TrainResult:
+    parser = argparse.ArgumentParser(prog="python -m playbook.pipeline", description=__doc__.split("\n\n")[0])
+    parser.add_argument("stage", choices=STAGES, help="what to train")
+    parser.add_argument("--profile", choices=PROFILES, help="default: $PLAYBOOK_PROFILE, else gpu with CUDA, else cpu")
+    parser.add_argument("--out", type=Path, help="folder for the artefacts (default: the profile's runs folder)")
+    args = parser.parse_args(argv)
+    profile = get_profile(args.profile)
+    out = args.out or runs_dir(profile)
+    result = STAGES[args.stage](profile, out)
+    state = process_state()
+    if state.is_main_process:
+        result.history.to_csv(result.output_dir / "history.csv", index=False)
+        print(
+            f"{args.stage} ({profile.name} profile, {state.num_processes} process(es)): {len(result.history)} logged "
+            f"steps in {result.seconds / 60:.1f} min; saved to {result.output_dir}"
+        )
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""What every trainer shares: the one result type they return, and the settings and logging glue of the TRL
+trainers (DPO, RLOO, the reward model's LoRA and full fine-tuning)."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from accelerate import PartialState
+from transformers import TrainerCallback
+
+
+@dataclass
+class TrainResult:
+    """What every training entry point returns.
+
+    ``model``: the trained model (a policy, or a :class:`playbook.reward.RewardModel`); ``history``: one row per
+    logged step; ``seconds``: wall time of training; ``output_dir``: the folder it was saved to (``None`` when not
+    saved); ``details``: measurements particular to the method (for example the reward model's held-out margins).
+    """
+
+    model: Any
+    history: pd.DataFrame
+    seconds: float
+    output_dir: Path | None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def trl_cpu_safe_args(seed: int) -> dict[str, Any]:
+    """Arguments every TRL config of the course gets: float32 (exact on a CPU), no gradient checkpointing (it only
+    trades time for memory), no checkpoints mid-run, no experiment trackers, a log line every step."""
+    return {
+        "bf16": False,
+        "fp16": False,
+        "gradient_checkpointing": False,
+        "report_to": [],
+        "save_strategy": "no",
+        "logging_steps": 1,
+        "disable_tqdm": False,
+        "seed": seed,
+        "dataloader_pin_memory": torch.cuda.is_available(),  # pinning only helps copies to a GPU
+    }
+
+
+@contextmanager
+def quiet_trl_renames() -> Iterator[None]:
+    """TRL 1.x configs still set `gradient_checkpointing`, which transformers 5 renamed; its FutureWarnings say
+    nothing a learner can act on (and print library paths into notebooks), so they are silenced here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
+class HistoryCallback(TrainerCallback):
+    """Collects every log line a TRL trainer emits into rows of a table (the run's summary line left out)."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "train_runtime" not in logs:
+            self.rows.append({"step": state.global_step, **logs})
+
+
+def timed(train: Callable[[], Any]) -> tuple[Any, float]:
+    """Run ``train()`` with TRL's rename warnings silenced; its result and the wall time in seconds."""
+    started = time.perf_counter()
+    with quiet_trl_renames():
+        result = train()
+    return result, time.perf_counter() - started
+
+
+def process_state() -> PartialState:
+    """Which process this is and how many there are (one without ``accelerate launch``/``torchrun``). On a machine
+    without CUDA the processes talk over gloo on the CPU."""
+    return PartialState(cpu=not torch.cuda.is_available())

@@ -1,0 +1,42 @@
+"""The pipeline command, on two processes as `accelerate launch` runs it (gloo on this CPU machine)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from playbook.models import load_model
+from playbook.reward import RewardModel
+
+
+def launch(stage: str, out: Path) -> str:
+    """`accelerate launch` with two processes. Its `--cpu` flag starts CPU jobs through MPI; torchrun underneath
+    `--multi_gpu` starts them directly, and on a machine without CUDA they talk over gloo."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    command += ["-m", "playbook.pipeline", stage, "--profile", "smoke", "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_reward_then_ppo_on_two_processes(tmp_path):
+    out = launch("reward", tmp_path)
+    assert "reward (smoke profile, 2 process(es))" in out
+    reward_model = RewardModel.load(tmp_path / "reward_model")
+    assert len(pd.read_csv(tmp_path / "reward_model" / "history.csv")) > 0
+    # each process extracted every other feature batch into the shared cache, then read the other's
+    assert len(list((tmp_path / "reward_model-checkpoints").glob("train-chosen-*.pt"))) >= 2
+
+    out = launch("ppo", tmp_path)
+    assert "Loaded the reward model" in out and "ppo (smoke profile, 2 process(es))" in out
+    history = pd.read_csv(tmp_path / "ppo_policy" / "history.csv")
+    assert len(history) == 2
+    assert (history["replies"] == 4).all()  # 2 prompts per process per step, gathered from both processes
+    policy, tokenizer = load_model(tmp_path / "ppo_policy")
+    assert policy.config.num_hidden_layers == 30 and tokenizer.eos_token == "<|im_end|>"
+    assert isinstance(reward_model.score([{"role": "user", "content": "Hi"}], "Hello!"), float)
+    assert (tmp_path / "ppo_policy" / "ppo_config.json").is_file()
