@@ -205,10 +205,7 @@ def annotation_widget(
             on_label(item, feedback)
         given.append(queue.pop(0))
         show()
-        report(
-            f"Saved the {kind} label for {item.item_id}; {len(store.labels)} labels in {display_path(store.path)}.",
-            OK_COLOUR,
-        )
+        report(f"Saved the {kind} label for {item.item_id}; {saved()}.", OK_COLOUR)
 
     def take_back(_) -> None:
         try:
@@ -219,10 +216,7 @@ def annotation_widget(
         item = given.pop()
         queue.insert(0, item)
         show()
-        report(
-            f"Took back the label for {item.item_id}; {len(store.labels)} labels in {display_path(store.path)}.",
-            OK_COLOUR,
-        )
+        report(f"Took back the label for {item.item_id}; {saved()}.", OK_COLOUR)
 
     undo.on_click(take_back)
 
