@@ -45,7 +45,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 unit: setup
-	HF_HUB_OFFLINE=1 $(BIN)/pytest -q tests
+	HF_HUB_OFFLINE=1 $(BIN)/pytest -q -rs tests
 
 notebooks: setup
 	HF_HUB_OFFLINE=1 PLAYBOOK_PROFILE=smoke $(BIN)/pytest -q --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
