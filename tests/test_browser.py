@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -152,12 +153,13 @@ def open_notebook(browser, lab: dict, name: str):
     if page.locator(".jp-Dialog").count():  # Lab may ask which kernel to start: the notebook's own
         page.locator(".jp-Dialog").get_by_role("button", name="Select", exact=True).click()
     page.wait_for_selector(IDLE_KERNEL, timeout=120_000)
+    page.get_by_text(re.compile(r"\| Idle$")).first.wait_for(timeout=120_000)  # the status bar: kernel connected
     return page
 
 
 def test_a_committed_notebook_opens_unmodified_and_without_frozen_progress_bars(browser, lab):
     page = open_notebook(browser, lab, lab["viewed"])
-    time.sleep(2)  # give Lab the moment in which it would rewrite metadata
+    time.sleep(2)  # Lab rewrites a foreign kernelspec just after the kernel connects
     page.screenshot(path=SCREENSHOTS / "committed_notebook.png")
     outputs = page.locator(".jp-OutputArea-output").all_inner_texts()
     assert outputs, "no outputs rendered"
