@@ -1,20 +1,26 @@
-"""Committed outputs read well without a kernel: no frozen progress bars, no widgets that need state never saved."""
+"""Committed notebooks read well without a kernel and open unmodified in JupyterLab.
+
+No frozen progress bars, no widgets that need state that was never saved, and the kernelspec JupyterLab writes
+(it marks a notebook modified the moment it opens one whose kernelspec differs).
+"""
 
 import re
 from pathlib import Path
 
 import nbformat
 import pytest
+from jupyter_client.kernelspec import get_kernel_spec
 
 from playbook.course import WIDGET_VIEW, execute_notebook, settle_carriage_returns
 from playbook.io import course_notebooks
 
-# Saved before playbook.course wrote text bars and dropped stateless widget views; empty this list once
-# `make refresh-notebooks` has re-run them.
+# Saved before playbook.course wrote text bars, dropped stateless widget views and wrote Lab's kernelspec; empty
+# this list once `make refresh-notebooks` has re-run them.
 AWAITING_RERUN = {
     "00_setup.ipynb",
     "01_alignment_hhh.ipynb",
     "02_feedback_types.ipynb",
+    "03_hh_rlhf.ipynb",
     "04_reward_model.ipynb",
     "05_ppo_rlhf.ipynb",
     "06_beyond_ppo.ipynb",
@@ -28,9 +34,10 @@ WIDGET_REPR = re.compile(r"^(VBox|HBox|IntProgress|FloatProgress)\(")
 
 
 def unreadable_outputs(notebook: nbformat.NotebookNode) -> list[str]:
-    """What a reader without a kernel would see as noise: one line per frozen bar or stateless widget."""
+    """What a reader would see as noise: one line per frozen bar or stateless widget, or a kernelspec Lab rewrites."""
+    lab_name = get_kernel_spec("python3").display_name
+    problems = [] if notebook.metadata.get("kernelspec", {}).get("display_name") == lab_name else ["kernelspec"]
     saved_models = notebook.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
-    problems = []
     for index, cell in enumerate(notebook.cells):
         for output in cell.get("outputs", []):
             data = output.get("data", {})
@@ -54,15 +61,16 @@ def unreadable_outputs(notebook: nbformat.NotebookNode) -> list[str]:
     ],
     ids=lambda p: p.stem,
 )
-def test_committed_outputs_have_no_frozen_bars_or_stateless_widgets(path: Path):
+def test_committed_notebooks_have_no_frozen_bars_stateless_widgets_or_foreign_kernelspec(path: Path):
     assert unreadable_outputs(nbformat.read(path, as_version=4)) == []
 
 
-def test_the_check_finds_a_frozen_bar_and_a_widget_repr():
+def test_the_check_finds_a_frozen_bar_a_widget_repr_and_a_foreign_kernelspec():
     bar = nbformat.v4.new_output("stream", name="stderr", text="Loading weights:   0%|          | 0/272 [00:00<?]")
     widget = nbformat.v4.new_output("display_data", {"text/plain": "VBox(children=(HTML(value='<b>Item 1"})
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(outputs=[bar, widget])])
-    assert len(unreadable_outputs(notebook)) == 2
+    notebook.metadata.kernelspec = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    assert len(unreadable_outputs(notebook)) == 3
 
 
 def test_runner_saves_final_text_bars_no_widget_state_and_lab_metadata(tmp_path):
