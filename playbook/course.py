@@ -3,21 +3,60 @@
 Executed copies go to ``--out`` (default ``build/notebooks``); ``--in-place`` writes the outputs back into
 ``notebooks/`` instead, which is how maintainers refresh the committed outputs. The first failing cell stops
 the run with the notebook's name, the cell and its error, and a non-zero exit status.
+
+The saved outputs are meant to be read without a kernel (JupyterLab, GitHub, nbviewer): progress bars are
+written as plain text and kept in their final state, transformers' per-load bars are switched off, no widget
+state is saved (and the widget views that would need it are dropped, leaving each widget's text or HTML
+fallback), and the kernelspec is the one JupyterLab would write, so opening a notebook does not mark it modified.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 import time
 from pathlib import Path
 
 import nbformat
+from jupyter_client.kernelspec import get_kernel_spec
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 from tqdm.auto import tqdm
 
 from playbook.io import NOTEBOOK_DIR, course_notebooks
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+# Run in the kernel before the first cell (and outside its history): tqdm.auto's notebook widget bars, whose
+# state a headless run cannot save, become text bars.
+TEXT_PROGRESS_BARS = (
+    "import tqdm.auto, tqdm.autonotebook, tqdm.std; "
+    "tqdm.auto.tqdm = tqdm.autonotebook.tqdm = tqdm.std.tqdm; "
+    "tqdm.auto.trange = tqdm.autonotebook.trange = tqdm.std.trange"
+)
+KERNEL_ENVIRONMENT = {"HF_HUB_DISABLE_PROGRESS_BARS": "1"}  # transformers' "Loading weights" bar at every load
+
+
+def settle_carriage_returns(text: str) -> str:
+    """What a terminal would show: each line keeps only what was written after its last carriage return."""
+    return "\n".join(line.rstrip("\r").rsplit("\r", 1)[-1] for line in text.split("\n"))
+
+
+def readable_outputs(notebook: nbformat.NotebookNode, kernel_spec: dict[str, str]) -> None:
+    """Make an executed notebook read well without a kernel (see the module docstring); changes it in place."""
+    notebook.metadata.pop("widgets", None)
+    notebook.metadata["kernelspec"] = kernel_spec
+    for cell in notebook.cells:
+        if cell.cell_type != "code":
+            continue
+        for output in cell.outputs:
+            if output.output_type == "stream":
+                output.text = settle_carriage_returns(output.text)
+            elif WIDGET_VIEW in output.get("data", {}):
+                del output.data[WIDGET_VIEW]
+        cell.outputs = [o for o in cell.outputs if o.output_type != "display_data" or o.data]
+        cell.outputs = [o for o in cell.outputs if o.output_type != "stream" or re.search(r"\S", o.text)]
 
 
 def execute_notebook(path: Path, destination: Path, *, timeout: int = 3600) -> float:
@@ -29,18 +68,28 @@ def execute_notebook(path: Path, destination: Path, *, timeout: int = 3600) -> f
     notebook = nbformat.read(path, as_version=4)
     cells = [c for c in notebook.cells if c.cell_type == "code"]
     client = NotebookClient(
-        notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": path.parent}}
+        notebook,
+        timeout=timeout,
+        kernel_name="python3",
+        resources={"metadata": {"path": path.parent}},
+        extra_arguments=[f"--IPKernelApp.exec_lines={[TEXT_PROGRESS_BARS]!r}"],
+        store_widget_state=False,
+        coalesce_streams=True,
     )
     start = time.perf_counter()
     bar = tqdm(total=len(cells), desc=path.stem, unit="cell", leave=False)
     try:
-        with client.setup_kernel():
+        with client.setup_kernel(env=os.environ | KERNEL_ENVIRONMENT):
+            info = client.wait_for_reply(client.kc.kernel_info())
+            notebook.metadata["language_info"] = info["content"]["language_info"]
             for index, cell in enumerate(notebook.cells):
                 if cell.cell_type == "code":
                     client.execute_cell(cell, index)
                     bar.update()
     finally:
         bar.close()
+        spec = get_kernel_spec("python3")
+        readable_outputs(notebook, {"display_name": spec.display_name, "language": spec.language, "name": "python3"})
         destination.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(notebook, destination)
     return time.perf_counter() - start

@@ -186,7 +186,7 @@ def test_widget_records_clicks_and_resumes(tmp_path):
     path = tmp_path / "labels.jsonl"
     store = AnnotationStore(path)
     widget = annotation_widget(ITEMS, store, "pairwise")
-    header, _, controls, _ = widget.children
+    header, _, controls, _, _ = widget.children
     assert "Item 1 of 3" in header.value
     controls.children[1].click()  # "B is better"
     assert store.labels[0] == ("item-0", PairwiseFeedback("Question 0?", "answer 0b", "answer 0a"))
@@ -198,7 +198,7 @@ def test_widget_records_clicks_and_resumes(tmp_path):
 def test_ranking_widget_shows_the_error_and_keeps_the_item(tmp_path):
     store = AnnotationStore(tmp_path / "labels.jsonl")
     widget = annotation_widget(ITEMS, store, "ranking")
-    header, _, controls, status = widget.children
+    header, _, controls, _, status = widget.children
     text, submit = controls.children
     text.value = "A A"
     submit.click()
@@ -306,3 +306,69 @@ def test_torn_tails_within_one_second_are_both_kept(tmp_path, monkeypatch):
     torn = sorted(tmp_path.glob("labels.jsonl.torn-*"))
     assert [p.name for p in torn] == ["labels.jsonl.torn-20260101-120000", "labels.jsonl.torn-20260101-120000-2"]
     assert [p.read_text() for p in torn] == ['{"item_id": "torn-1"', '{"item_id": "torn-2"']
+
+
+def test_undo_appends_a_retraction_that_reopening_honours(tmp_path):
+    path = tmp_path / "labels.jsonl"
+    store = AnnotationStore(path)
+    store.record("item-0", feedback_from_answer(ITEMS[0], "pairwise", "A"))
+    store.record("item-1", feedback_from_answer(ITEMS[1], "pairwise", "B"))
+    assert store.undo_last()[0] == "item-1"
+    assert [i for i, _ in store.labels] == [i for i, _ in AnnotationStore(path).labels] == ["item-0"]
+    assert len(path.read_text().splitlines()) == 3  # nothing is rewritten, only appended
+    assert AnnotationStore(path).record("item-1", feedback_from_answer(ITEMS[1], "pairwise", "A"))
+    assert AnnotationStore(tmp_path / "empty.jsonl").undo_last() is None
+
+
+def test_widget_confirms_each_label_and_undoes_the_last(tmp_path):
+    store = AnnotationStore(tmp_path / "labels.jsonl")
+    widget = annotation_widget(ITEMS, store, "pairwise")
+    header, _, controls, undo, status = widget.children
+    assert undo.disabled
+    controls.children[0].click()
+    controls.children[0].click()
+    assert "Saved the pairwise label for item-1; 2 labels in" in status.value and "labels.jsonl" in status.value
+    undo.click()
+    assert "Took back the label for item-1; 1 label in" in status.value and "Item 2 of 3" in header.value
+    assert [i for i, _ in AnnotationStore(store.path).labels] == ["item-0"]
+
+
+def test_widget_shows_a_failed_save_instead_of_nothing(tmp_path):
+    store = AnnotationStore(tmp_path / "labels.jsonl")
+    store.path.mkdir()  # the label file cannot be opened for appending
+    widget = annotation_widget(ITEMS, store, "binary")
+    header, _, controls, _, status = widget.children
+    controls.children[0].click()
+    assert "Not saved:" in status.value and "Item 1 of 3" in header.value and store.labels == []
+
+
+def test_widget_falls_back_to_a_text_and_a_picture_without_a_kernel(tmp_path):
+    bundle = annotation_widget(ITEMS, AnnotationStore(tmp_path / "labels.jsonl"))._repr_mimebundle_()
+    assert bundle["text/plain"].startswith("Annotation form (pairwise): 3 of 3 items to label, saved to labels.jsonl")
+    assert "Item 1 of 3" in bundle["text/html"] and "A is better" in bundle["text/html"]
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+
+
+def test_a_label_file_that_is_not_utf8_names_the_line(tmp_path):
+    path = tmp_path / "labels.jsonl"
+    store = AnnotationStore(path)
+    store.record(ITEMS[0].item_id, feedback_from_answer(ITEMS[0], "pairwise", "A"))
+    del store
+    with path.open("ab") as handle:
+        handle.write(b'{"item_id": "b\xff"}\n')
+    with pytest.raises(ValueError, match=r"labels.jsonl:2: not UTF-8 text .*fix or remove that line"):
+        AnnotationStore(path)
+
+
+def test_undo_survives_reopening_and_a_newer_store_takes_over(tmp_path):
+    path = tmp_path / "labels.jsonl"
+    store = AnnotationStore(path)
+    for item in ITEMS[:2]:
+        store.record(item.item_id, feedback_from_answer(item, "pairwise", "A"))
+    undone = store.undo_last()
+    assert undone[0] == ITEMS[1].item_id and [i for i, _ in store.labels] == [ITEMS[0].item_id]
+    newer = AnnotationStore(path)  # reopening replays the retraction line
+    assert [i for i, _ in newer.labels] == [ITEMS[0].item_id]
+    with pytest.raises(RuntimeError, match="a newer AnnotationStore was opened on this file"):
+        store.undo_last()
+    assert len(path.read_text().splitlines()) == 3  # two labels and one retraction: nothing deleted

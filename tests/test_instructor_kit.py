@@ -1,5 +1,6 @@
 """make doctor, make bundle / WHEELHOUSE, make slides."""
 
+import re
 import subprocess
 import sys
 import types
@@ -165,7 +166,7 @@ def test_slide_roles_follow_headings_outputs_and_tags():
     assert [slide_type(c) for c in (heading, prose, plot, text, shown, hidden)] == [
         "slide",
         "-",
-        "fragment",
+        "slide",
         "skip",
         "fragment",
         "skip",
@@ -177,8 +178,10 @@ def test_slides_are_written_for_a_notebook(tmp_path):
     (deck,) = build_slides(tmp_path, [notebook])
     html = deck.read_text()
     assert deck.name == "03_hh_rlhf.slides.html"
-    assert html.count("<section") >= 3 and "reveal" in html
+    assert html.count("<section") >= 3 and "Reveal.initialize" in html
     assert "load_hh_rlhf(" not in html  # code is hidden
+    assert "<title>03 · Real human preferences: Anthropic's hh-rlhf</title>" in html
+    assert not re.search(r"<(script|link)[^>]+(src|href)=", html)  # reveal.js and its styles are inlined
     original = nbformat.read(notebook, as_version=4)
     assert "slideshow" not in original.cells[0].metadata  # the notebook itself is left alone
     assert as_slides(original).cells[0].metadata["slideshow"]["slide_type"] == "slide"

@@ -1,0 +1,204 @@
+"""What learners and instructors see, checked in a real browser: Debian's chromium driven by Playwright.
+
+One JupyterLab server on 127.0.0.1 (a free port, a token) serves copies of two notebooks from a temporary folder,
+with ``PLAYBOOK_RUNS`` pointing there too, so nothing is written into the checkout's ``runs/`` or ``notebooks/``.
+Screenshots go to ``build/browser/`` for a person to look at. Without ``/usr/bin/chromium`` (``apt-get install
+chromium``) or the ``playwright`` package the test is skipped, and says why.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_notebook_outputs import AWAITING_RERUN
+
+from conftest import REPO
+from playbook.course import execute_notebook
+from playbook.io import NOTEBOOK_DIR, course_notebooks
+from playbook.slides import build_slides
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOTS = REPO / "build" / "browser"
+ANNOTATION_NOTEBOOK = "02_feedback_types.ipynb"
+RERUN_EXAMPLE = "03_hh_rlhf.ipynb"
+IDLE_KERNEL = ".jp-Notebook-ExecutionIndicator[data-status='idle']"
+FROZEN_BAR_TEXT = ("0%|", "| 0/")
+
+if not CHROMIUM.exists():
+    pytest.skip(
+        f"browser test skipped: no Debian chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True
+    )
+sync_playwright = pytest.importorskip(
+    "playwright.sync_api", reason="browser test skipped: no playwright"
+).sync_playwright
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def lab_request(base: str, token: str, path: str, method: str = "GET") -> dict | list:
+    request = urllib.request.Request(f"{base}{path}", method=method, headers={"Authorization": f"token {token}"})
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        body = reply.read()
+    return json.loads(body) if body else {}
+
+
+def viewed_notebook(root: Path) -> Path:
+    """A committed notebook in ``root`` to look at: the first one already saved by today's course runner, else
+    notebook 03 executed by it (what `make refresh-notebooks` will commit)."""
+    committed = next((p for p in course_notebooks() if p.name not in AWAITING_RERUN), None)
+    if committed:
+        return Path(shutil.copy(committed, root))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PLAYBOOK_PROFILE", "smoke")
+        patch.setenv("PLAYBOOK_RUNS", str(root / "runs"))
+        execute_notebook(NOTEBOOK_DIR / RERUN_EXAMPLE, root / RERUN_EXAMPLE)
+    return root / RERUN_EXAMPLE
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory) -> Iterator[dict]:
+    """A JupyterLab server on copies of the notebooks; stopped (kernels included) by its process id afterwards."""
+    root = tmp_path_factory.mktemp("lab")
+    shutil.copy(NOTEBOOK_DIR / ANNOTATION_NOTEBOOK, root)
+    viewed = viewed_notebook(root)
+    settings = root / ".jupyter" / "lab" / "user-settings"
+    news = settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+    news.parent.mkdir(parents=True)
+    news.write_text(json.dumps({"fetchNews": "false"}))  # no "get notified about Jupyter news?" toast
+    token, port = os.urandom(12).hex(), free_port()
+    environment = os.environ | {
+        "PLAYBOOK_RUNS": str(root / "runs"),
+        "PLAYBOOK_PROFILE": "smoke",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(REPO),
+        "JUPYTER_CONFIG_DIR": str(root / ".jupyter"),
+        "JUPYTERLAB_SETTINGS_DIR": str(settings),
+        "JUPYTERLAB_WORKSPACES_DIR": str(root / ".jupyter" / "lab" / "workspaces"),
+    }
+    command = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root", "--ServerApp.ip=127.0.0.1"]
+    command += [f"--port={port}", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}"]
+    server = subprocess.Popen(
+        command + ["--LabApp.news_url="],
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=(root / "server.log").open("w"),
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                lab_request(base, token, "/api/status")
+                break
+            except OSError:
+                assert server.poll() is None, (root / "server.log").read_text()
+                time.sleep(0.5)
+        yield {"base": base, "token": token, "root": root, "viewed": viewed.name}
+    finally:
+        if server.poll() is None:
+            for kernel in lab_request(base, token, "/api/kernels"):
+                lab_request(base, token, f"/api/kernels/{kernel['id']}", method="DELETE")
+            os.kill(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.kill(server.pid, signal.SIGKILL)
+                server.wait()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    profile = Path(os.environ.get("TMPDIR", "/tmp")) / f"chromium-profile-{os.getpid()}"
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(profile), executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS, viewport={"width": 1280, "height": 900}
+        )
+        yield context
+        context.close()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def open_notebook(browser, lab: dict, name: str):
+    page = browser.new_page()
+    workspace = Path(name).stem  # a fresh workspace per notebook: only this notebook open, its kernel the current one
+    page.goto(f"{lab['base']}/lab/workspaces/{workspace}/tree/{name}?reset&token={lab['token']}")
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+    page.wait_for_selector(f"{IDLE_KERNEL}, .jp-Dialog", timeout=120_000)
+    if page.locator(".jp-Dialog").count():  # Lab may ask which kernel to start: the notebook's own
+        page.locator(".jp-Dialog").get_by_role("button", name="Select", exact=True).click()
+    page.wait_for_selector(IDLE_KERNEL, timeout=120_000)
+    page.get_by_text(re.compile(r"\| Idle$")).first.wait_for(timeout=120_000)  # the status bar: kernel connected
+    return page
+
+
+def test_a_committed_notebook_opens_unmodified_and_without_frozen_progress_bars(browser, lab):
+    page = open_notebook(browser, lab, lab["viewed"])
+    time.sleep(2)  # Lab rewrites a foreign kernelspec just after the kernel connects
+    page.screenshot(path=SCREENSHOTS / "committed_notebook.png")
+    outputs = page.locator(".jp-OutputArea-output").all_inner_texts()
+    assert outputs, "no outputs rendered"
+    assert not [text for text in outputs if any(bar in text for bar in FROZEN_BAR_TEXT)]
+    assert page.locator(".jp-mod-dirty").count() == 0, "opening the notebook marked it modified"
+    page.close()
+
+
+def test_the_annotation_widget_saves_a_click_and_says_so(browser, lab):
+    page = open_notebook(browser, lab, ANNOTATION_NOTEBOOK)
+    page.get_by_role("menuitem", name="Run").click()
+    page.get_by_text("Run All Cells", exact=True).click()
+    choice = page.get_by_role("button", name="A is better")
+    try:
+        choice.wait_for(timeout=240_000)  # Run All: model load and replies first
+        choice.click()
+        confirmation = page.get_by_text("Saved the pairwise label for")
+        confirmation.wait_for(timeout=10_000)
+        confirmation.scroll_into_view_if_needed()
+    finally:
+        page.screenshot(path=SCREENSHOTS / "annotation_widget.png")
+    labels = (lab["root"] / "runs" / "my_labels.jsonl").read_text().splitlines()
+    assert len(labels) == 1 and json.loads(labels[0])["item_id"] in confirmation.inner_text()
+    assert "1 label in" in confirmation.inner_text() and "my_labels.jsonl" in confirmation.inner_text()
+    page.close()
+
+
+def test_a_slide_deck_opens_and_advances_with_no_network(browser, tmp_path):
+    (deck,) = build_slides(tmp_path, [NOTEBOOK_DIR / "03_hh_rlhf.ipynb"])
+    page = browser.new_page()
+    fetched = []
+    page.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file:") else route.abort())
+    page.on("request", lambda request: fetched.append(request.url))
+    page.goto(deck.as_uri())
+    page.wait_for_function("window.Reveal && Reveal.isReady()", timeout=10_000)
+    assert page.title().startswith("03 ·")
+    page.screenshot(path=SCREENSHOTS / "slides_first.png")
+    page.keyboard.press("ArrowRight")
+    page.wait_for_function("Reveal.getIndices().h === 1", timeout=5_000)
+    page.screenshot(path=SCREENSHOTS / "slides_second.png")
+    assert [url for url in fetched if not url.startswith(("file:", "data:"))] == []
+    page.close()

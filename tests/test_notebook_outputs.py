@@ -1,0 +1,92 @@
+"""Committed notebooks read well without a kernel and open unmodified in JupyterLab.
+
+No frozen progress bars, no widgets that need state that was never saved, and the kernelspec JupyterLab writes
+(it marks a notebook modified the moment it opens one whose kernelspec differs).
+"""
+
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+from jupyter_client.kernelspec import get_kernel_spec
+
+from playbook.course import WIDGET_VIEW, execute_notebook, settle_carriage_returns
+from playbook.io import course_notebooks
+
+# Saved before playbook.course wrote text bars, dropped stateless widget views and wrote Lab's kernelspec; empty
+# this list once `make refresh-notebooks` has re-run them.
+AWAITING_RERUN = {
+    "00_setup.ipynb",
+    "01_alignment_hhh.ipynb",
+    "02_feedback_types.ipynb",
+    "03_hh_rlhf.ipynb",
+    "04_reward_model.ipynb",
+    "05_ppo_rlhf.ipynb",
+    "06_beyond_ppo.ipynb",
+    "07_hallucination.ipynb",
+    "08_dola.ipynb",
+    "09_calibration.ipynb",
+}
+FROZEN_BAR = re.compile(r"(^|\s)0%\||\|[^|\n]*\|\s*0/\d+")
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+WIDGET_REPR = re.compile(r"^(VBox|HBox|IntProgress|FloatProgress)\(")
+
+
+def unreadable_outputs(notebook: nbformat.NotebookNode) -> list[str]:
+    """What a reader would see as noise: one line per frozen bar or stateless widget, or a kernelspec Lab rewrites."""
+    lab_name = get_kernel_spec("python3").display_name
+    problems = [] if notebook.metadata.get("kernelspec", {}).get("display_name") == lab_name else ["kernelspec"]
+    saved_models = notebook.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
+    for index, cell in enumerate(notebook.cells):
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            text = output.get("text", "") + data.get("text/plain", "")
+            if FROZEN_BAR.search(settle_carriage_returns(text)):
+                problems.append(f"cell {index}: frozen progress bar {text.strip()[:60]!r}")
+            if WIDGET_REPR.match(data.get("text/plain", "")):
+                problems.append(f"cell {index}: widget repr {data['text/plain'][:60]!r}")
+            if WIDGET_VIEW in data and data[WIDGET_VIEW]["model_id"] not in saved_models:
+                problems.append(f"cell {index}: widget view without saved state")
+    return problems
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param(p, marks=pytest.mark.xfail(reason="re-run with make refresh-notebooks", strict=True))
+        if p.name in AWAITING_RERUN
+        else p
+        for p in course_notebooks()
+    ],
+    ids=lambda p: p.stem,
+)
+def test_committed_notebooks_have_no_frozen_bars_stateless_widgets_or_foreign_kernelspec(path: Path):
+    assert unreadable_outputs(nbformat.read(path, as_version=4)) == []
+
+
+def test_the_check_finds_a_frozen_bar_a_widget_repr_and_a_foreign_kernelspec():
+    bar = nbformat.v4.new_output("stream", name="stderr", text="Loading weights:   0%|          | 0/272 [00:00<?]")
+    widget = nbformat.v4.new_output("display_data", {"text/plain": "VBox(children=(HTML(value='<b>Item 1"})
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(outputs=[bar, widget])])
+    notebook.metadata.kernelspec = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    assert len(unreadable_outputs(notebook)) == 3
+
+
+def test_runner_saves_final_text_bars_no_widget_state_and_lab_metadata(tmp_path):
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [
+        nbformat.v4.new_code_cell("from tqdm.auto import tqdm\nfor _ in tqdm(range(3), desc='work'): pass"),
+        nbformat.v4.new_code_cell("import ipywidgets\nipywidgets.IntSlider()"),
+        nbformat.v4.new_code_cell("import os\nos.environ['HF_HUB_DISABLE_PROGRESS_BARS']"),
+    ]
+    nbformat.write(notebook, tmp_path / "bars.ipynb")
+    execute_notebook(tmp_path / "bars.ipynb", tmp_path / "out.ipynb")
+    saved = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    bar, slider, switch = (cell.outputs for cell in saved.cells)
+    assert re.fullmatch(r"work: 100%\|█+\| 3/3 .*\n", bar[0].text)
+    assert slider[0].data == {"text/plain": "IntSlider(value=0)"}
+    assert switch[0].data["text/plain"] == "'1'"  # transformers' loading bars are off in the kernel
+    assert "widgets" not in saved.metadata and saved.metadata.kernelspec.display_name == "Python 3 (ipykernel)"
+    assert saved.metadata.language_info.name == "python" and [c.execution_count for c in saved.cells] == [1, 2, 3]
+    assert unreadable_outputs(saved) == []
