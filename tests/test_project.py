@@ -92,3 +92,12 @@ def test_doctor_asks_for_the_python_that_pyproject_requires():
 
     required = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["requires-python"]
     assert required == ">=" + ".".join(map(str, MIN_PYTHON))
+
+
+@pytest.mark.slow
+def test_notebook_03_reproduces_its_committed_headlines(shared_data, tmp_path, monkeypatch):
+    from playbook.reproduce import main as reproduce
+
+    monkeypatch.setenv("PLAYBOOK_PROFILE", "cpu")  # the profile the committed outputs were made in
+    monkeypatch.setenv("PLAYBOOK_DATA_DIR", str(shared_data))
+    assert reproduce(["03_hh_rlhf", "--out", str(tmp_path)]) == 0
