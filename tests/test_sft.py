@@ -75,6 +75,8 @@ def test_config_checks_name_the_field():
         SFTConfig(steps=0)
     with pytest.raises(ValueError, match=r"SFTConfig\.trainable_layers=0"):
         SFTConfig(trainable_layers=0)
+    with pytest.raises(ValueError, match=r"SFTConfig\.prompt_messages=0"):
+        SFTConfig(prompt_messages=0)
     smoke = SFTConfig.from_profile("smoke")
     assert (smoke.steps, smoke.batch_size, smoke.max_length, smoke.trainable_layers) == (2, 2, 64, 6)
 
@@ -115,6 +117,20 @@ def test_sft_steps_lower_the_loss_and_change_only_the_top_layer(tiny_causal_lm, 
     assert resumed.history.empty  # no step logged: it did not train again
 
 
+def test_prompts_are_cut_to_their_last_messages_so_long_histories_still_train(tiny_causal_lm, tokenizer):
+    long_history = [
+        {"role": "user", "content": "tell me a story " * 40},
+        {"role": "assistant", "content": "Once upon a time " * 40},
+        {"role": "user", "content": "Shorter, please."},
+    ]
+    data = Dataset.from_list([{"prompt": long_history, "completion": [{"role": "assistant", "content": "The end."}]}])
+    kept = SFTConfig(steps=1, batch_size=1, max_length=64, prompt_messages=1, trainable_layers=1)
+    assert train_sft(tiny_causal_lm, tokenizer, data, kept).details == {"examples": 1, "examples_dropped": 0}
+    whole = SFTConfig(steps=1, batch_size=1, max_length=64, prompt_messages=3, trainable_layers=1)
+    with pytest.raises(ValueError, match="max_length=64"):  # the whole history fills it: TRL drops the example
+        train_sft(tiny_causal_lm, tokenizer, data, whole)
+
+
 @pytest.mark.slow
 def test_sft_lowers_the_reply_nll_of_the_embedded_model(shared_data):
     from playbook.data import hh_rlhf_split
@@ -122,9 +138,9 @@ def test_sft_lowers_the_reply_nll_of_the_embedded_model(shared_data):
     policy, tokenizer = load_model()
     data = sft_conversations(hh_rlhf_split("smoke")["train"])
     assert len(data) == 16
-    conversations = [row["prompt"] + row["completion"] for row in data]
-    before = reply_nll(policy, tokenizer, conversations, max_length=128)
-    config = SFTConfig(steps=6, batch_size=4, max_length=128, learning_rate=5e-5, trainable_layers=6)
+    conversations = [row["prompt"][-1:] + row["completion"] for row in data]  # as train_sft trims them
+    before = reply_nll(policy, tokenizer, conversations)
+    config = SFTConfig(steps=6, batch_size=4, max_length=128, learning_rate=5e-5, prompt_messages=1)
     result = train_sft(policy, tokenizer, data, config)
-    after = reply_nll(result.model, tokenizer, conversations, max_length=128)
+    after = reply_nll(result.model, tokenizer, conversations)
     assert after.mean() < before.mean() - 0.05
