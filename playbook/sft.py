@@ -154,7 +154,8 @@ def reply_nll(
     max_length: int | None = None,
 ) -> np.ndarray:
     """Per conversation, the mean negative log-likelihood (nats per token) of the tokens SFT trains on (the
-    assistant's last reply and its end token, :func:`loss_mask`) given everything before them."""
+    assistant's last reply, its ``<|im_end|>`` and the template's newline after it: :func:`loss_mask`) given
+    everything before them; ``max_length`` cuts as the trainer does (``None``: whole conversations)."""
     args = _trl_args(max_length, 0, tempfile.gettempdir())
     prepared = tokenize_for_sft(tokenizer, Dataset.from_list([as_prompt_completion(c) for c in conversations]), args)
     if len(prepared) != len(conversations):
