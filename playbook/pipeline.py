@@ -2,12 +2,14 @@
 
     python -m playbook.pipeline reward [--profile cpu] [--out DIR]
     python -m playbook.pipeline ppo    [--profile gpu] [--out DIR]
+    python -m playbook.pipeline sft    [--profile cpu] [--out DIR]
     accelerate launch --num_processes 2 -m playbook.pipeline ppo --profile gpu
 
 Each stage writes what the notebooks write, in the same folders: ``reward`` trains the reward model (notebook 04)
 into ``<out>/reward_model``; ``ppo``, ``dpo`` and ``rloo`` train a policy (notebooks 05 and 06) into
-``<out>/ppo_policy``, ``<out>/dpo`` and ``<out>/rloo``, training the reward model first if there is none. Each also
-writes its per-step history to ``history.csv`` in that folder. ``<out>`` defaults to the profile's runs folder
+``<out>/ppo_policy``, ``<out>/dpo`` and ``<out>/rloo``, training the reward model first if there is none; ``sft``
+fine-tunes the embedded model on the split's prompts and chosen replies into ``<out>/sft_model``. Each also writes
+its per-step history to ``history.csv`` in that folder. ``<out>`` defaults to the profile's runs folder
 (:func:`playbook.config.runs_dir`), which is where the notebooks look.
 
 Under ``accelerate launch`` every process runs this same command: PPO splits the prompts across processes and
@@ -24,9 +26,10 @@ from pathlib import Path
 from playbook.beyond_ppo import DPOConfig, RLOOConfig, train_dpo, train_rloo
 from playbook.config import PROFILES, Profile, get_profile, runs_dir
 from playbook.data import hh_rlhf_split
-from playbook.models import load_policy_and_reference
+from playbook.models import load_model, load_policy_and_reference
 from playbook.ppo import PPOConfig, train_ppo
 from playbook.reward import RewardConfig, RewardModel, load_or_train_reward_model, train_reward_model
+from playbook.sft import SFTConfig, sft_conversations, train_sft
 from playbook.training import TrainResult, process_state
 
 
@@ -68,11 +71,19 @@ def run_rloo(profile: Profile, out: Path) -> TrainResult:
     return train_rloo(policy, None, tokenizer, prompts, reward_model, config, output_dir=out / "rloo")
 
 
+def run_sft(profile: Profile, out: Path) -> TrainResult:
+    """Supervised fine-tuning of the embedded model on the split's training prompts and their chosen replies."""
+    policy, tokenizer = load_model()
+    conversations = sft_conversations(hh_rlhf_split(profile)["train"])
+    return train_sft(policy, tokenizer, conversations, SFTConfig.from_profile(profile), output_dir=out / "sft_model")
+
+
 STAGES: dict[str, Callable[[Profile, Path], TrainResult]] = {
     "reward": run_reward,
     "ppo": run_ppo,
     "dpo": run_dpo,
     "rloo": run_rloo,
+    "sft": run_sft,
 }
 
 

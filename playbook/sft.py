@@ -1,0 +1,245 @@
+"""Supervised fine-tuning (SFT): teach the policy to write the replies people wrote or preferred, token by token.
+
+SFT is the first stage of the RLHF recipe (InstructGPT, Ouyang et al. 2022) and the one DPO's authors ran on
+Anthropic HH before DPO itself (Rafailov et al. 2023: fine-tune on prompt + chosen reply). The loss is the
+negative log-likelihood of the **assistant's reply only**: the prompt is context, not something to imitate.
+
+It runs TRL's ``SFTTrainer`` on conversations in TRL's conversational prompt-completion format, with TRL's
+completion-only loss (``completion_only_loss=True``): TRL tokenizes the prompt with the generation prompt and the
+whole conversation, and only the tokens after their common prefix (the reply, its ``<|im_end|>`` and the newline
+the template writes after it) carry loss. TRL's assistant-only loss would need ``{% generation %}`` markers in the
+chat template; SmolLM2's template has none and TRL has no training template for it, so completion-only it is.
+
+:func:`loss_mask` shows which tokens train, and :func:`reply_nll` scores held-out replies, both from the very
+dataset preparation the trainer uses (:func:`tokenize_for_sft`), so what they show is what the trainer sees.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import datasets
+import numpy as np
+import pandas as pd
+import torch
+import trl
+from datasets import Dataset
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from playbook.config import Profile, TrainerConfig
+from playbook.frozen_layers import train_top_layers
+from playbook.io import Messages
+from playbook.models import write_model_atomically
+from playbook.reward import _claim_checkpoint_dir
+from playbook.tensors import logprobs_from_logits, pad_sequences
+from playbook.training import HistoryCallback, TrainResult, process_state, quiet_trl_renames, timed, trl_cpu_safe_args
+
+IGNORED_LABEL = -100  # the label PyTorch's cross-entropy (and so TRL) skips
+
+
+@dataclass(frozen=True)
+class SFTConfig(TrainerConfig):
+    """SFT settings; the defaults are the course's measured cpu run (``benchmarks/sft_cpu.py``), a profile sets the
+    sizes. Turned into TRL's ``trl.SFTConfig`` by :func:`train_sft`."""
+
+    steps: int = 20  # optimisation steps (profile: rl_steps); about 5 minutes on 2 cores (benchmarks/sft_cpu.py)
+    batch_size: int = 8  # conversations per step (profile: ppo_batch_size)
+    max_length: int = 128  # tokens of prompt + reply, kept from the start; TRL drops a prompt that fills them all
+    learning_rate: float = 2e-5  # (profile: rl_learning_rate)
+    prompt_messages: int = 1  # prompt messages kept, from the end: hh-rlhf's last user turn (earlier turns would
+    # fill max_length: with 3 kept, 328 of the cpu split's 1,494 prompts do and TRL drops them; with 1, one does)
+    trainable_layers: int | None = 6  # top decoder layers that train (profile: policy_trainable_layers)
+    seed: int = 0
+
+    @classmethod
+    def profile_values(cls, profile: Profile) -> dict:
+        return {
+            "steps": profile.rl_steps,
+            "batch_size": profile.ppo_batch_size,
+            "max_length": profile.rm_max_length,
+            "learning_rate": profile.rl_learning_rate,
+            "trainable_layers": profile.policy_trainable_layers,
+        }
+
+    def __post_init__(self) -> None:
+        self.require_positive("steps", "batch_size", "max_length", "learning_rate", "prompt_messages")
+        self.require(self.trainable_layers is None or self.trainable_layers > 0, "trainable_layers", "positive or None")
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def sft_conversations(pairs: Dataset, corrections: Dataset | None = None) -> Dataset:
+    """SFT examples in TRL's conversational prompt-completion format: each hh-rlhf pair's prompt with its chosen
+    reply (as DPO's authors did for Anthropic HH), then the ``corrections`` (the ``"sft"`` set of
+    :func:`playbook.feedback.to_training_sets`, already in that format) appended."""
+    rows = [{"prompt": list(row["prompt"]), "completion": list(row["chosen"])} for row in pairs]
+    if corrections is not None:
+        rows += [{"prompt": list(row["prompt"]), "completion": list(row["completion"])} for row in corrections]
+    return Dataset.from_list(rows)
+
+
+def as_prompt_completion(conversation: Messages) -> dict[str, Messages]:
+    """A conversation ending with the assistant's reply, split into TRL's ``prompt`` and ``completion``."""
+    if not conversation or conversation[-1]["role"] != "assistant":
+        raise ValueError("a conversation for SFT must end with the assistant's reply.")
+    return {"prompt": list(conversation[:-1]), "completion": [conversation[-1]]}
+
+
+def _trl_args(max_length: int | None, seed: int, output_dir: str, **training) -> trl.SFTConfig:
+    with quiet_trl_renames():
+        return trl.SFTConfig(
+            output_dir=output_dir,
+            max_length=max_length,
+            completion_only_loss=True,  # labels of the prompt tokens are IGNORED_LABEL
+            **{**trl_cpu_safe_args(seed), **training},
+        )
+
+
+def tokenize_for_sft(tokenizer: PreTrainedTokenizerBase, examples: Dataset, args: trl.SFTConfig) -> Dataset:
+    """``input_ids`` and ``labels`` (``IGNORED_LABEL`` where no loss) of prompt-completion examples, made by TRL's
+    own ``SFTTrainer`` dataset preparation (tokenize, mask the prompt, truncate, drop examples left without a
+    label). :func:`train_sft` trains on exactly this, and :func:`loss_mask` and :func:`reply_nll` read it."""
+    # The preparation reads only these attributes of the trainer: the tokenizer, the (absent) training chat template
+    # of assistant-only loss, and whether the loss is completion-only.
+    trainer = SimpleNamespace(_tokenizer=tokenizer, chat_template=None, completion_only_loss=True)
+    with _progress_bars(len(examples) > 1_000):
+        return trl.SFTTrainer._prepare_dataset(trainer, examples, tokenizer, args, False, None, "train")
+
+
+@contextmanager
+def _progress_bars(shown: bool) -> Iterator[None]:
+    """Show the data preparation's progress bars only when it takes a while (they would fill a notebook)."""
+    hidden_before = datasets.are_progress_bars_disabled()
+    if shown:
+        datasets.enable_progress_bars()
+    else:
+        datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if hidden_before:
+            datasets.disable_progress_bars()
+        else:
+            datasets.enable_progress_bars()
+
+
+def loss_mask(
+    tokenizer: PreTrainedTokenizerBase, conversation: Messages, max_length: int | None
+) -> tuple[list[int], list[int]]:
+    """The token ids SFT trains on for ``conversation`` (ending with the assistant's reply) and a 0/1 mask, 1 where
+    the token carries loss: the trainer's own labels, cut to ``max_length`` tokens (``None``: no cut)."""
+    args = _trl_args(max_length, 0, tempfile.gettempdir())
+    prepared = tokenize_for_sft(tokenizer, Dataset.from_list([as_prompt_completion(conversation)]), args)
+    if len(prepared) == 0:
+        raise ValueError(f"max_length={max_length}: the prompt fills it, so no reply token would train.")
+    row = prepared[0]
+    return list(row["input_ids"]), [int(label != IGNORED_LABEL) for label in row["labels"]]
+
+
+@torch.no_grad()
+def reply_nll(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: Sequence[Messages],
+    *,
+    batch_size: int = 8,
+    max_length: int | None = None,
+) -> np.ndarray:
+    """Per conversation, the mean negative log-likelihood (nats per token) of the tokens SFT trains on (the
+    assistant's last reply, its ``<|im_end|>`` and the template's newline after it: :func:`loss_mask`) given
+    everything before them; ``max_length`` cuts as the trainer does (``None``: whole conversations)."""
+    args = _trl_args(max_length, 0, tempfile.gettempdir())
+    prepared = tokenize_for_sft(tokenizer, Dataset.from_list([as_prompt_completion(c) for c in conversations]), args)
+    if len(prepared) != len(conversations):
+        raise ValueError(f"max_length={max_length}: some prompts fill it, leaving no reply token to score.")
+    encoded, labels = prepared["input_ids"], prepared["labels"]
+    order = np.argsort([len(ids) for ids in encoded], kind="stable")
+    nll = np.zeros(len(encoded))
+    was_training = model.training
+    model.eval()
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        ids, attention = pad_sequences([encoded[i] for i in rows], tokenizer.pad_token_id)
+        scored, _ = pad_sequences([[int(x != IGNORED_LABEL) for x in labels[i]] for i in rows], 0)
+        logits = model(input_ids=ids.to(model.device), attention_mask=attention.to(model.device)).logits
+        logprobs = logprobs_from_logits(logits[:, :-1], ids[:, 1:].to(model.device)).cpu()
+        mask = scored[:, 1:].float()  # token t is predicted from the logits at t - 1
+        nll[rows] = (-(logprobs * mask).sum(1) / mask.sum(1)).numpy()
+    model.train(was_training)
+    return nll
+
+
+# -------------------------------------------------------------------------------------------- training
+
+
+def train_sft(
+    policy: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    data: Dataset,
+    config: SFTConfig | None = None,
+    *,
+    output_dir: str | os.PathLike | None = None,
+    resume: bool = True,
+) -> TrainResult:
+    """Supervised fine-tuning with TRL's ``SFTTrainer`` on prompt-completion conversations (:func:`sft_conversations`),
+    the loss on the completion only, the prompt cut to its last ``config.prompt_messages`` messages, training the top
+    ``config.trainable_layers`` layers.
+
+    With ``output_dir`` the policy is saved there atomically once training ends, and TRL checkpoints go to
+    ``<output_dir>-checkpoints`` so that, with ``resume``, an interrupted run of the same settings, model and data
+    continues from its last checkpoint (another run's checkpoints are set aside, never deleted). The result's
+    ``details`` say how many examples trained (TRL drops those whose prompt fills ``max_length``).
+    """
+    config = config or SFTConfig.from_profile()
+    for column in ("prompt", "completion"):
+        if column not in data.column_names:
+            raise ValueError(f"SFT needs a {column!r} column (see sft_conversations); the data has {data.column_names}")
+    data = data.map(lambda row: {"prompt": row["prompt"][-config.prompt_messages :]})
+    saved = Path(output_dir) if output_dir is not None else None
+    checkpoints = saved.with_name(f"{saved.name}-checkpoints") if saved is not None else None
+    checkpointing = {"save_strategy": "steps", "save_steps": max(1, config.steps // 4), "save_total_limit": 1}
+    args = _trl_args(
+        config.max_length,
+        config.seed,
+        str(checkpoints) if checkpoints else tempfile.mkdtemp(prefix="playbook-sft-"),
+        max_steps=config.steps,
+        per_device_train_batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        **(checkpointing if checkpoints else {}),
+    )
+    prepared = tokenize_for_sft(tokenizer, data, args)
+    if len(prepared) == 0:
+        raise ValueError(f"SFTConfig.max_length={config.max_length}: every prompt fills it, so no reply token trains.")
+    state = process_state()
+    if checkpoints is not None and state.is_main_process:
+        _claim_checkpoint_dir(checkpoints, _fingerprint(config, policy, prepared), resume)
+    state.wait_for_everyone()
+    train_top_layers(policy, config.trainable_layers)
+    policy.train()
+    history = HistoryCallback()
+    with quiet_trl_renames():
+        trainer = trl.SFTTrainer(
+            model=policy, args=args, train_dataset=prepared, processing_class=tokenizer, callbacks=[history]
+        )
+    resume_from = checkpoints is not None and resume and any(checkpoints.glob("checkpoint-*"))
+    _, seconds = timed(lambda: trainer.train(resume_from_checkpoint=True if resume_from else None))
+    policy.eval()
+    if saved is not None and trainer.accelerator.is_main_process:
+        write_model_atomically(policy, tokenizer, saved, source="playbook.sft.train_sft", replace=True)
+    details = {"examples": len(prepared), "examples_dropped": len(data) - len(prepared)}
+    return TrainResult(policy, pd.DataFrame(history.rows), seconds, saved, details)
+
+
+def _fingerprint(config: SFTConfig, policy: PreTrainedModel, prepared: Dataset) -> str:
+    digest = hashlib.sha256()
+    digest.update(repr((asdict(config), policy.config._name_or_path)).encode())
+    digest.update(repr((prepared["input_ids"], prepared["labels"])).encode())
+    return digest.hexdigest()[:16]

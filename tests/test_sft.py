@@ -1,0 +1,146 @@
+"""Supervised fine-tuning: which tokens train, what a few steps change, and the held-out reply NLL."""
+
+import copy
+
+import pytest
+import torch
+from datasets import Dataset
+
+from playbook.models import load_model
+from playbook.sft import SFTConfig, loss_mask, reply_nll, sft_conversations, train_sft
+
+TWO_TURNS = [
+    {"role": "user", "content": "Hi there"},
+    {"role": "assistant", "content": "Hello!"},
+    {"role": "user", "content": "How do I bake bread?"},
+    {"role": "assistant", "content": "Mix flour, water and yeast."},
+]
+
+
+def test_only_the_last_reply_and_its_end_token_carry_loss(tokenizer):
+    ids, mask = loss_mask(tokenizer, TWO_TURNS, max_length=None)
+    prompt = tokenizer.apply_chat_template(TWO_TURNS[:-1], add_generation_prompt=True, return_dict=False)
+    assert ids[: len(prompt)] == list(prompt)
+    assert mask == [0] * len(prompt) + [1] * (len(ids) - len(prompt))
+    # the reply, its <|im_end|> and the newline the template writes after it; the first reply ("Hello!") is context
+    trained = [token for token, carries_loss in zip(ids, mask, strict=True) if carries_loss]
+    assert tokenizer.decode(trained) == "Mix flour, water and yeast.<|im_end|>\n"
+
+    cut_ids, cut_mask = loss_mask(tokenizer, TWO_TURNS, max_length=len(prompt) + 3)
+    assert cut_ids == ids[: len(prompt) + 3] and cut_mask == [0] * len(prompt) + [1] * 3
+
+
+def test_a_prompt_that_fills_max_length_is_refused(tokenizer):
+    with pytest.raises(ValueError, match="max_length=5"):
+        loss_mask(tokenizer, TWO_TURNS, max_length=5)
+
+
+def test_sft_conversations_pair_prompts_with_chosen_replies_then_corrections():
+    pairs = Dataset.from_list(
+        [
+            {
+                "prompt": [{"role": "user", "content": "Q"}],
+                "chosen": [{"role": "assistant", "content": "good"}],
+                "rejected": [{"role": "assistant", "content": "bad"}],
+            }
+        ]
+    )
+    corrections = Dataset.from_list(
+        [{"prompt": [{"role": "user", "content": "Q2"}], "completion": [{"role": "assistant", "content": "fixed"}]}]
+    )
+    rows = sft_conversations(pairs, corrections).to_list()
+    assert rows == [
+        {"prompt": [{"role": "user", "content": "Q"}], "completion": [{"role": "assistant", "content": "good"}]},
+        {"prompt": [{"role": "user", "content": "Q2"}], "completion": [{"role": "assistant", "content": "fixed"}]},
+    ]
+
+
+def test_reply_nll_is_the_mean_nll_of_the_reply_tokens(tiny_causal_lm, tokenizer):
+    short = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there, friend."}]
+
+    def by_hand(conversation):
+        ids = tokenizer.apply_chat_template(conversation, return_dict=False)
+        start = len(tokenizer.apply_chat_template(conversation[:-1], add_generation_prompt=True, return_dict=False))
+        with torch.no_grad():
+            logits = tiny_causal_lm(input_ids=torch.tensor([ids])).logits[0]
+        log_probs = torch.log_softmax(logits[start - 1 : -1], dim=-1)
+        return -log_probs[torch.arange(len(ids) - start), torch.tensor(ids[start:])].mean().item()
+
+    nll = reply_nll(tiny_causal_lm, tokenizer, [TWO_TURNS, short], batch_size=2)  # padded together in one batch
+    assert nll == pytest.approx([by_hand(TWO_TURNS), by_hand(short)], rel=1e-5)
+
+
+def test_config_checks_name_the_field():
+    with pytest.raises(ValueError, match=r"SFTConfig\.steps=0"):
+        SFTConfig(steps=0)
+    with pytest.raises(ValueError, match=r"SFTConfig\.trainable_layers=0"):
+        SFTConfig(trainable_layers=0)
+    with pytest.raises(ValueError, match=r"SFTConfig\.prompt_messages=0"):
+        SFTConfig(prompt_messages=0)
+    smoke = SFTConfig.from_profile("smoke")
+    assert (smoke.steps, smoke.batch_size, smoke.max_length, smoke.trainable_layers) == (2, 2, 64, 6)
+
+
+def test_sft_steps_lower_the_loss_and_change_only_the_top_layer(tiny_causal_lm, tokenizer, tmp_path):
+    data = sft_conversations(
+        Dataset.from_list(
+            [
+                {
+                    "prompt": [{"role": "user", "content": f"Say {word}."}],
+                    "chosen": [{"role": "assistant", "content": f"{word} {word} {word}"}],
+                    "rejected": [{"role": "assistant", "content": "No."}],
+                }
+                for word in ("apple", "river", "cloud", "stone")
+            ]
+        )
+    )
+    before = copy.deepcopy(tiny_causal_lm.state_dict())
+    nll_before = reply_nll(tiny_causal_lm, tokenizer, [r["prompt"] + r["completion"] for r in data])
+    config = SFTConfig(steps=12, batch_size=4, max_length=64, learning_rate=1e-2, trainable_layers=1)
+    result = train_sft(tiny_causal_lm, tokenizer, data, config, output_dir=tmp_path / "sft")
+
+    assert result.history["loss"].iloc[-1] < result.history["loss"].iloc[0]
+    nll_after = reply_nll(result.model, tokenizer, [r["prompt"] + r["completion"] for r in data])
+    assert (nll_after < nll_before).all()
+    after = result.model.state_dict()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and all(name.startswith(("model.layers.1.", "model.norm.")) for name in changed)
+    assert any(name.startswith("model.layers.1.") for name in changed)
+    assert result.details == {"examples": 4, "examples_dropped": 0}
+    assert (tmp_path / "sft" / "config.json").is_file()
+
+    # the same run again resumes from its last checkpoint: nothing left to train, the trained weights come back
+    fresh = copy.deepcopy(tiny_causal_lm)
+    fresh.load_state_dict(before)
+    resumed = train_sft(fresh, tokenizer, data, config, output_dir=tmp_path / "sft")
+    assert all(torch.equal(resumed.model.state_dict()[name], after[name]) for name in after)
+    assert resumed.history.empty  # no step logged: it did not train again
+
+
+def test_prompts_are_cut_to_their_last_messages_so_long_histories_still_train(tiny_causal_lm, tokenizer):
+    long_history = [
+        {"role": "user", "content": "tell me a story " * 40},
+        {"role": "assistant", "content": "Once upon a time " * 40},
+        {"role": "user", "content": "Shorter, please."},
+    ]
+    data = Dataset.from_list([{"prompt": long_history, "completion": [{"role": "assistant", "content": "The end."}]}])
+    kept = SFTConfig(steps=1, batch_size=1, max_length=64, prompt_messages=1, trainable_layers=1)
+    assert train_sft(tiny_causal_lm, tokenizer, data, kept).details == {"examples": 1, "examples_dropped": 0}
+    whole = SFTConfig(steps=1, batch_size=1, max_length=64, prompt_messages=3, trainable_layers=1)
+    with pytest.raises(ValueError, match="max_length=64"):  # the whole history fills it: TRL drops the example
+        train_sft(tiny_causal_lm, tokenizer, data, whole)
+
+
+@pytest.mark.slow
+def test_sft_lowers_the_reply_nll_of_the_embedded_model(shared_data):
+    from playbook.data import hh_rlhf_split
+
+    policy, tokenizer = load_model()
+    data = sft_conversations(hh_rlhf_split("smoke")["train"])
+    assert len(data) == 16
+    conversations = [row["prompt"][-1:] + row["completion"] for row in data]  # as train_sft trims them
+    before = reply_nll(policy, tokenizer, conversations)
+    config = SFTConfig(steps=6, batch_size=4, max_length=128, learning_rate=5e-5, prompt_messages=1)
+    result = train_sft(policy, tokenizer, data, config)
+    after = reply_nll(result.model, tokenizer, conversations)
+    assert after.mean() < before.mean() - 0.05
