@@ -24,7 +24,8 @@ class Profile:
     """Every knob that differs between ``smoke``, ``cpu`` and ``gpu``. Counts, lengths and the few settings that
     must change with the hardware (how much of the model trains, and at which learning rate); everything else is a
     default of a trainer's config (:class:`playbook.reward.RewardConfig`, :class:`playbook.ppo.PPOConfig`,
-    :class:`playbook.beyond_ppo.DPOConfig`, :class:`playbook.beyond_ppo.RLOOConfig`), built with
+    :class:`playbook.beyond_ppo.DPOConfig`, :class:`playbook.beyond_ppo.RLOOConfig`, :class:`playbook.sft.SFTConfig`),
+    built with
     ``XConfig.from_profile(profile)``."""
 
     name: str
@@ -44,6 +45,9 @@ class Profile:
     rm_steps: int
     rm_layers: int
     rm_lora_rank: int
+    # Supervised fine-tuning: optimisation steps of ppo_batch_size conversations, and the learning rate.
+    sft_steps: int
+    sft_learning_rate: float
     # Policy training (05, 06): the top decoder layers of the policy and of PPO's value model that train (None:
     # every layer; the embeddings never do), and the prompt tokens kept (from the end) when sampling replies.
     policy_trainable_layers: int | None
@@ -78,6 +82,8 @@ PROFILES: dict[str, Profile] = {
         rm_steps=20,
         rm_layers=18,
         rm_lora_rank=4,
+        sft_steps=2,
+        sft_learning_rate=2e-5,
         policy_trainable_layers=6,
         value_trainable_layers=2,
         prompt_length=64,
@@ -105,6 +111,8 @@ PROFILES: dict[str, Profile] = {
         rm_steps=200,
         rm_layers=18,
         rm_lora_rank=8,
+        sft_steps=20,
+        sft_learning_rate=2e-5,
         policy_trainable_layers=6,
         value_trainable_layers=2,
         prompt_length=64,
@@ -134,6 +142,8 @@ PROFILES: dict[str, Profile] = {
         rm_steps=2_000,
         rm_layers=30,
         rm_lora_rank=16,
+        sft_steps=500,
+        sft_learning_rate=1e-5,
         policy_trainable_layers=None,
         value_trainable_layers=None,
         prompt_length=256,

@@ -44,7 +44,14 @@ from playbook.config import Profile, TrainerConfig, runs_dir
 from playbook.io import Messages
 from playbook.models import load_model, saved_tensor_names, sweep_abandoned_copies, write_model_atomically
 from playbook.tensors import pad_sequences
-from playbook.training import HistoryCallback, TrainResult, process_state, quiet_trl_renames, trl_cpu_safe_args
+from playbook.training import (
+    HistoryCallback,
+    TrainResult,
+    claim_checkpoint_dir,
+    process_state,
+    quiet_trl_renames,
+    trl_cpu_safe_args,
+)
 
 Method = Literal["head", "lora", "full"]
 REQUIRED_COLUMNS = ("prompt", "chosen", "rejected")
@@ -296,7 +303,7 @@ def train_reward_model(
     evaluation = tokenize_pairs(eval_pairs, tokenizer, config.max_length) if eval_pairs is not None else None
     checkpoints = output_dir.with_name(f"{output_dir.name}-checkpoints")
     if state.is_main_process:
-        _claim_checkpoint_dir(checkpoints, _fingerprint(config, base, train), resume)
+        claim_checkpoint_dir(checkpoints, _fingerprint(config, base, train), resume)
     state.wait_for_everyone()
     start = time.perf_counter()
     if config.method == "head":
@@ -351,16 +358,6 @@ def _fingerprint(config: RewardConfig, base, train: Dataset) -> str:
     for column in ("chosen_ids", "rejected_ids"):
         digest.update(repr(train[column]).encode())
     return digest.hexdigest()[:16]
-
-
-def _claim_checkpoint_dir(folder: Path, fingerprint: str, resume: bool) -> None:
-    """Make ``folder`` (``<output_dir>-checkpoints``) this run's, checked by its fingerprint; an unrelated or
-    unwanted one is renamed (``...-set-aside-<time>``), never deleted."""
-    stamp = folder / "run.json"
-    if folder.exists() and (not resume or not stamp.is_file() or json.loads(stamp.read_text()) != fingerprint):
-        folder.rename(folder.with_name(f"{folder.name}-set-aside-{time.strftime('%Y%m%d-%H%M%S')}"))
-    folder.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(json.dumps(fingerprint))
 
 
 # ---- method "head": features once, then a regularised Bradley–Terry fit

@@ -37,9 +37,16 @@ from playbook.config import Profile, TrainerConfig
 from playbook.frozen_layers import train_top_layers
 from playbook.io import Messages
 from playbook.models import write_model_atomically
-from playbook.reward import _claim_checkpoint_dir
 from playbook.tensors import logprobs_from_logits, pad_sequences
-from playbook.training import HistoryCallback, TrainResult, process_state, quiet_trl_renames, timed, trl_cpu_safe_args
+from playbook.training import (
+    HistoryCallback,
+    TrainResult,
+    claim_checkpoint_dir,
+    process_state,
+    quiet_trl_renames,
+    timed,
+    trl_cpu_safe_args,
+)
 
 IGNORED_LABEL = -100  # the label PyTorch's cross-entropy (and so TRL) skips
 
@@ -49,10 +56,10 @@ class SFTConfig(TrainerConfig):
     """SFT settings; the defaults are the course's measured cpu run (``benchmarks/sft_cpu.py``), a profile sets the
     sizes. Turned into TRL's ``trl.SFTConfig`` by :func:`train_sft`."""
 
-    steps: int = 20  # optimisation steps (profile: rl_steps); about 5 minutes on 2 cores (benchmarks/sft_cpu.py)
+    steps: int = 20  # optimisation steps (profile: sft_steps); about 5 minutes on 2 cores (benchmarks/sft_cpu.py)
     batch_size: int = 8  # conversations per step (profile: ppo_batch_size)
     max_length: int = 128  # tokens of prompt + reply, kept from the start; TRL drops a prompt that fills them all
-    learning_rate: float = 2e-5  # (profile: rl_learning_rate)
+    learning_rate: float = 2e-5  # (profile: sft_learning_rate)
     prompt_messages: int = 1  # prompt messages kept, from the end: hh-rlhf's last user turn (earlier turns would
     # fill max_length: with 3 kept, 328 of the cpu split's 1,494 prompts do and TRL drops them; with 1, one does)
     trainable_layers: int | None = 6  # top decoder layers that train (profile: policy_trainable_layers)
@@ -61,10 +68,10 @@ class SFTConfig(TrainerConfig):
     @classmethod
     def profile_values(cls, profile: Profile) -> dict:
         return {
-            "steps": profile.rl_steps,
+            "steps": profile.sft_steps,
             "batch_size": profile.ppo_batch_size,
             "max_length": profile.rm_max_length,
-            "learning_rate": profile.rl_learning_rate,
+            "learning_rate": profile.sft_learning_rate,
             "trainable_layers": profile.policy_trainable_layers,
         }
 
@@ -220,7 +227,7 @@ def train_sft(
         raise ValueError(f"SFTConfig.max_length={config.max_length}: every prompt fills it, so no reply token trains.")
     state = process_state()
     if checkpoints is not None and state.is_main_process:
-        _claim_checkpoint_dir(checkpoints, _fingerprint(config, policy, prepared), resume)
+        claim_checkpoint_dir(checkpoints, _fingerprint(config, policy, prepared), resume)
     state.wait_for_everyone()
     train_top_layers(policy, config.trainable_layers)
     policy.train()

@@ -3,6 +3,7 @@ trainers (DPO, RLOO, the reward model's LoRA and full fine-tuning)."""
 
 from __future__ import annotations
 
+import json
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -81,3 +82,13 @@ def process_state() -> PartialState:
     """Which process this is and how many there are (one without ``accelerate launch``/``torchrun``). On a machine
     without CUDA the processes talk over gloo on the CPU."""
     return PartialState(cpu=not torch.cuda.is_available())
+
+
+def claim_checkpoint_dir(folder: Path, fingerprint: str, resume: bool) -> None:
+    """Make ``folder`` (``<output_dir>-checkpoints``) this run's, checked by its fingerprint; an unrelated or
+    unwanted one is renamed (``...-set-aside-<time>``), never deleted."""
+    stamp = folder / "run.json"
+    if folder.exists() and (not resume or not stamp.is_file() or json.loads(stamp.read_text()) != fingerprint):
+        folder.rename(folder.with_name(f"{folder.name}-set-aside-{time.strftime('%Y%m%d-%H%M%S')}"))
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(fingerprint))
