@@ -14,20 +14,6 @@ from jupyter_client.kernelspec import get_kernel_spec
 from playbook.course import WIDGET_VIEW, execute_notebook, settle_carriage_returns
 from playbook.io import course_notebooks
 
-# Saved before playbook.course wrote text bars, dropped stateless widget views and wrote Lab's kernelspec; empty
-# this list once `make refresh-notebooks` has re-run them.
-AWAITING_RERUN = {
-    "00_setup.ipynb",
-    "01_alignment_hhh.ipynb",
-    "02_feedback_types.ipynb",
-    "03_hh_rlhf.ipynb",
-    "04_reward_model.ipynb",
-    "05_ppo_rlhf.ipynb",
-    "06_beyond_ppo.ipynb",
-    "07_hallucination.ipynb",
-    "08_dola.ipynb",
-    "09_calibration.ipynb",
-}
 FROZEN_BAR = re.compile(r"(^|\s)0%\||\|[^|\n]*\|\s*0/\d+")
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 WIDGET_REPR = re.compile(r"^(VBox|HBox|IntProgress|FloatProgress)\(")
@@ -53,12 +39,7 @@ def unreadable_outputs(notebook: nbformat.NotebookNode) -> list[str]:
 
 @pytest.mark.parametrize(
     "path",
-    [
-        pytest.param(p, marks=pytest.mark.xfail(reason="re-run with make refresh-notebooks", strict=True))
-        if p.name in AWAITING_RERUN
-        else p
-        for p in course_notebooks()
-    ],
+    course_notebooks(),
     ids=lambda p: p.stem,
 )
 def test_committed_notebooks_have_no_frozen_bars_stateless_widgets_or_foreign_kernelspec(path: Path):
