@@ -22,11 +22,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_notebook_outputs import AWAITING_RERUN
 
 from conftest import REPO
-from playbook.course import execute_notebook
-from playbook.io import NOTEBOOK_DIR, course_notebooks
+from playbook.io import NOTEBOOK_DIR
 from playbook.slides import build_slides
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -42,7 +40,7 @@ CHROMIUM_FLAGS = [
 ]
 SCREENSHOTS = REPO / "build" / "browser"
 ANNOTATION_NOTEBOOK = "02_feedback_types.ipynb"
-RERUN_EXAMPLE = "03_hh_rlhf.ipynb"
+VIEWED_NOTEBOOK = "03_hh_rlhf.ipynb"  # committed with the outputs of the course runner
 IDLE_KERNEL = ".jp-Notebook-ExecutionIndicator[data-status='idle']"
 FROZEN_BAR_TEXT = ("0%|", "| 0/")
 
@@ -68,25 +66,12 @@ def lab_request(base: str, token: str, path: str, method: str = "GET") -> dict |
     return json.loads(body) if body else {}
 
 
-def viewed_notebook(root: Path) -> Path:
-    """A committed notebook in ``root`` to look at: the first one already saved by today's course runner, else
-    notebook 03 executed by it (what `make refresh-notebooks` will commit)."""
-    committed = next((p for p in course_notebooks() if p.name not in AWAITING_RERUN), None)
-    if committed:
-        return Path(shutil.copy(committed, root))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PLAYBOOK_PROFILE", "smoke")
-        patch.setenv("PLAYBOOK_RUNS", str(root / "runs"))
-        execute_notebook(NOTEBOOK_DIR / RERUN_EXAMPLE, root / RERUN_EXAMPLE)
-    return root / RERUN_EXAMPLE
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory) -> Iterator[dict]:
     """A JupyterLab server on copies of the notebooks; stopped (kernels included) by its process id afterwards."""
     root = tmp_path_factory.mktemp("lab")
     shutil.copy(NOTEBOOK_DIR / ANNOTATION_NOTEBOOK, root)
-    viewed = viewed_notebook(root)
+    viewed = Path(shutil.copy(NOTEBOOK_DIR / VIEWED_NOTEBOOK, root))
     settings = root / ".jupyter" / "lab" / "user-settings"
     news = settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     news.parent.mkdir(parents=True)
@@ -181,7 +166,7 @@ def test_the_annotation_widget_saves_a_click_and_says_so(browser, lab):
         confirmation.scroll_into_view_if_needed()
     finally:
         page.screenshot(path=SCREENSHOTS / "annotation_widget.png")
-    labels = (lab["root"] / "runs" / "my_labels.jsonl").read_text().splitlines()
+    labels = (lab["root"] / "runs" / "smoke" / "my_labels.jsonl").read_text().splitlines()
     assert len(labels) == 1 and json.loads(labels[0])["item_id"] in confirmation.inner_text()
     assert "1 label in" in confirmation.inner_text() and "my_labels.jsonl" in confirmation.inner_text()
     page.close()
