@@ -57,7 +57,7 @@ class DPOConfig(TrainerConfig):
 
     def __post_init__(self) -> None:
         self.require_positive("steps", "batch_size", "max_length", "learning_rate", "beta", "prompt_messages")
-        self.require(self.trainable_layers is None or self.trainable_layers > 0, "trainable_layers", "positive or None")
+        self.require_layer_count("trainable_layers")
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ class RLOOConfig(TrainerConfig):
         self.require_positive("steps", "prompts_per_step", "max_completion_length", "learning_rate")
         self.require(self.generations >= 2, "generations", "needs at least 2 (the baseline is the mean of the others)")
         self.require(self.beta >= 0, "beta", "must be 0 or more")
-        self.require(self.trainable_layers is None or self.trainable_layers > 0, "trainable_layers", "positive or None")
+        self.require_layer_count("trainable_layers")
 
 
 def _finish(

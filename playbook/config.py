@@ -224,3 +224,8 @@ class TrainerConfig:
     def require_positive(self, *names: str) -> None:
         for name in names:
             self.require(getattr(self, name) > 0, name, "must be positive")
+
+    def require_layer_count(self, *names: str) -> None:
+        """A number of top decoder layers to train: positive, or ``None`` for every layer."""
+        for name in names:
+            self.require(getattr(self, name) is None or getattr(self, name) > 0, name, "must be positive, or None")

@@ -123,8 +123,7 @@ class PPOConfig(TrainerConfig):
             "mini_batch_size",
             f"must divide batch_size {self.batch_size}",
         )
-        for name in ("policy_trainable_layers", "value_trainable_layers"):
-            self.require(getattr(self, name) is None or getattr(self, name) > 0, name, "must be positive, or None")
+        self.require_layer_count("policy_trainable_layers", "value_trainable_layers")
 
 
 # ------------------------------------------------------------------------------------ pure functions

@@ -77,7 +77,7 @@ class SFTConfig(TrainerConfig):
 
     def __post_init__(self) -> None:
         self.require_positive("steps", "batch_size", "max_length", "learning_rate", "prompt_messages")
-        self.require(self.trainable_layers is None or self.trainable_layers > 0, "trainable_layers", "positive or None")
+        self.require_layer_count("trainable_layers")
 
 
 # ------------------------------------------------------------------------------------------------ data
