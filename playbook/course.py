@@ -13,7 +13,6 @@ fallback), and the kernelspec is the one JupyterLab would write, so opening a no
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 import time
@@ -35,7 +34,6 @@ TEXT_PROGRESS_BARS = (
     "tqdm.auto.tqdm = tqdm.autonotebook.tqdm = tqdm.std.tqdm; "
     "tqdm.auto.trange = tqdm.autonotebook.trange = tqdm.std.trange"
 )
-KERNEL_ENVIRONMENT = {"HF_HUB_DISABLE_PROGRESS_BARS": "1"}  # transformers' "Loading weights" bar at every load
 
 
 def settle_carriage_returns(text: str) -> str:
@@ -79,7 +77,7 @@ def execute_notebook(path: Path, destination: Path, *, timeout: int = 3600) -> f
     start = time.perf_counter()
     bar = tqdm(total=len(cells), desc=path.stem, unit="cell", leave=False)
     try:
-        with client.setup_kernel(env=os.environ | KERNEL_ENVIRONMENT):
+        with client.setup_kernel():
             info = client.wait_for_reply(client.kc.kernel_info())
             notebook.metadata["language_info"] = info["content"]["language_info"]
             for index, cell in enumerate(notebook.cells):

@@ -8,6 +8,7 @@ the model, and a bf16/fp16 copy would round them a second time and change its ou
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -300,18 +301,32 @@ def load_model(
     tokenizer = load_tokenizer(source)
     dtype = dtype or torch.float32
     if task == "causal-lm":
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        with _quiet_loading():
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
     elif task == "reward":
-        verbosity = transformers_logging.get_verbosity()
-        transformers_logging.set_verbosity_error()  # a causal-LM folder has no head yet: that is expected
-        try:
+        with _quiet_loading(errors_only=True):  # a causal-LM folder has no head yet: that warning is expected
             model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, dtype=dtype)
-        finally:
-            transformers_logging.set_verbosity(verbosity)
         model.config.pad_token_id = tokenizer.pad_token_id
     else:
         raise ValueError(f"Unknown task {task!r}: use 'causal-lm' or 'reward'.")
     return model.to(pick_device(device)).eval(), tokenizer
+
+
+@contextlib.contextmanager
+def _quiet_loading(*, errors_only: bool = False) -> Iterator[None]:
+    """Load without transformers' "Loading weights" bar (a few hundred ticks, at every load, in every notebook;
+    a notebook's saved output would differ from run to run) and, with ``errors_only``, without its warnings."""
+    bar_was_shown = transformers_logging.is_progress_bar_enabled()
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.disable_progress_bar()
+    if errors_only:
+        transformers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+        if bar_was_shown:
+            transformers_logging.enable_progress_bar()
 
 
 def load_policy_and_reference(

@@ -9,6 +9,7 @@ import uuid
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
+from transformers import logging as transformers_logging
 
 from playbook import models
 from playbook.models import (
@@ -136,6 +137,17 @@ def test_local_folder_loads_like_a_hub_id(tiny_causal_lm, tokenizer, tmp_path):
     write_model_atomically(tiny_causal_lm, tokenizer, tmp_path / "m", source="test")
     model, loaded_tokenizer = load_model(tmp_path / "m", device="cpu")
     assert model_summary(model)["layers"] == 2 and loaded_tokenizer.pad_token is not None
+
+
+def test_loading_prints_no_weight_bar_and_leaves_the_bar_switch_as_it_was(tiny_causal_lm, tokenizer, tmp_path, capfd):
+    write_model_atomically(tiny_causal_lm, tokenizer, tmp_path / "m", source="test")
+    transformers_logging.enable_progress_bar()
+    capfd.readouterr()
+    load_model(tmp_path / "m", device="cpu")
+    load_model(tmp_path / "m", device="cpu", task="reward")
+    printed = capfd.readouterr()
+    assert "Loading weights" not in printed.err + printed.out  # a saved notebook output would differ per run
+    assert transformers_logging.is_progress_bar_enabled()
 
 
 @pytest.mark.slow
