@@ -3,8 +3,8 @@
 .venv/bin/python benchmarks/ppo_step.py [--steps 4] [--batch 8] [--response-length 24] [--layers 6]
 
 Both train the top --layers layers of the embedded model on hh-rlhf harmless-base prompts, with --batch sampled
-replies of up to --response-length tokens per step, scored by notebook 04's reward model (trained as notebook 04 does
-into build/benchmarks/, never into runs/). PPO uses notebook 05's settings (4 epochs, minibatches of half the batch);
+replies of up to --response-length tokens per step, scored by notebook 05's reward model (trained as notebook 05 does
+into build/benchmarks/, never into runs/). PPO uses notebook 06's settings (4 epochs, minibatches of half the batch);
 RLOO uses 4 replies per prompt and one optimisation pass, TRL's defaults. The first step of each is a warm-up
 and not counted. Phases: generate (sampling), score (reward model), forward (log-probs and values the rollout
 needs), update (loss, backward, optimiser; for RLOO also its own log-prob passes).

@@ -2,9 +2,9 @@
 
 .venv/bin/python benchmarks/ppo_tradeoff.py [--checkpoints 20 30] [--held-out 150] [--seeds 0 1 2] [--only NAME ...]
 
-Each run starts from the embedded model with notebook 05's settings (PPOConfig's defaults, the cpu profile: 8 replies
-of <= 24 tokens per step, top 6 policy layers, 4 PPO epochs), is scored by notebook 04's reward model (trained as
-notebook 04 does, into build/benchmarks/), and changes one thing. The gain is the held-out reward-model score of
+Each run starts from the embedded model with notebook 06's settings (PPOConfig's defaults, the cpu profile: 8 replies
+of <= 24 tokens per step, top 6 policy layers, 4 PPO epochs), is scored by notebook 05's reward model (trained as
+notebook 05 does, into build/benchmarks/), and changes one thing. The gain is the held-out reward-model score of
 greedy replies after each checkpoint's number of steps, in standard deviations of the starting model's scores on the
 same prompts; the KL is the mean over the last 5 steps, in nats per reply. Several seeds (prompt order and sampling)
 show how reliable a setting is: the table gives the mean and the worst gain over them.
@@ -22,7 +22,7 @@ from playbook.models import load_model, load_policy_and_reference
 from playbook.ppo import PPOConfig, PPOTrainer, score_spread
 
 VARIANTS = {
-    "notebook 05 (lr 3e-5, β 0.1)": {},
+    "notebook 06 (lr 3e-5, β 0.1)": {},
     "raw scores, uncalibrated value, lr 2e-5": {
         "normalize_scores": False,
         "calibrate_value": False,

@@ -5,10 +5,10 @@ Topic modules, in course order:
 - ``hhh``, ``judge``: helpful/honest/harmless probes and the rule-based judge (notebook 01)
 - ``feedback``, ``annotation``, ``preferences``: kinds of human feedback, the label store and widget, pair statistics
   (02, 03)
-- ``reward``: Bradley–Terry reward models (04)
-- ``ppo``: PPO against a reward model (05); ``frozen_layers``: running a decoder's frozen lower layers once
-- ``beyond_ppo``: DPO and RLOO with TRL (06)
-- ``hallucination``, ``dola``, ``calibration``: finding and reducing hallucinations (07-09)
+- ``reward``: Bradley–Terry reward models (05)
+- ``ppo``: PPO against a reward model (06); ``frozen_layers``: running a decoder's frozen lower layers once
+- ``beyond_ppo``: DPO and RLOO with TRL (07)
+- ``hallucination``, ``dola``, ``calibration``: finding and reducing hallucinations (08-10)
 
 Shared pieces: ``config`` (profiles and the trainers' config base), ``models`` (the embedded offline model and any
 Hub model), ``data`` (hh-rlhf, TruthfulQA, SelfAware, the course's split), ``io`` (the ``Messages`` type, JSONL,

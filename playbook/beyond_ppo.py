@@ -33,7 +33,7 @@ from playbook.training import HistoryCallback, TrainResult, quiet_trl_renames, t
 
 @dataclass(frozen=True)
 class DPOConfig(TrainerConfig):
-    """DPO settings; the defaults are the course's measured cpu run (notebook 06), a profile sets the sizes. Turned
+    """DPO settings; the defaults are the course's measured cpu run (notebook 07), a profile sets the sizes. Turned
     into TRL's ``trl.DPOConfig`` by :func:`train_dpo`."""
 
     steps: int = 20  # optimisation steps (profile: rl_steps)
@@ -62,7 +62,7 @@ class DPOConfig(TrainerConfig):
 
 @dataclass(frozen=True)
 class RLOOConfig(TrainerConfig):
-    """RLOO settings; the defaults are the course's measured cpu run (notebook 06), a profile sets the sizes. Turned
+    """RLOO settings; the defaults are the course's measured cpu run (notebook 07), a profile sets the sizes. Turned
     into TRL's ``trl.RLOOConfig`` by :func:`train_rloo`."""
 
     steps: int = 20  # optimisation steps (profile: rl_steps)

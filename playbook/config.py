@@ -29,15 +29,15 @@ class Profile:
     ``XConfig.from_profile(profile)``."""
 
     name: str
-    # Generation used by the probe notebooks (01, 07): tokens per answer, and how many probes.
+    # Generation used by the probe notebooks (01, 08): tokens per answer, and how many probes.
     max_new_tokens: int
     probe_limit: int
-    # Preference data (03-06): hh-rlhf pairs to train on, pairs held out (never trained on), and how many held-out
+    # Preference data (03-07): hh-rlhf pairs to train on, pairs held out (never trained on), and how many held-out
     # prompts the RL notebooks answer before and after training.
     hh_train_pairs: int
     hh_eval_pairs: int
     eval_prompts: int
-    # Reward-model training (04): how (see playbook.reward), tokens per conversation, pairs per step,
+    # Reward-model training (05): how (see playbook.reward), tokens per conversation, pairs per step,
     # optimisation steps, backbone layers kept, LoRA rank.
     rm_method: str
     rm_max_length: int
@@ -48,23 +48,23 @@ class Profile:
     # Supervised fine-tuning: optimisation steps of ppo_batch_size conversations, and the learning rate.
     sft_steps: int
     sft_learning_rate: float
-    # Policy training (05, 06): the top decoder layers of the policy and of PPO's value model that train (None:
+    # Policy training (04, 06, 07): the top decoder layers of the policy and of PPO's value model that train (None:
     # every layer; the embeddings never do), and the prompt tokens kept (from the end) when sampling replies.
     policy_trainable_layers: int | None
     value_trainable_layers: int | None
     prompt_length: int
-    # PPO (05): prompts per rollout and per gradient step, rollouts, tokens per sampled reply, learning rate.
+    # PPO (06): prompts per rollout and per gradient step, rollouts, tokens per sampled reply, learning rate.
     ppo_batch_size: int
     ppo_mini_batch_size: int
     ppo_steps: int
     ppo_response_length: int
     ppo_learning_rate: float
-    # DPO and RLOO (06): optimisation steps of ppo_batch_size pairs or replies, and the learning rate.
+    # DPO and RLOO (07): optimisation steps of ppo_batch_size pairs or replies, and the learning rate.
     rl_steps: int
     rl_learning_rate: float
-    # Hallucination and calibration (07-09): questions evaluated per data set.
+    # Hallucination and calibration (08-10): questions evaluated per data set.
     eval_questions: int
-    # DoLa (08): TruthfulQA questions scored for MC1/MC2/MC3 (each needs one forward pass per answer option).
+    # DoLa (09): TruthfulQA questions scored for MC1/MC2/MC3 (each needs one forward pass per answer option).
     mc_questions: int
 
 

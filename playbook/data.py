@@ -433,7 +433,7 @@ def _find(
 def hh_rlhf_split(profile: Profile | str | None = None, subset: str = "harmless-base") -> DatasetDict:
     """The course's deterministic split of hh-rlhf ``subset``: ``"test"`` holds at most ``profile.hh_eval_pairs``
     pairs (a quarter of them at most, so the bundled sample splits too) that no model ever trains on, and
-    ``"train"`` the first ``profile.hh_train_pairs`` of the rest. Notebooks 04-06, the pipeline and the benchmarks
+    ``"train"`` the first ``profile.hh_train_pairs`` of the rest. Notebooks 04-07, the pipeline and the benchmarks
     all use it, so a held-out pair is held out everywhere."""
     profile = profile if isinstance(profile, Profile) else get_profile(profile)
     pairs = load_hh_rlhf(subset)

@@ -7,7 +7,7 @@ In a notebook::
     def dpo_loss(chosen_logratio, rejected_logratio, beta):
         ...  # your code
 
-    check("06.1", dpo_loss)
+    check("07.1", dpo_loss)
 
 `check` runs the learner's answer on cases the learner cannot see and prints "correct", or a hint aimed at the
 most likely mistake. An answer that still raises `NotImplementedError` (the stub) gets a nudge, not a traceback,
@@ -354,51 +354,51 @@ EXERCISES: dict[str, Exercise] = {
         "last_reply(transcript): the last Assistant turn of an hh-rlhf transcript, stripped.",
         _last_reply,
     ),
-    "04.1": Exercise(
-        "04_reward_model",
+    "05.1": Exercise(
+        "05_reward_model",
         "preference_probability(r_chosen, r_rejected): the Bradley–Terry probability the chosen reply wins.",
         _bradley_terry,
     ),
-    "04.2": Exercise(
-        "04_reward_model",
+    "05.2": Exercise(
+        "05_reward_model",
         "margin_accuracy(margins): pairwise accuracy from reward margins (chosen − rejected), a tie counting half.",
         _margin_accuracy,
     ),
-    "05.1": Exercise(
-        "05_ppo_rlhf",
+    "06.1": Exercise(
+        "06_ppo_rlhf",
         "kl_shaped_rewards(score, logprobs, ref_logprobs, beta): per-token rewards of PPO for one reply.",
         _kl_shaped_reward,
     ),
-    "05.2": Exercise(
-        "05_ppo_rlhf", "Predict: raising β from 0.01 to 0.5 makes the final KL 'smaller' or 'larger'?", _kl_prediction
+    "06.2": Exercise(
+        "06_ppo_rlhf", "Predict: raising β from 0.01 to 0.5 makes the final KL 'smaller' or 'larger'?", _kl_prediction
     ),
-    "06.1": Exercise(
-        "06_beyond_ppo",
+    "07.1": Exercise(
+        "07_beyond_ppo",
         "dpo_loss(chosen_logratio, rejected_logratio, beta): the DPO loss of one pair.",
         _dpo_loss,
     ),
-    "06.2": Exercise(
-        "06_beyond_ppo", "rloo_advantages(rewards): leave-one-out advantages of k replies.", _rloo_advantages
+    "07.2": Exercise(
+        "07_beyond_ppo", "rloo_advantages(rewards): leave-one-out advantages of k replies.", _rloo_advantages
     ),
-    "07.1": Exercise(
-        "07_hallucination",
+    "08.1": Exercise(
+        "08_hallucination",
         "f1(true_positives, false_positives, false_negatives): F1 of spotting unanswerable questions.",
         _f1_unanswerable,
     ),
-    "07.2": Exercise(
-        "07_hallucination",
+    "08.2": Exercise(
+        "08_hallucination",
         "dotted_date(text): (year, month, day) of a day.month.year date like 12.09.1996, else None.",
         _dotted_dates,
     ),
-    "08.1": Exercise(
-        "08_dola", "plausible(probs, alpha): DoLa's plausibility mask over a probability vector.", _plausible_tokens
-    ),
-    "08.2": Exercise("08_dola", "low_layers(num_layers, tied): DoLa's 'low' candidate layers (N ≤ 40).", _low_layers),
     "09.1": Exercise(
-        "09_calibration", "ece(confidences, correct): ECE with the two bins [0, 0.5) and [0.5, 1].", _ece_two_bins
+        "09_dola", "plausible(probs, alpha): DoLa's plausibility mask over a probability vector.", _plausible_tokens
     ),
-    "09.2": Exercise(
-        "09_calibration",
+    "09.2": Exercise("09_dola", "low_layers(num_layers, tied): DoLa's 'low' candidate layers (N ≤ 40).", _low_layers),
+    "10.1": Exercise(
+        "10_calibration", "ece(confidences, correct): ECE with the two bins [0, 0.5) and [0.5, 1].", _ece_two_bins
+    ),
+    "10.2": Exercise(
+        "10_calibration",
         "Predict: for an over-confident model, the fitted temperature is 'above 1' or 'below 1'?",
         _temperature_direction,
     ),
@@ -406,7 +406,7 @@ EXERCISES: dict[str, Exercise] = {
 
 
 def review(exercise: str, answer) -> Feedback:
-    """Check `answer` against exercise `exercise` ("05.1", ...) and return the verdict without printing."""
+    """Check `answer` against exercise `exercise` ("06.1", ...) and return the verdict without printing."""
     if exercise not in EXERCISES:
         raise KeyError(f"No exercise {exercise!r}; there are {', '.join(EXERCISES)}")
     try:

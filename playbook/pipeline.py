@@ -5,8 +5,8 @@
     python -m playbook.pipeline sft    [--profile cpu] [--out DIR]
     accelerate launch --num_processes 2 -m playbook.pipeline ppo --profile gpu
 
-Each stage writes what the notebooks write, in the same folders: ``reward`` trains the reward model (notebook 04)
-into ``<out>/reward_model``; ``ppo``, ``dpo`` and ``rloo`` train a policy (notebooks 05 and 06) into
+Each stage writes what the notebooks write, in the same folders: ``reward`` trains the reward model (notebook 05)
+into ``<out>/reward_model``; ``ppo``, ``dpo`` and ``rloo`` train a policy (notebooks 06 and 07) into
 ``<out>/ppo_policy``, ``<out>/dpo`` and ``<out>/rloo``, training the reward model first if there is none; ``sft``
 fine-tunes the embedded model on the split's prompts and chosen replies into ``<out>/sft_model``. Each also writes
 its per-step history to ``history.csv`` in that folder. ``<out>`` defaults to the profile's runs folder
@@ -40,14 +40,14 @@ def _reward_model(profile: Profile, out: Path) -> RewardModel:
 
 
 def run_reward(profile: Profile, out: Path) -> TrainResult:
-    """Notebook 04's reward model, trained on the split's training pairs and evaluated on its held-out pairs."""
+    """Notebook 05's reward model, trained on the split's training pairs and evaluated on its held-out pairs."""
     split = hh_rlhf_split(profile)
     config = RewardConfig.from_profile(profile)
     return train_reward_model(split["train"], config, eval_pairs=split["test"], output_dir=out / "reward_model")
 
 
 def run_ppo(profile: Profile, out: Path) -> TrainResult:
-    """Notebook 05's PPO run against the reward model, from the embedded model."""
+    """Notebook 06's PPO run against the reward model, from the embedded model."""
     reward_model = _reward_model(profile, out)
     policy, reference, tokenizer = load_policy_and_reference()
     prompts = [row["prompt"] for row in hh_rlhf_split(profile)["train"]]
@@ -56,14 +56,14 @@ def run_ppo(profile: Profile, out: Path) -> TrainResult:
 
 
 def run_dpo(profile: Profile, out: Path) -> TrainResult:
-    """Notebook 06's DPO run on the split's training pairs."""
+    """Notebook 07's DPO run on the split's training pairs."""
     policy, reference, tokenizer = load_policy_and_reference()
     pairs = hh_rlhf_split(profile)["train"].shuffle(seed=0)
     return train_dpo(policy, reference, tokenizer, pairs, DPOConfig.from_profile(profile), output_dir=out / "dpo")
 
 
 def run_rloo(profile: Profile, out: Path) -> TrainResult:
-    """Notebook 06's RLOO run against the reward model."""
+    """Notebook 07's RLOO run against the reward model."""
     reward_model = _reward_model(profile, out)
     policy, _, tokenizer = load_policy_and_reference()
     prompts = [row["prompt"] for row in hh_rlhf_split(profile)["train"]]

@@ -62,13 +62,13 @@ RewardFunction = Callable[[Sequence[Messages], Sequence[str]], Sequence[float]]
 
 
 def default_policy_dir(profile: Profile | str | None = None) -> Path:
-    """Where notebook 05 saves the PPO-trained policy (notebooks 06 and 09 read it): ``<runs>/<profile>/ppo_policy``."""
+    """Where notebook 06 saves the PPO-trained policy (notebooks 07 and 10 read it): ``<runs>/<profile>/ppo_policy``."""
     return runs_dir(profile) / "ppo_policy"
 
 
 @dataclass(frozen=True)
 class PPOConfig(TrainerConfig):
-    """PPO settings. The defaults are the course's measured cpu run (notebook 05, ``benchmarks/README.md``); a
+    """PPO settings. The defaults are the course's measured cpu run (notebook 06, ``benchmarks/README.md``); a
     profile sets the sizes (``from_profile``). Published values for comparison: InstructGPT (Ouyang et al. 2022) and
     the TL;DR reproduction of Huang et al. (2024), whose settings were TRL's PPO defaults."""
 

@@ -1,5 +1,5 @@
 """Do the committed notebooks reproduce? Re-run some headless and compare their headline outputs with the committed
-ones: ``python -m playbook.reproduce 03 04``.
+ones: ``python -m playbook.reproduce 03 05``.
 
 A cell tagged ``headline`` prints a result the course states (a count, an accuracy, a reward): its text output must
 come out the same in a fresh run of the same profile. Timings and other outputs that vary between runs are not
@@ -55,7 +55,7 @@ def compare_headlines(committed: Path, fresh: Path) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("names", nargs="+", help="notebooks whose file name contains one of these (e.g. 03 04)")
+    parser.add_argument("names", nargs="+", help="notebooks whose file name contains one of these (e.g. 03 05)")
     parser.add_argument("--out", type=Path, default=REPOSITORY_ROOT / "build" / "reproduce")
     args = parser.parse_args(argv)
     notebooks = [p for p in course_notebooks() if any(n in p.name for n in args.names)]

@@ -61,13 +61,13 @@ logger = logging.getLogger(__name__)
 
 
 def default_reward_dir(profile: Profile | str | None = None) -> Path:
-    """Where notebook 04 saves its reward model and notebooks 05-06 look for it: ``<runs>/<profile>/reward_model``."""
+    """Where notebook 05 saves its reward model and notebooks 06-07 look for it: ``<runs>/<profile>/reward_model``."""
     return runs_dir(profile) / "reward_model"
 
 
 @dataclass(frozen=True)
 class RewardConfig(TrainerConfig):
-    """Reward-model training settings; the defaults are the course's measured cpu run (notebook 04), and a profile
+    """Reward-model training settings; the defaults are the course's measured cpu run (notebook 05), and a profile
     sets every field but the seed (``from_profile``)."""
 
     method: Method = "head"  # "head" (frozen backbone, fitted head), "lora" or "full" (TRL's RewardTrainer)
@@ -164,7 +164,7 @@ class RewardModel:
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, *, device: str | None = None) -> RewardModel:
-        """Load a saved reward model (default: the one notebook 04 saved, :func:`default_reward_dir`).
+        """Load a saved reward model (default: the one notebook 05 saved, :func:`default_reward_dir`).
 
         Raises naming the folder or file when there is no model, its settings are damaged, or its weights hold no
         trained reward head (``score.weight``), e.g. a language model's folder.
@@ -325,13 +325,13 @@ def train_reward_model(
 def load_or_train_reward_model(
     pairs: Dataset, config: RewardConfig | None = None, *, folder: str | os.PathLike | None = None
 ) -> RewardModel:
-    """The reward model saved in ``folder`` (default :func:`default_reward_dir`, where notebook 04 saves it), or, when
-    there is none yet, one trained on ``pairs`` as notebook 04 trains it and saved there."""
+    """The reward model saved in ``folder`` (default :func:`default_reward_dir`, where notebook 05 saves it), or, when
+    there is none yet, one trained on ``pairs`` as notebook 05 trains it and saved there."""
     folder = Path(folder) if folder is not None else default_reward_dir()
     if (folder / "reward_settings.json").is_file():
         print(f"Loaded the reward model saved in {folder.parent.name}/{folder.name}.")
         return RewardModel.load(folder)
-    print(f"No reward model in {folder.parent.name}/{folder.name} yet: training one as notebook 04 does.")
+    print(f"No reward model in {folder.parent.name}/{folder.name} yet: training one as notebook 05 does.")
     return train_reward_model(pairs, config, output_dir=folder).model
 
 

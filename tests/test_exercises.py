@@ -38,28 +38,28 @@ WRONG_ANSWERS = {
     ),
     "01.2": (lambda principle: "answer" if principle != "harmless" else "refuse", "admits it"),
     "03.2": (lambda transcript: transcript.split("\n\nAssistant:")[1].split("\n\n")[0].strip(), "first Assistant"),
-    "04.2": (lambda margins: sum(m > 0 for m in margins) / len(margins), "half a win"),
+    "05.2": (lambda margins: sum(m > 0 for m in margins) / len(margins), "half a win"),
     "00.1": (lambda params, dtype: params * 4, "bfloat16 takes 2 bytes"),
     "01.1": (lambda results: {p: sum(ok for q, ok in results if q == p) for p, _ in results}, "divide"),
     "02.1": (lambda ratings: [(a, b) for a in ratings for b in ratings if ratings[a] >= ratings[b] and a != b], "ties"),
     "02.2": (lambda k: k * (k - 1), "counted twice"),
     "03.1": (lambda pairs: sum(len(c) >= len(r) for c, r in pairs) / len(pairs), "strict"),
-    "04.1": (lambda c, r: 1 / (1 + math.exp(c - r)), "sign is flipped"),
-    "05.1": (
+    "05.1": (lambda c, r: 1 / (1 + math.exp(c - r)), "sign is flipped"),
+    "06.1": (
         lambda score, logprobs, ref_logprobs, beta: [
             beta * (a - b) for a, b in zip(logprobs, ref_logprobs, strict=True)
         ],
         "negative",
     ),
-    "05.2": ("larger", "holds the policy closer"),
-    "06.1": (lambda c, r, beta: -math.log(1 / (1 + math.exp(-(c - r)))), "β is missing"),
-    "06.2": (lambda rewards: [x - sum(rewards) / len(rewards) for x in rewards], "leave it out"),
-    "07.1": (lambda true_positives, false_positives, false_negatives: 0.675, "harmonic mean"),
-    "07.2": (lambda text: (1996, 12, 9) if "12.09" in text else None, "swapped"),
-    "08.1": (lambda probs, alpha: probs >= alpha, "relative"),
-    "08.2": (lambda n, tied: list(range(2, n // 2, 2)), "starts at layer 0"),
-    "09.1": (lambda confidences, correct: 0.3, "Expected ECE"),
-    "09.2": ("below 1", "sharpens"),
+    "06.2": ("larger", "holds the policy closer"),
+    "07.1": (lambda c, r, beta: -math.log(1 / (1 + math.exp(-(c - r)))), "β is missing"),
+    "07.2": (lambda rewards: [x - sum(rewards) / len(rewards) for x in rewards], "leave it out"),
+    "08.1": (lambda true_positives, false_positives, false_negatives: 0.675, "harmonic mean"),
+    "08.2": (lambda text: (1996, 12, 9) if "12.09" in text else None, "swapped"),
+    "09.1": (lambda probs, alpha: probs >= alpha, "relative"),
+    "09.2": (lambda n, tied: list(range(2, n // 2, 2)), "starts at layer 0"),
+    "10.1": (lambda confidences, correct: 0.3, "Expected ECE"),
+    "10.2": ("below 1", "sharpens"),
 }
 
 
@@ -75,9 +75,9 @@ def test_stubs_and_crashes_get_a_nudge_not_a_traceback(capsys):
     def stub(*args, **kwargs):
         raise NotImplementedError
 
-    assert "Not attempted yet" in review("06.1", stub).message
-    assert "ZeroDivisionError" in review("06.2", lambda rewards: 1 / 0).message
-    check("05.2", "smaller")
-    assert "05.2: correct" in capsys.readouterr().out
+    assert "Not attempted yet" in review("07.1", stub).message
+    assert "ZeroDivisionError" in review("07.2", lambda rewards: 1 / 0).message
+    check("06.2", "smaller")
+    assert "06.2: correct" in capsys.readouterr().out
     with pytest.raises(KeyError, match="No exercise '99.9'"):
         review("99.9", None)

@@ -90,7 +90,7 @@ def test_bad_datasets_are_rejected_clearly(rows, message):
 
 
 def test_missing_reward_model_says_how_to_make_one(tmp_path):
-    with pytest.raises(FileNotFoundError, match="04_reward_model.ipynb"):
+    with pytest.raises(FileNotFoundError, match="05_reward_model.ipynb"):
         RewardModel.load(tmp_path / "nothing")
 
 
