@@ -6,9 +6,10 @@
     accelerate launch --num_processes 2 -m playbook.pipeline ppo --profile gpu
 
 Each stage writes what the notebooks write, in the same folders: ``reward`` trains the reward model (notebook 05)
-into ``<out>/reward_model``; ``ppo``, ``dpo`` and ``rloo`` train a policy (notebooks 06 and 07) into
-``<out>/ppo_policy``, ``<out>/dpo`` and ``<out>/rloo``, training the reward model first if there is none; ``sft``
-fine-tunes the embedded model on the split's prompts and chosen replies into ``<out>/sft_model``. Each also writes
+into ``<out>/reward_model``; ``sft`` fine-tunes the embedded model on the split's prompts and chosen replies
+(notebook 04) into ``<out>/sft_model``; ``ppo``, ``dpo`` and ``rloo`` train a policy from that SFT model, which is
+also their reference (notebooks 06 and 07), into ``<out>/ppo_policy``, ``<out>/dpo`` and ``<out>/rloo``, training
+the SFT model and the reward model first when they are not there yet. Each also writes
 its per-step history to ``history.csv`` in that folder. ``<out>`` defaults to the profile's runs folder
 (:func:`playbook.config.runs_dir`), which is where the notebooks look.
 
@@ -29,7 +30,7 @@ from playbook.data import hh_rlhf_split
 from playbook.models import load_model, load_policy_and_reference
 from playbook.ppo import PPOConfig, train_ppo
 from playbook.reward import RewardConfig, RewardModel, load_or_train_reward_model, train_reward_model
-from playbook.sft import SFTConfig, sft_conversations, train_sft
+from playbook.sft import SFTConfig, learner_corrections, load_or_train_sft_model, sft_conversations, train_sft
 from playbook.training import TrainResult, process_state
 
 
@@ -46,35 +47,41 @@ def run_reward(profile: Profile, out: Path) -> TrainResult:
     return train_reward_model(split["train"], config, eval_pairs=split["test"], output_dir=out / "reward_model")
 
 
+def _sft_start(profile: Profile, out: Path):
+    """``(policy, reference, tokenizer)``: two copies of notebook 04's SFT model (trained first if there is none)."""
+    return load_policy_and_reference(load_or_train_sft_model(profile, folder=out / "sft_model"))
+
+
 def run_ppo(profile: Profile, out: Path) -> TrainResult:
-    """Notebook 06's PPO run against the reward model, from the embedded model."""
+    """Notebook 06's PPO run against the reward model, from the SFT model (which is also its reference)."""
     reward_model = _reward_model(profile, out)
-    policy, reference, tokenizer = load_policy_and_reference()
+    policy, reference, tokenizer = _sft_start(profile, out)
     prompts = [row["prompt"] for row in hh_rlhf_split(profile)["train"]]
     config = PPOConfig.from_profile(profile)
     return train_ppo(policy, reference, tokenizer, prompts, reward_model, config, output_dir=out / "ppo_policy")
 
 
 def run_dpo(profile: Profile, out: Path) -> TrainResult:
-    """Notebook 07's DPO run on the split's training pairs."""
-    policy, reference, tokenizer = load_policy_and_reference()
+    """Notebook 07's DPO run on the split's training pairs, from the SFT model."""
+    policy, reference, tokenizer = _sft_start(profile, out)
     pairs = hh_rlhf_split(profile)["train"].shuffle(seed=0)
     return train_dpo(policy, reference, tokenizer, pairs, DPOConfig.from_profile(profile), output_dir=out / "dpo")
 
 
 def run_rloo(profile: Profile, out: Path) -> TrainResult:
-    """Notebook 07's RLOO run against the reward model."""
+    """Notebook 07's RLOO run against the reward model, from the SFT model."""
     reward_model = _reward_model(profile, out)
-    policy, _, tokenizer = load_policy_and_reference()
+    policy, _, tokenizer = _sft_start(profile, out)
     prompts = [row["prompt"] for row in hh_rlhf_split(profile)["train"]]
     config = RLOOConfig.from_profile(profile)
     return train_rloo(policy, None, tokenizer, prompts, reward_model, config, output_dir=out / "rloo")
 
 
 def run_sft(profile: Profile, out: Path) -> TrainResult:
-    """Supervised fine-tuning of the embedded model on the split's training prompts and their chosen replies."""
+    """Notebook 04's supervised fine-tuning of the embedded model on the split's training prompts and their chosen
+    replies (and the learner's corrections from notebook 02, if any)."""
     policy, tokenizer = load_model()
-    conversations = sft_conversations(hh_rlhf_split(profile)["train"])
+    conversations = sft_conversations(hh_rlhf_split(profile)["train"], learner_corrections(profile))
     return train_sft(policy, tokenizer, conversations, SFTConfig.from_profile(profile), output_dir=out / "sft_model")
 
 

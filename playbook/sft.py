@@ -33,10 +33,13 @@ import trl
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from playbook.config import Profile, TrainerConfig
+from playbook.annotation import AnnotationStore
+from playbook.config import Profile, TrainerConfig, get_profile, runs_dir
+from playbook.data import hh_rlhf_split
+from playbook.feedback import to_training_sets
 from playbook.frozen_layers import train_top_layers
 from playbook.io import Messages
-from playbook.models import write_model_atomically
+from playbook.models import load_model, write_model_atomically
 from playbook.tensors import logprobs_from_logits, pad_sequences
 from playbook.training import (
     HistoryCallback,
@@ -49,6 +52,12 @@ from playbook.training import (
 )
 
 IGNORED_LABEL = -100  # the label PyTorch's cross-entropy (and so TRL) skips
+LEARNER_LABELS = "my_labels.jsonl"  # where notebook 02's annotation widget saves the learner's own feedback
+
+
+def default_sft_dir(profile: Profile | str | None = None) -> Path:
+    """Where notebook 04 saves its SFT model (notebooks 06, 07 and 10 start from it): ``<runs>/<profile>/sft_model``."""
+    return runs_dir(profile) / "sft_model"
 
 
 @dataclass(frozen=True)
@@ -91,6 +100,22 @@ def sft_conversations(pairs: Dataset, corrections: Dataset | None = None) -> Dat
     if corrections is not None:
         rows += [{"prompt": list(row["prompt"]), "completion": list(row["completion"])} for row in corrections]
     return Dataset.from_list(rows)
+
+
+def learner_corrections(profile: Profile | str | None = None) -> Dataset | None:
+    """The corrective-feedback SFT examples among the labels the learner saved in notebook 02 (``runs/<profile>/
+    my_labels.jsonl``), or ``None`` when there are none."""
+    path = runs_dir(profile) / LEARNER_LABELS
+    if not path.is_file():
+        return None
+    corrections = to_training_sets(AnnotationStore(path).feedback())["sft"]
+    return corrections if len(corrections) else None
+
+
+def held_out_conversations(pairs: Dataset, prompt_messages: int) -> list[Messages]:
+    """Each held-out pair's last ``prompt_messages`` prompt messages and its chosen reply: the same shape of
+    conversation SFT trains on (:attr:`SFTConfig.prompt_messages`), for :func:`reply_nll`."""
+    return [list(row["prompt"][-prompt_messages:]) + list(row["chosen"]) for row in pairs]
 
 
 def as_prompt_completion(conversation: Messages) -> dict[str, Messages]:
@@ -149,6 +174,27 @@ def loss_mask(
         raise ValueError(f"max_length={max_length}: the prompt fills it, so no reply token would train.")
     row = prepared[0]
     return list(row["input_ids"]), [int(label != IGNORED_LABEL) for label in row["labels"]]
+
+
+@torch.no_grad()
+def token_nll_table(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ids: Sequence[int], mask: Sequence[int]
+) -> pd.DataFrame:
+    """One row per token of one conversation (from :func:`loss_mask`): the token, whether it trains, and
+    −log p(token | everything before it) under ``model``. The mean of that column over the trained rows is the
+    conversation's SFT loss (and :func:`reply_nll`'s value for it)."""
+    was_training = model.training
+    model.eval()
+    tokens = torch.tensor([list(ids)], device=model.device)
+    logprobs = logprobs_from_logits(model(input_ids=tokens).logits[:, :-1], tokens[:, 1:])[0].cpu()
+    model.train(was_training)
+    return pd.DataFrame(
+        {
+            "token": [tokenizer.decode([token]) for token in ids],
+            "trains": [bool(m) for m in mask],
+            "nll": [float("nan"), *(-logprobs).tolist()],  # the first token has nothing before it
+        }
+    )
 
 
 @torch.no_grad()
@@ -241,8 +287,61 @@ def train_sft(
     policy.eval()
     if saved is not None and trainer.accelerator.is_main_process:
         write_model_atomically(policy, tokenizer, saved, source="playbook.sft.train_sft", replace=True)
+    state.wait_for_everyone()  # the other processes may load the saved model next
     details = {"examples": len(prepared), "examples_dropped": len(data) - len(prepared)}
     return TrainResult(policy, pd.DataFrame(history.rows), seconds, saved, details)
+
+
+def load_or_train_sft_model(profile: Profile | str | None = None, *, folder: str | os.PathLike | None = None) -> Path:
+    """The folder of the SFT model saved by notebook 04 (default :func:`default_sft_dir`), training one there as
+    notebook 04 does when there is none yet: the embedded model fine-tuned on the split's training prompts with
+    their chosen replies (and the learner's corrections, if any)."""
+    profile = get_profile(profile) if not isinstance(profile, Profile) else profile
+    folder = Path(folder) if folder is not None else default_sft_dir(profile)
+    if (folder / "config.json").is_file():
+        print(f"Starting from the SFT model saved in {folder.parent.name}/{folder.name}.")
+        return folder
+    print(f"No SFT model in {folder.parent.name}/{folder.name} yet: training one as notebook 04 does.")
+    policy, tokenizer = load_model()
+    data = sft_conversations(hh_rlhf_split(profile)["train"], learner_corrections(profile))
+    train_sft(policy, tokenizer, data, SFTConfig.from_profile(profile), output_dir=folder)
+    return folder
+
+
+def plot_history(history: pd.DataFrame):
+    """SFT's training loss (mean NLL of the reply tokens in each batch) against the optimisation step."""
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 3.2))
+    rows = history.dropna(subset=["loss"])
+    axis.plot(rows["step"], rows["loss"], marker=".")
+    axis.set(title="SFT loss (training batches, reply tokens only)", xlabel="step", ylabel="nats per token")
+    figure.tight_layout()
+    return figure
+
+
+def plot_loss_mask(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int], mask: Sequence[int], *, per_line: int = 12):
+    """One tokenized conversation drawn token by token: grey tokens are context, orange ones carry SFT's loss."""
+    import matplotlib.pyplot as plt
+
+    tokens = [tokenizer.decode([token]).replace("\n", "\\n") for token in ids]
+    lines = (len(tokens) + per_line - 1) // per_line
+    figure, axis = plt.subplots(figsize=(12, 0.42 * lines + 0.6))
+    for index, (token, trains) in enumerate(zip(tokens, mask, strict=True)):
+        row, column = divmod(index, per_line)
+        axis.text(
+            column / per_line,
+            1 - (row + 0.5) / lines,
+            token if token.strip() else repr(token)[1:-1] or "␣",
+            fontsize=8,
+            family="monospace",
+            va="center",
+            bbox={"facecolor": "tab:orange" if trains else "0.88", "edgecolor": "none", "pad": 2},
+        )
+    axis.set_axis_off()
+    axis.set_title(f"{sum(mask)} of {len(ids)} tokens carry the loss (orange); the rest is context (grey)")
+    figure.tight_layout()
+    return figure
 
 
 def _fingerprint(config: SFTConfig, policy: PreTrainedModel, prepared: Dataset) -> str:

@@ -4,6 +4,7 @@ trainers (DPO, RLOO, the reward model's LoRA and full fine-tuning)."""
 from __future__ import annotations
 
 import json
+import os
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -47,6 +48,9 @@ def trl_cpu_safe_args(seed: int) -> dict[str, Any]:
         "disable_tqdm": False,
         "seed": seed,
         "dataloader_pin_memory": torch.cuda.is_available(),  # pinning only helps copies to a GPU
+        # Under `accelerate launch` on a machine without CUDA, transformers sets up several CPU processes (gloo)
+        # only when told to use the CPU; otherwise every process would train alone on all the data.
+        "use_cpu": not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
     }
 
 

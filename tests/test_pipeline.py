@@ -23,7 +23,7 @@ def launch(stage: str, out: Path) -> str:
 
 
 @pytest.mark.slow
-def test_reward_then_ppo_on_two_processes(tmp_path):
+def test_reward_sft_then_ppo_on_two_processes(tmp_path):
     out = launch("reward", tmp_path)
     assert "reward (smoke profile, 2 process(es))" in out
     reward_model = RewardModel.load(tmp_path / "reward_model")
@@ -31,8 +31,16 @@ def test_reward_then_ppo_on_two_processes(tmp_path):
     # each process extracted every other feature batch into the shared cache, then read the other's
     assert len(list((tmp_path / "reward_model-checkpoints").glob("train-chosen-*.pt"))) >= 2
 
+    out = launch("sft", tmp_path)
+    assert "sft (smoke profile, 2 process(es))" in out  # TRL's trainer runs on both processes, not twice alone
+
     out = launch("ppo", tmp_path)
     assert "Loaded the reward model" in out and "ppo (smoke profile, 2 process(es))" in out
+    assert "Starting from the SFT model saved in" in out  # PPO starts from notebook 04's SFT model
+    sft_model, _ = load_model(tmp_path / "sft_model")
+    embedded, _ = load_model()
+    changed = [n for n, p in sft_model.named_parameters() if not p.equal(embedded.get_parameter(n))]
+    assert changed and not any(".layers.0." in n for n in changed)  # the top layers trained, the bottom did not
     history = pd.read_csv(tmp_path / "ppo_policy" / "history.csv")
     assert len(history) == 2
     assert (history["replies"] == 4).all()  # 2 prompts per process per step, gathered from both processes
