@@ -6,27 +6,19 @@ The embedded model is fine-tuned with ``train_sft`` and the cpu profile's SFTCon
 count) on hh_rlhf_split("cpu")["train"] (each prompt's last user turn and its chosen reply, as train_sft trims
 it). Printed: seconds per step (training wall time / steps), and the mean NLL per reply token of the chosen replies
 of the held-out pairs (same trimming) before and after, with a bootstrap 95% interval over conversations of the
-mean and of the per-conversation change. Nothing is saved (the trained model stays in memory); nothing goes to
-runs/. Needs PLAYBOOK_DATA_DIR (the real hh-rlhf); falls back to the bundled sample otherwise.
+mean and of the per-conversation change, and that change's Wilcoxon p-value (``playbook.stats``). Nothing is saved
+(the trained model stays in memory); nothing goes to runs/. Needs PLAYBOOK_DATA_DIR (the real hh-rlhf); falls back
+to the bundled sample otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
 
-import numpy as np
-
 from playbook.data import hh_rlhf_split
 from playbook.models import load_model
 from playbook.sft import SFTConfig, reply_nll, sft_conversations, train_sft
-
-
-def bootstrap_interval(values: np.ndarray, *, draws: int = 10_000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile-bootstrap interval of the mean of ``values``."""
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), (draws, len(values)))].mean(1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return float(low), float(high)
+from playbook.stats import bootstrap_mean_interval, describe_effect, format_p_value, paired_difference
 
 
 def main() -> None:
@@ -47,12 +39,15 @@ def main() -> None:
         f"dropped) in {result.seconds:.0f} s: {result.seconds / config.steps:.1f} s per step; training loss "
         f"{loss.head(5).mean():.3f} (first 5 steps) -> {loss.tail(5).mean():.3f} (last 5)"
     )
-    for name, values in (("before", before), ("after", after), ("after - before", after - before)):
-        low, high = bootstrap_interval(values)
+    for name, values in (("before", before), ("after", after)):
+        low, high = bootstrap_mean_interval(values)
         print(
-            f"held-out reply NLL {name:>14}: {values.mean():.3f} nats/token "
+            f"held-out reply NLL {name:>6}: {values.mean():.3f} nats/token "
             f"(95% CI {low:.3f} to {high:.3f}), n={len(values)}"
         )
+    change = paired_difference(after, before)
+    print(f"held-out reply NLL after - before: {change} (Wilcoxon {format_p_value(change.wilcoxon_p_value)})")
+    print(describe_effect(change, "the held-out reply NLL"))
 
 
 if __name__ == "__main__":

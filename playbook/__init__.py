@@ -11,9 +11,10 @@ Topic modules, in course order:
 - ``hallucination``, ``dola``, ``calibration``: finding and reducing hallucinations (08-10)
 
 Shared pieces: ``config`` (profiles and the trainers' config base), ``models`` (the embedded offline model and any
-Hub model), ``data`` (hh-rlhf, TruthfulQA, SelfAware, the course's split), ``io`` (the ``Messages`` type, JSONL,
-the notebook list), ``tensors`` (padding, masked statistics, log-probs), ``training`` (the result every trainer
-returns, TRL glue), ``pipeline`` (the training stages as a command, ``accelerate launch``-able), ``exercises``.
+Hub model), ``data`` (hh-rlhf, TruthfulQA, SelfAware, the course's split), ``io`` (the ``Messages`` type, JSONL, the
+notebook list), ``tensors`` (padding, masked statistics, log-probs), ``stats`` (effects with their intervals and
+paired tests, for what the notebooks print), ``training`` (the result every trainer returns, TRL glue), ``pipeline``
+(the training stages as a command, ``accelerate launch``-able), ``exercises``.
 
 Tooling, not course content: ``course`` (run the notebooks headless), ``reproduce`` (check committed outputs),
 ``slides``, ``doctor`` (workshop pre-flight), ``environment`` (what this machine has).

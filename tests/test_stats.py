@@ -1,0 +1,135 @@
+import numpy as np
+import pytest
+
+from playbook.stats import (
+    PairedDifference,
+    bootstrap_mean_interval,
+    describe_effect,
+    format_p_value,
+    mcnemar_exact,
+    paired_difference,
+    proportion_interval,
+)
+
+
+def test_wilson_interval_matches_the_textbook_values():
+    # Wilson score interval, z = 1.96: 8/10 -> (0.4902, 0.9433); 0/10 -> (0, 0.2775), never a point or below 0
+    assert proportion_interval(8, 10) == pytest.approx((0.490, 0.943), abs=5e-4)
+    assert proportion_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=5e-4)
+    low90, high90 = proportion_interval(8, 10, confidence=0.90)
+    assert low90 > 0.490 and high90 < 0.943  # a lower confidence gives a narrower interval
+
+
+@pytest.mark.parametrize(
+    ("successes", "n", "confidence", "argument"),
+    [(1, 0, 0.95, "n"), (11, 10, 0.95, "successes"), (-1, 10, 0.95, "successes"), (5, 10, 1.0, "confidence")],
+)
+def test_proportion_interval_rejects_impossible_counts(successes, n, confidence, argument):
+    with pytest.raises(ValueError, match=argument):
+        proportion_interval(successes, n, confidence)
+
+
+def test_bootstrap_interval_of_constant_values_is_that_value():
+    assert bootstrap_mean_interval(np.full(50, 2.5)) == (2.5, 2.5)
+
+
+def test_bootstrap_interval_is_seeded_and_brackets_the_mean_like_the_normal_interval():
+    values = np.random.default_rng(3).normal(10.0, 2.0, 400)
+    low, high = bootstrap_mean_interval(values, seed=1)
+    assert (low, high) == bootstrap_mean_interval(values, seed=1)
+    assert (low, high) != bootstrap_mean_interval(values, seed=2)
+    # for 400 normal values the bootstrap agrees with mean ± 1.96 standard errors to within a few percent of the width
+    half_width = 1.96 * values.std(ddof=1) / np.sqrt(len(values))
+    assert low == pytest.approx(values.mean() - half_width, abs=0.05 * half_width)
+    assert high == pytest.approx(values.mean() + half_width, abs=0.05 * half_width)
+
+
+@pytest.mark.parametrize(("values", "argument"), [([], "values"), ([1.0], "values"), ([1.0, np.nan], "values")])
+def test_bootstrap_interval_rejects_too_few_or_missing_values(values, argument):
+    with pytest.raises(ValueError, match=argument):
+        bootstrap_mean_interval(values)
+
+
+def test_paired_difference_finds_a_strong_shift_and_its_size():
+    rng = np.random.default_rng(0)
+    before = rng.normal(3.0, 0.5, 300)  # units differ a lot from each other...
+    after = before + 0.127 + rng.normal(0.0, 0.09, 300)  # ...but each moves by about 0.127
+    effect = paired_difference(after, before)
+    assert effect.n == 300
+    assert effect.mean == pytest.approx((after - before).mean())
+    assert effect.low < 0.127 < effect.high and effect.high - effect.low < 0.03
+    assert effect.excludes_zero and effect.wilcoxon_p_value < 1e-10
+
+
+def test_paired_difference_of_pure_noise_includes_zero():
+    rng = np.random.default_rng(0)
+    before = rng.normal(0.0, 1.0, 200)
+    effect = paired_difference(before + rng.normal(0.0, 0.5, 200), before)
+    assert effect.low < 0 < effect.high and not effect.excludes_zero
+    assert effect.wilcoxon_p_value > 0.05
+
+
+def test_paired_difference_with_no_change_at_all():
+    effect = paired_difference([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
+    assert (effect.mean, effect.low, effect.high, effect.wilcoxon_p_value) == (0.0, 0.0, 0.0, 1.0)
+    assert not effect.excludes_zero
+
+
+def test_paired_difference_needs_the_same_units_before_and_after():
+    with pytest.raises(ValueError, match="after and before"):
+        paired_difference([1.0, 2.0, 3.0], [1.0, 2.0])
+    with pytest.raises(ValueError, match="after - before"):
+        paired_difference([], [])
+
+
+def test_paired_difference_prints_mean_interval_and_n():
+    effect = PairedDifference(mean=0.127, low=0.118, high=0.138, n=300, confidence=0.95, wilcoxon_p_value=1e-6)
+    assert str(effect) == effect.describe() == "+0.127 [95% CI +0.118, +0.138], n=300"
+    lower = PairedDifference(mean=-0.5, low=-0.75, high=-0.25, n=40, confidence=0.9, wilcoxon_p_value=0.01)
+    assert lower.describe(digits=2) == "-0.50 [90% CI -0.75, -0.25], n=40"
+
+
+def test_describe_effect_says_direction_only_outside_the_noise():
+    higher = PairedDifference(mean=0.2, low=0.1, high=0.3, n=50, confidence=0.95, wilcoxon_p_value=0.001)
+    lower = PairedDifference(mean=-0.2, low=-0.3, high=-0.1, n=50, confidence=0.95, wilcoxon_p_value=0.001)
+    noise = PairedDifference(mean=0.05, low=-0.05, high=0.15, n=50, confidence=0.95, wilcoxon_p_value=0.4)
+    assert describe_effect(higher, "the reward") == (
+        "After − before, the reward is higher: +0.200 [95% CI +0.100, +0.300], n=50; the interval excludes 0, "
+        "so this is outside the noise."
+    )
+    assert "the reward is lower: -0.200" in describe_effect(lower, "the reward")
+    sentence = describe_effect(noise, "the reward")
+    assert "within the noise at this sample size" in sentence and "higher" not in sentence
+    assert "+0.050 [95% CI -0.050, +0.150], n=50" in sentence
+
+
+def test_mcnemar_counts_and_exact_p_value():
+    # 4 units went no -> yes, 1 yes -> no, 2 stayed yes, 3 stayed no: p = 2 * P(Binomial(5, 1/2) <= 1) = 12/32
+    before = [False] * 4 + [True] + [True] * 2 + [False] * 3
+    after = [True] * 4 + [False] + [True] * 2 + [False] * 3
+    result = mcnemar_exact(before, after)
+    assert (result.both, result.only_before, result.only_after, result.neither) == (2, 1, 4, 3)
+    assert result.n == 10
+    assert result.p_value == pytest.approx(0.375)
+    assert str(result) == result.describe() == "4 better, 1 worse (exact McNemar p = 0.38)"
+
+
+def test_mcnemar_without_discordant_pairs_and_with_a_lopsided_change():
+    unchanged = mcnemar_exact([True, False, True], [True, False, True])
+    assert (unchanged.only_before, unchanged.only_after, unchanged.p_value) == (0, 0, 1.0)
+    lopsided = mcnemar_exact(np.zeros(12, dtype=bool), np.ones(12, dtype=bool))  # p = 2 / 2**12
+    assert lopsided.p_value == pytest.approx(2 / 2**12)
+    assert lopsided.describe() == "12 better, 0 worse (exact McNemar p < 0.001)"
+
+
+def test_mcnemar_rejects_unpaired_or_non_binary_outcomes():
+    with pytest.raises(ValueError, match="before and after"):
+        mcnemar_exact([True, False], [True])
+    with pytest.raises(ValueError, match="before"):
+        mcnemar_exact([], [])
+    with pytest.raises(ValueError, match="after"):
+        mcnemar_exact([0, 1], [0, 2])
+
+
+def test_p_values_print_with_two_significant_figures():
+    assert [format_p_value(p) for p in (0.375, 0.04123, 0.0004)] == ["p = 0.38", "p = 0.041", "p < 0.001"]
