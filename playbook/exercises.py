@@ -123,6 +123,51 @@ def _longer_wins(answer) -> str | None:
     return None
 
 
+_TWO_TURNS = [
+    {"role": "user", "content": "Hi there"},
+    {"role": "assistant", "content": "Hello! How can I help?"},
+    {"role": "user", "content": "How do I keep basil alive?"},
+    {"role": "assistant", "content": "Water it when the soil is dry and give it sun."},
+]
+
+
+def _sft_loss_mask(answer) -> str | None:
+    from playbook.models import load_tokenizer
+    from playbook.sft import loss_mask
+
+    tokenizer = load_tokenizer()
+    ids, expected = loss_mask(tokenizer, _TWO_TURNS, max_length=None)
+    got = [int(x) for x in answer(tokenizer, _TWO_TURNS)]
+    if len(got) != len(ids):
+        return f"The whole conversation is {len(ids)} tokens (chat template applied); your mask has {len(got)}."
+    if all(got):
+        return "Every token carries loss: the prompt is context, only the last assistant reply trains."
+    first_reply = tokenizer.apply_chat_template(_TWO_TURNS[:2], return_dict=False)
+    if any(got[len(first_reply) - 4 : len(first_reply)]):
+        return "The first assistant reply is part of the prompt here: only the last reply trains."
+    if got[: len(expected)] != expected and sum(got) == sum(expected) - 2:
+        return "The reply's <|im_end|> (and the newline after it) train too: that is how the model learns to stop."
+    if got != expected:
+        return f"Expected {sum(expected)} trained tokens at the end, after the prompt's '<|im_start|>assistant\\n'."
+    return None
+
+
+def _reply_nll(answer) -> str | None:
+    logprobs = [-2.0, -1.0, -0.5, -3.0, -0.1]
+    mask = [0, 0, 1, 1, 1]
+    expected = (0.5 + 3.0 + 0.1) / 3
+    got = answer(logprobs, mask)
+    if _close(got, -expected):
+        return "That is the mean log-probability; the loss is its negative (−log p)."
+    if _close(got, expected * 3):
+        return "Average over the trained tokens (divide by how many carry loss), do not sum."
+    if _close(got, (2.0 + 1.0 + 0.5 + 3.0 + 0.1) / 5):
+        return "Only tokens whose mask is 1 count: the prompt's tokens carry no loss."
+    if not _close(got, expected):
+        return f"Expected {expected:.4f} nats per token, got {got!r}."
+    return None
+
+
 def _bradley_terry(answer) -> str | None:
     for chosen, rejected in ((2.0, 0.5), (-1.0, 1.0), (0.0, 0.0)):
         got = answer(chosen, rejected)
@@ -353,6 +398,16 @@ EXERCISES: dict[str, Exercise] = {
         "03_hh_rlhf",
         "last_reply(transcript): the last Assistant turn of an hh-rlhf transcript, stripped.",
         _last_reply,
+    ),
+    "04.1": Exercise(
+        "04_sft",
+        "loss_mask(tokenizer, conversation): 0/1 per token of the chat-formatted conversation, 1 where SFT's loss is.",
+        _sft_loss_mask,
+    ),
+    "04.2": Exercise(
+        "04_sft",
+        "reply_nll(token_logprobs, mask): SFT's loss for one conversation from per-token log-probabilities.",
+        _reply_nll,
     ),
     "05.1": Exercise(
         "05_reward_model",

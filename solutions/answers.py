@@ -33,6 +33,17 @@ def longer_wins(pairs: list[tuple[str, str]]) -> float:
     return sum(len(chosen) > len(rejected) for chosen, rejected in pairs) / len(pairs)
 
 
+def sft_loss_mask(tokenizer, conversation: list[dict[str, str]]) -> list[int]:
+    full = tokenizer.apply_chat_template(conversation, return_dict=False)
+    prompt = tokenizer.apply_chat_template(conversation[:-1], add_generation_prompt=True, return_dict=False)
+    return [0] * len(prompt) + [1] * (len(full) - len(prompt))
+
+
+def reply_nll(token_logprobs: list[float], mask: list[int]) -> float:
+    trained = [-logprob for logprob, counts in zip(token_logprobs, mask, strict=True) if counts]
+    return sum(trained) / len(trained)
+
+
 def preference_probability(r_chosen: float, r_rejected: float) -> float:
     return 1 / (1 + math.exp(-(r_chosen - r_rejected)))
 
@@ -111,6 +122,8 @@ SOLUTIONS = {
     "02.2": pair_count,
     "03.1": longer_wins,
     "03.2": last_reply,
+    "04.1": sft_loss_mask,
+    "04.2": reply_nll,
     "05.1": preference_probability,
     "05.2": margin_accuracy,
     "06.1": kl_shaped_rewards,

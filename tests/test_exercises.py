@@ -37,6 +37,8 @@ WRONG_ANSWERS = {
         "CUDA comes first",
     ),
     "01.2": (lambda principle: "answer" if principle != "harmless" else "refuse", "admits it"),
+    "04.1": (lambda tok, turns: [1] * len(tok.apply_chat_template(turns, return_dict=False)), "prompt is context"),
+    "04.2": (lambda logprobs, mask: sum(-lp for lp, m in zip(logprobs, mask, strict=True) if m), "do not sum"),
     "03.2": (lambda transcript: transcript.split("\n\nAssistant:")[1].split("\n\n")[0].strip(), "first Assistant"),
     "05.2": (lambda margins: sum(m > 0 for m in margins) / len(margins), "half a win"),
     "00.1": (lambda params, dtype: params * 4, "bfloat16 takes 2 bytes"),
