@@ -172,7 +172,7 @@ class RewardModel:
         folder = Path(path) if path is not None else default_reward_dir()
         sweep_abandoned_copies(folder)
         settings = folder / SETTINGS_FILE
-        retrain = "run notebooks/04_reward_model.ipynb, or call train_reward_model(...), which saves one there."
+        retrain = "run notebooks/05_reward_model.ipynb, or call train_reward_model(...), which saves one there."
         if not settings.is_file():
             raise FileNotFoundError(f"No reward model in {folder}: {retrain}")
         try:

@@ -101,3 +101,87 @@ def test_notebook_03_reproduces_its_committed_headlines(shared_data, tmp_path, m
     monkeypatch.setenv("PLAYBOOK_PROFILE", "cpu")  # the profile the committed outputs were made in
     monkeypatch.setenv("PLAYBOOK_DATA_DIR", str(shared_data))
     assert reproduce(["03_hh_rlhf", "--out", str(tmp_path)]) == 0
+
+
+# The course's order (number -> topic), the one place a renumbering is written down; the tests below hold every
+# "notebook NN", "NN_topic" and exercise id in the notebooks, the README, the package and the benchmarks to it.
+COURSE = {
+    "00": "setup",
+    "01": "alignment_hhh",
+    "02": "feedback_types",
+    "03": "hh_rlhf",
+    "04": "sft",
+    "05": "reward_model",
+    "06": "ppo_rlhf",
+    "07": "beyond_ppo",
+    "08": "hallucination",
+    "09": "dola",
+    "10": "calibration",
+}
+# What a sentence names when it says whose model it means: each must point at the notebook that makes it.
+MEANT = {
+    "05": (r"notebook (\d\d)'s reward model", r"reward model (?:of|from|that) notebook (\d\d)"),
+    "04": (r"notebook (\d\d)'s SFT model", r"SFT model (?:of|from) notebook (\d\d)"),
+    "06": (
+        r"notebook (\d\d)'s PPO",
+        r"PPO[- ](?:trained )?policy (?:of|from) notebook (\d\d)",
+        r"PPO \(notebook (\d\d)\)",
+    ),
+}
+NOTEBOOK_MENTION = re.compile(r"[Nn]otebooks? ((?:\d\d(?:, | and | or |[-–]))*\d\d)\b")
+FILE_MENTION = re.compile(r"\b(\d\d)_([a-z][a-z_]*[a-z])\b")
+
+
+def course_texts() -> dict[str, str]:
+    """Every text a learner or contributor reads that can name a notebook: notebook cells (not outputs), READMEs,
+    the package, the benchmarks, the solutions and the tests."""
+    texts = {}
+    for path in course_notebooks():
+        cells = nbformat.read(path, as_version=4).cells
+        texts[path.name] = "\n".join(cell.source for cell in cells)
+    for pattern in (
+        "*.md",
+        "data/README.md",
+        "playbook/*.py",
+        "benchmarks/*.py",
+        "benchmarks/README.md",
+        "solutions/*",
+        "tests/*.py",
+    ):
+        for path in REPO.glob(pattern):
+            texts[str(path.relative_to(REPO))] = path.read_text()
+    return texts
+
+
+def test_the_notebook_files_are_the_course_table():
+    assert {path.stem for path in course_notebooks()} == {f"{number}_{topic}" for number, topic in COURSE.items()}
+
+
+def test_every_notebook_a_text_mentions_exists_and_file_names_match_their_number():
+    wrong = []
+    for name, text in course_texts().items():
+        for mention in NOTEBOOK_MENTION.finditer(text):
+            numbers = re.findall(r"\d\d", mention.group(1))
+            wrong += [f"{name}: {mention.group(0)!r}" for number in numbers if number not in COURSE]
+        for number, topic in FILE_MENTION.findall(text):
+            if topic in COURSE.values() and COURSE.get(number) != topic:
+                wrong.append(f"{name}: {number}_{topic} (the course has {topic} in its own number)")
+    assert wrong == []
+
+
+def test_a_mention_of_whose_model_points_at_the_notebook_that_trains_it():
+    wrong = []
+    for name, text in course_texts().items():
+        for number, patterns in MEANT.items():
+            for pattern in patterns:
+                for found in re.finditer(pattern, text):
+                    if found.group(1) != number:
+                        wrong.append(f"{name}: {found.group(0)!r} should say notebook {number}")
+    assert wrong == []
+
+
+def test_each_notebook_checks_its_own_exercises():
+    for path in course_notebooks():
+        source = "\n".join(cell.source for cell in nbformat.read(path, as_version=4).cells)
+        ids = re.findall(r"check\(\"(\d\d)\.\d\"", source)
+        assert ids and set(ids) == {path.name[:2]}, path.name

@@ -257,7 +257,7 @@ BAD_REWARD_FOLDERS = {
     "max_length not a number": (_damaged_settings('{"max_length": "long"}'), r"'max_length' must be a positive"),
     "weights cut short": (
         _truncated_reward_weights,
-        r"rm/model\.safetensors: cannot be read .* The reward model in .*rm is damaged: run notebooks/04",
+        r"rm/model\.safetensors: cannot be read .* The reward model in .*rm is damaged: run notebooks/05",
     ),
 }
 
