@@ -121,6 +121,92 @@ def calibration_report(confidences, correct, n_bins: int = 10) -> dict[str, floa
     }
 
 
+def _ece_per_row(confidences: np.ndarray, outcomes: np.ndarray, n_bins: int, strategy: Strategy) -> np.ndarray:
+    """ECE of each row of ``outcomes`` ``[S, n]`` (0/1) against the one set of ``confidences`` ``[n]``."""
+    edges = calibration_bins(confidences, np.zeros_like(confidences), n_bins, strategy).edges
+    index = np.searchsorted(edges[1:-1], confidences)
+    members = np.zeros((len(confidences), len(edges)))
+    members[np.arange(len(confidences)), index] = 1.0
+    count = members.sum(0)
+    filled = count > 0
+    mean_confidence = (confidences @ members)[filled] / count[filled]
+    accuracy = (outcomes @ members)[:, filled] / count[filled]
+    return np.abs(accuracy - mean_confidence) @ (count[filled] / len(confidences))
+
+
+def ece_interval(
+    confidences,
+    correct,
+    *,
+    n_bins: int = 10,
+    strategy: Strategy = "uniform",
+    level: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """A percentile bootstrap interval for the ECE: resample the questions (each a confidence with its
+    correctness) with replacement, recompute the ECE, and take the central ``level`` share of the results.
+
+    A seeded numpy resample rather than ``scipy.stats.bootstrap`` (which does take paired arrays, with
+    ``paired=True``): scipy is not a dependency of the course package, only of its dev tools. The tests check
+    that both give the same interval. The ECE is biased upwards at small n, and resampling does not remove that
+    bias (resampled ECEs run a little higher still, so for a nearly calibrated model the estimate can sit at or
+    just under the interval's low end); read the interval with :func:`calibrated_ece_floor`.
+    """
+    confidences, correct = _check(confidences, correct)
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1), got {level}.")
+    if resamples < 1:
+        raise ValueError(f"resamples must be at least 1, got {resamples}.")
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(resamples):
+        row = rng.integers(0, len(confidences), size=len(confidences))
+        values.append(expected_calibration_error(confidences[row], correct[row], n_bins, strategy))
+    low, high = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
+def calibrated_ece_floor(
+    confidences, *, n_bins: int = 10, strategy: Strategy = "uniform", simulations: int = 2000, seed: int = 0
+) -> float:
+    """The ECE a perfectly calibrated predictor would show, on average, with these confidences and this many
+    answers: outcomes drawn as Bernoulli(confidence), the ECE of each draw, averaged.
+
+    ECE is never negative, so sampling noise alone makes it positive: about 0.14 for 40 answers in 10 bins. A
+    measured ECE near this floor is what a calibrated model would show at this n; only an ECE well above it
+    shows miscalibration.
+    """
+    confidences, _ = _check(confidences, np.zeros(np.size(confidences)))
+    if simulations < 1:
+        raise ValueError(f"simulations must be at least 1, got {simulations}.")
+    rng = np.random.default_rng(seed)
+    total = 0.0
+    for start in range(0, simulations, 500):
+        outcomes = (rng.uniform(size=(min(500, simulations - start), len(confidences))) < confidences).astype(float)
+        total += _ece_per_row(confidences, outcomes, n_bins, strategy).sum()
+    return float(total / simulations)
+
+
+def ece_with_uncertainty(
+    confidences, correct, *, n_bins: int = 10, level: float = 0.95, seed: int = 0
+) -> tuple[float, tuple[float, float], float]:
+    """The ECE, its bootstrap interval (:func:`ece_interval`) and the calibrated floor
+    (:func:`calibrated_ece_floor`)."""
+    ece = expected_calibration_error(confidences, correct, n_bins)
+    interval = ece_interval(confidences, correct, n_bins=n_bins, level=level, seed=seed)
+    return ece, interval, calibrated_ece_floor(confidences, n_bins=n_bins, seed=seed)
+
+
+def describe_ece(confidences, correct, *, n_bins: int = 10, level: float = 0.95, seed: int = 0) -> str:
+    """One line: "0.127 [95% CI 0.081, 0.254]; a perfectly calibrated predictor at this n would show ≈ 0.140"."""
+    ece, (low, high), floor = ece_with_uncertainty(confidences, correct, n_bins=n_bins, level=level, seed=seed)
+    return (
+        f"{ece:.3f} [{level:.0%} CI {low:.3f}, {high:.3f}]; "
+        f"a perfectly calibrated predictor at this n would show ≈ {floor:.3f}"
+    )
+
+
 def reliability_diagram(
     confidences, correct, *, n_bins: int = 10, strategy: Strategy = "uniform", title: str = "Reliability diagram"
 ) -> Figure:
@@ -192,6 +278,34 @@ def apply_temperature(logits, temperature: float) -> np.ndarray:
     return torch.softmax(torch.as_tensor(np.asarray(logits), dtype=torch.float64) / temperature, dim=-1).numpy()
 
 
+def split_by_answer(answers, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of two halves of the questions (to fit a temperature on one and measure it on the other), drawn at
+    random with ``seed`` and stratified by the right answer: each answer index (letter) is dealt as evenly as
+    possible, so its count in the two halves differs by at most one, and so do the halves' sizes.
+
+    Taking every second question instead would put all A and C answers in one half and all B and D in the other
+    for a file whose right letters cycle. Written with numpy rather than scikit-learn's ``train_test_split(...,
+    stratify=...)``: that one raises when a letter has a single question (the smoke profile's 6 to 8 questions),
+    and scikit-learn is only a dev dependency of the course.
+    """
+    answers = np.asarray(answers).ravel()
+    if len(answers) < 2:
+        raise ValueError(f"answers: need at least 2 questions to split into two halves, got {len(answers)}.")
+    rng = np.random.default_rng(seed)
+    fit, held, odd = [], [], []
+    for value in np.unique(answers):
+        members = rng.permutation(np.flatnonzero(answers == value))
+        half = len(members) // 2
+        fit.extend(members[:half])
+        held.extend(members[half : 2 * half])
+        odd.extend(members[2 * half :])  # at most one per answer
+    odd = rng.permutation(np.asarray(odd, dtype=int))
+    first, second = (fit, held) if rng.uniform() < 0.5 else (held, fit)  # who gets the first odd one, at random
+    first.extend(odd[0::2])
+    second.extend(odd[1::2])
+    return np.sort(np.asarray(fit, dtype=int)), np.sort(np.asarray(held, dtype=int))
+
+
 def accuracy_coverage(confidences, correct) -> pd.DataFrame:
     """Answer only the most confident questions: accuracy at each coverage (share of questions answered)."""
     confidences, correct = _check(confidences, correct)
@@ -239,9 +353,10 @@ def truthfulqa_mc_questions(dataset, *, options: int = 4, seed: int = 0) -> list
     with a fixed seed so the right letter is spread evenly. Questions with fewer choices are skipped, so that
     every question has the same number of options (and chance is the same 1/``options`` throughout)."""
     rng = np.random.default_rng(seed)
-    questions = []
+    questions, rows = [], []
     for row in dataset:
         labels = row["mc1_labels"]
+        rows.append(len(labels))
         true = [c for c, label in zip(row["mc1_choices"], labels, strict=True) if label == 1]
         false = [c for c, label in zip(row["mc1_choices"], labels, strict=True) if label == 0][: options - 1]
         if len(false) < options - 1:
@@ -249,6 +364,13 @@ def truthfulqa_mc_questions(dataset, *, options: int = 4, seed: int = 0) -> list
         choices = true + false
         order = rng.permutation(len(choices))
         questions.append(MCQuestion(row["question"], tuple(choices[i] for i in order), int(np.argmax(order == 0))))
+    if not questions and rows:
+        most = max(rows)
+        raise ValueError(
+            f"truthfulqa_mc_questions: none of the {len(rows)} questions has {options} MC1 choices (the true one and "
+            f"{options - 1} false ones); the most any has is {most}. Pass options={most} or fewer, or load the full "
+            "TruthfulQA (set PLAYBOOK_DATA_DIR)."
+        )
     return questions
 
 

@@ -5,8 +5,8 @@ Each loader looks in three places, in order (``source="auto"``):
 1. ``local``: the folder named by ``PLAYBOOK_DATA_DIR`` (layout of ``shared/data``: ``hh-rlhf/``,
    ``truthfulqa/``, ``selfaware/``);
 2. ``hub``: the Hugging Face Hub, when the machine is online;
-3. ``sample``: a small sample written for this course and shipped in the repository's ``data/`` folder, so
-   that every notebook runs on a machine with neither.
+3. ``sample``: a small sample shipped in the repository's ``data/`` folder (written for this course, or for
+   TruthfulQA its first 8 questions), so that every notebook runs on a machine with neither.
 
 Pass ``source=`` to insist on one of them. hh-rlhf comes back in TRL's conversational preference format
 (``prompt`` / ``chosen`` / ``rejected`` message lists), which ``RewardTrainer`` and ``DPOTrainer`` accept as is.

@@ -1,6 +1,10 @@
+import json
+import subprocess
+
 import numpy as np
 import pytest
 import torch
+from scipy.stats import bootstrap
 from sklearn.calibration import calibration_curve
 from torchmetrics.functional.classification import binary_calibration_error
 
@@ -9,17 +13,22 @@ from playbook.calibration import (
     accuracy_coverage,
     apply_temperature,
     brier_score,
+    calibrated_ece_floor,
     calibration_bins,
     calibration_report,
+    describe_ece,
+    ece_interval,
     expected_calibration_error,
     fit_temperature,
     load_mc_questions,
     maximum_calibration_error,
     negative_log_likelihood,
     reliability_diagram,
+    split_by_answer,
     truthfulqa_mc_questions,
 )
-from playbook.data import BUNDLED_DATA_DIR
+from playbook.data import BUNDLED_DATA_DIR, load_truthfulqa
+from playbook.io import REPOSITORY_ROOT
 
 
 def random_answers(seed=0, n=2000):
@@ -182,3 +191,116 @@ def test_letter_scoring_on_the_embedded_model(embedded):
     assert (options.argmax(1) == answers).mean() >= 0.5  # the model knows many of these answers
     confidence = p_true(model, tokenizer, questions, logits.argmax(1))
     assert confidence.shape == (8,) and ((confidence > 0) & (confidence < 1)).all()
+
+
+# ------------------------------------------------------------------------------------ split, ECE spread
+
+
+@pytest.mark.parametrize(
+    "answers",
+    [np.arange(40) % 4, np.array([0, 1, 1, 2, 2, 3]), np.array([0, 0, 0, 1, 1, 1, 1, 2, 3, 3, 3]), np.zeros(9, int)],
+    ids=["cycling letters", "six questions", "uneven letters", "one letter"],
+)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_split_by_answer_keeps_each_letters_share_within_one_question(answers, seed):
+    fit, held = split_by_answer(answers, seed=seed)
+    assert sorted([*fit, *held]) == list(range(len(answers)))  # every question once
+    assert abs(len(fit) - len(held)) <= 1
+    for letter in np.unique(answers):
+        assert abs(np.sum(answers[fit] == letter) - np.sum(answers[held] == letter)) <= 1
+
+
+def test_split_by_answer_is_seeded_and_not_every_second_question():
+    answers = np.arange(40) % 4
+    fit, held = split_by_answer(answers, seed=0)
+    assert np.array_equal(fit, split_by_answer(answers, seed=0)[0])
+    assert not np.array_equal(fit, split_by_answer(answers, seed=1)[0])
+    assert set(answers[fit]) == set(answers[held]) == {0, 1, 2, 3}  # the old even/odd split gave {0, 2} and {1, 3}
+    with pytest.raises(ValueError, match="at least 2 questions"):
+        split_by_answer([1])
+
+
+def test_calibrated_floor_is_near_zero_for_a_large_sample_and_clearly_positive_at_n_40():
+    rng = np.random.default_rng(0)
+    assert calibrated_ece_floor(rng.uniform(0.25, 0.95, 20_000)) < 0.01
+    floor_40 = calibrated_ece_floor(rng.uniform(0.25, 0.95, 40))
+    assert 0.1 < floor_40 < 0.2  # about 0.14: what a perfectly calibrated predictor shows from chance alone
+    assert calibrated_ece_floor(np.full(40, 0.5)) == pytest.approx(0.063, abs=0.01)  # E|Binomial(40, ½)/40 − ½|
+    assert calibrated_ece_floor(np.ones(10)) == 0.0  # certain and calibrated: always right, no noise
+
+
+def test_calibrated_floor_matches_averaging_the_ece_of_simulated_outcomes():
+    confidences = np.random.default_rng(1).uniform(0.3, 0.9, 25)
+    rng = np.random.default_rng(7)
+    direct = np.mean([expected_calibration_error(confidences, rng.uniform(size=25) < confidences) for _ in range(3000)])
+    assert calibrated_ece_floor(confidences, simulations=3000) == pytest.approx(direct, abs=0.005)
+
+
+def test_ece_interval_contains_the_estimate_and_agrees_with_scipy():
+    confidences, correct = random_answers(n=40)
+    ece = expected_calibration_error(confidences, correct)
+    low, high = ece_interval(confidences, correct)
+    assert low <= ece <= high and high - low > 0.05  # 40 answers: a wide interval
+    reference = bootstrap(
+        (confidences, correct),
+        expected_calibration_error,
+        paired=True,
+        vectorized=False,
+        method="percentile",
+        n_resamples=2000,
+        rng=np.random.default_rng(0),
+    ).confidence_interval
+    assert (low, high) == pytest.approx((reference.low, reference.high), abs=0.02)
+    many = random_answers(n=4000)
+    low_many, high_many = ece_interval(*many, resamples=300)
+    assert high_many - low_many < (high - low) / 3  # more answers, a narrower interval
+    assert ece_interval(confidences, correct) == (low, high)  # seeded
+
+
+def test_describe_ece_prints_estimate_interval_and_floor():
+    confidences, correct = random_answers(n=40)
+    text = describe_ece(confidences, correct)
+    ece, (low, high) = expected_calibration_error(confidences, correct), ece_interval(confidences, correct)
+    floor = calibrated_ece_floor(confidences)
+    assert text == (
+        f"{ece:.3f} [95% CI {low:.3f}, {high:.3f}]; a perfectly calibrated predictor at this n would show ≈ {floor:.3f}"
+    )
+
+
+# ------------------------------------------------------------------------------------------- data
+
+
+EASY_MC_CYCLING = "a2a389b"
+"""The last commit whose ``data/easy_mc.jsonl`` had the right letters cycling A, B, C, D (before the shuffle)."""
+
+
+def test_easy_mc_letters_no_longer_cycle_and_answers_name_the_same_option():
+    shown = subprocess.run(
+        ["git", "show", f"{EASY_MC_CYCLING}:data/easy_mc.jsonl"], cwd=REPOSITORY_ROOT, capture_output=True, text=True
+    )
+    if shown.returncode != 0:
+        pytest.skip(f"no git history to compare with ({shown.stderr.strip()})")
+    before = [json.loads(line) for line in shown.stdout.splitlines()]
+    assert [r["answer"] for r in before] == [i % 4 for i in range(40)]  # it did cycle
+    after = load_mc_questions(BUNDLED_DATA_DIR / "easy_mc.jsonl")
+    assert len(after) == len(before) == 40
+    letters = np.array([q.answer for q in after])
+    assert not np.array_equal(letters, np.arange(40) % 4)
+    assert not any(np.array_equal(letters, (np.arange(40) + shift) % 4) for shift in range(4))  # no cycle
+    assert np.bincount(letters).tolist() == [10, 10, 10, 10]
+    for old, new in zip(before, after, strict=True):
+        assert new.question == old["question"] and sorted(new.options) == sorted(old["options"])
+        assert new.options[new.answer] == old["options"][old["answer"]]
+
+
+def test_truthfulqa_sample_gives_four_option_questions(monkeypatch):
+    monkeypatch.delenv("PLAYBOOK_DATA_DIR", raising=False)
+    questions = truthfulqa_mc_questions(load_truthfulqa(source="sample"))
+    assert len(questions) == 8 and all(len(q.options) == 4 for q in questions)
+
+
+def test_truthfulqa_mc_questions_names_the_problem_when_none_has_enough_options():
+    short = {"question": "q", "mc1_choices": ["right", "w1", "w2"], "mc1_labels": [1, 0, 0]}
+    with pytest.raises(ValueError, match=r"none of the 2 questions has 4 MC1 choices.*most any has is 3"):
+        truthfulqa_mc_questions([short, short])
+    assert len(truthfulqa_mc_questions([short, short], options=3)) == 2

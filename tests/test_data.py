@@ -5,6 +5,7 @@ import logging
 import pytest
 
 from playbook.data import (
+    BUNDLED_DATA_DIR,
     DataNotFound,
     hh_load_report,
     load_hh_rlhf,
@@ -135,7 +136,8 @@ def test_bundled_samples_load(monkeypatch):
     monkeypatch.delenv("PLAYBOOK_DATA_DIR", raising=False)
     truthful = load_truthfulqa(source="sample")
     assert all(sum(labels) == 1 for labels in truthful["mc1_labels"])
-    assert all(row["best_answer"] in row["mc1_choices"] for row in truthful)
+    assert all(len(choices) >= 4 for choices in truthful["mc1_choices"])  # enough for notebook 10's 4 options
+    assert all(row["correct_answers"] and row["incorrect_answers"] for row in truthful)  # what notebook 09 scores
     selfaware = load_selfaware(source="sample")
     assert set(selfaware["answerable"]) == {True, False}
     assert all(bool(row["answers"]) == row["answerable"] for row in selfaware)
@@ -178,6 +180,15 @@ def test_real_helpful_base_test(shared_data, monkeypatch):
     monkeypatch.setenv("PLAYBOOK_DATA_DIR", str(shared_data))
     dataset = load_hh_rlhf("helpful-base", "test")
     assert len(dataset) == 2354 - 2 - 4 - 9
+
+
+def test_truthfulqa_sample_is_the_first_rows_of_the_real_data_unchanged(shared_data, monkeypatch):
+    sample = list(load_truthfulqa(source="sample"))
+    monkeypatch.setenv("PLAYBOOK_DATA_DIR", str(shared_data))
+    real = list(load_truthfulqa(source="local"))
+    assert len(sample) == 8 and sample == real[: len(sample)]
+    excerpt = b"".join((shared_data / "truthfulqa" / "TruthfulQA.csv").read_bytes().splitlines(keepends=True)[:9])
+    assert (BUNDLED_DATA_DIR / "truthfulqa_sample" / "TruthfulQA.csv").read_bytes() == excerpt  # header + 8 rows
 
 
 def test_real_truthfulqa_and_selfaware(shared_data, monkeypatch):
