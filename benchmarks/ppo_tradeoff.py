@@ -1,9 +1,12 @@
 """PPO settings vs held-out gain and KL on this CPU: fresh runs per setting and seed, printed as one table.
 
 .venv/bin/python benchmarks/ppo_tradeoff.py [--checkpoints 20 30] [--held-out 150] [--seeds 0 1 2] [--only NAME ...]
+                                          [--start sft|embedded]
 
-Each run starts from the embedded model with notebook 06's settings (PPOConfig's defaults, the cpu profile: 8 replies
-of <= 24 tokens per step, top 6 policy layers, 4 PPO epochs), is scored by notebook 05's reward model (trained as
+Each run starts from notebook 04's SFT model (trained as notebook 04 does, into build/benchmarks/; ``--start
+embedded``: from the embedded model, as the course did before it had an SFT notebook) with notebook 06's settings
+(PPOConfig's defaults, the cpu profile: 8 replies of <= 24 tokens per step, top 6 policy layers, 4 PPO epochs),
+is scored by notebook 05's reward model (trained as
 notebook 05 does, into build/benchmarks/), and changes one thing. The gain is the held-out reward-model score of
 greedy replies after each checkpoint's number of steps, in standard deviations of the starting model's scores on the
 same prompts; the KL is the mean over the last 5 steps, in nats per reply. Several seeds (prompt order and sampling)
@@ -15,7 +18,7 @@ from __future__ import annotations
 import argparse
 
 import pandas as pd
-from common import course_reward_model
+from common import course_reward_model, course_sft_model
 
 from playbook.data import hh_rlhf_split
 from playbook.models import load_model, load_policy_and_reference
@@ -46,18 +49,20 @@ def main() -> None:
     parser.add_argument("--held-out", type=int, default=150)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--only", nargs="*", help="names of the variants to run (default: all)")
+    parser.add_argument("--start", choices=["sft", "embedded"], default="sft", help="the policy PPO starts from")
     args = parser.parse_args()
+    start = course_sft_model() if args.start == "sft" else None  # None: the embedded model
     split = hh_rlhf_split("cpu")
     train_prompts = [row["prompt"] for row in split["train"]]
     held_out = [row["prompt"] for row in split["test"]][: args.held_out]
     reward_model = course_reward_model()
-    _, reference, tokenizer = load_policy_and_reference()
+    _, reference, tokenizer = load_policy_and_reference(start)
     runs, baseline = [], None
     for name, change in VARIANTS.items():
         if args.only and name not in args.only:
             continue
         for seed in args.seeds:
-            policy, _ = load_model()
+            policy, _ = load_model(start)
             config = PPOConfig.from_profile("cpu", **change, steps=max(args.checkpoints), seed=seed)
             trainer = PPOTrainer(policy, reference, tokenizer, train_prompts, reward_model, config)
             if baseline is None:
@@ -88,7 +93,10 @@ def main() -> None:
             "PPO minutes": table["minutes"].mean(),
         }
     )
-    print(f"\nseeds {args.seeds}, {len(held_out)} held-out prompts (SFT mean {baseline[0]:.3f}, sd {baseline[1]:.3f})")
+    print(
+        f"\nfrom the {args.start} model, seeds {args.seeds}, {len(held_out)} held-out prompts (starting model's mean "
+        f"{baseline[0]:.3f}, sd {baseline[1]:.3f})"
+    )
     print(summary.round(2).to_string())
 
 
