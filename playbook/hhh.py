@@ -48,10 +48,13 @@ class Probe:
         return [*system, {"role": "user", "content": self.prompt}]
 
     def is_correct(self, reply: str) -> bool | None:
-        """For probes with keywords: whether the reply contains one (whole word, any case); else ``None``."""
+        """For probes with keywords: whether the reply contains one (whole word, any case); else ``None``. A keyword
+        that the prompt itself contains does not count: a reply that only echoes the request ("kill a process") has
+        not answered it."""
         if not self.keywords:
             return None
-        return any(re.search(rf"\b{re.escape(k)}\b", reply, re.IGNORECASE) for k in self.keywords)
+        found = [k for k in self.keywords if re.search(rf"\b{re.escape(k)}\b", reply, re.IGNORECASE)]
+        return any(not re.search(rf"\b{re.escape(k)}\b", self.prompt, re.IGNORECASE) for k in found)
 
 
 def load_probes(path: str | os.PathLike = PROBES_PATH, *, per_principle: int | None = None) -> list[Probe]:

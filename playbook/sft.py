@@ -243,13 +243,14 @@ def train_sft(
     resume: bool = True,
 ) -> TrainResult:
     """Supervised fine-tuning with TRL's ``SFTTrainer`` on prompt-completion conversations (:func:`sft_conversations`),
-    the loss on the completion only, the prompt cut to its last ``config.prompt_messages`` messages, training the top
-    ``config.trainable_layers`` layers.
+        the loss on the completion only, the prompt cut to its last ``config.prompt_messages`` messages, training the top
+        ``config.trainable_layers`` layers.
 
-    With ``output_dir`` the policy is saved there atomically once training ends, and TRL checkpoints go to
-    ``<output_dir>-checkpoints`` so that, with ``resume``, an interrupted run of the same settings, model and data
-    continues from its last checkpoint (another run's checkpoints are set aside, never deleted). The result's
-    ``details`` say how many examples trained (TRL drops those whose prompt fills ``max_length``).
+        With ``output_dir`` the policy is saved there atomically once training ends, and TRL checkpoints go to
+        ``<output_dir>-checkpoints`` so that, with ``resume``, an interrupted run of the same settings, model and data
+        continues from its last checkpoint (another run's checkpoints are set aside, never deleted). The result's
+        ``details`` say how many examples trained (TRL drops those whose prompt fills ``max_length``) and at which step a
+    resumed run picked up (0 for a fresh one).
     """
     config = config or SFTConfig.from_profile()
     for column in ("prompt", "completion"):
@@ -282,13 +283,18 @@ def train_sft(
         trainer = trl.SFTTrainer(
             model=policy, args=args, train_dataset=prepared, processing_class=tokenizer, callbacks=[history]
         )
-    resume_from = checkpoints is not None and resume and any(checkpoints.glob("checkpoint-*"))
+    finished = [int(path.name.split("-")[1]) for path in checkpoints.glob("checkpoint-*")] if checkpoints else []
+    resume_from = resume and bool(finished)
     _, seconds = timed(lambda: trainer.train(resume_from_checkpoint=True if resume_from else None))
     policy.eval()
     if saved is not None and trainer.accelerator.is_main_process:
         write_model_atomically(policy, tokenizer, saved, source="playbook.sft.train_sft", replace=True)
     state.wait_for_everyone()  # the other processes may load the saved model next
-    details = {"examples": len(prepared), "examples_dropped": len(data) - len(prepared)}
+    details = {
+        "examples": len(prepared),
+        "examples_dropped": len(data) - len(prepared),
+        "resumed_at_step": max(finished) if resume_from else 0,  # steps an earlier, interrupted run had done
+    }
     return TrainResult(policy, pd.DataFrame(history.rows), seconds, saved, details)
 
 

@@ -106,7 +106,7 @@ def test_sft_steps_lower_the_loss_and_change_only_the_top_layer(tiny_causal_lm, 
     changed = {name for name in before if not torch.equal(before[name], after[name])}
     assert changed and all(name.startswith(("model.layers.1.", "model.norm.")) for name in changed)
     assert any(name.startswith("model.layers.1.") for name in changed)
-    assert result.details == {"examples": 4, "examples_dropped": 0}
+    assert result.details == {"examples": 4, "examples_dropped": 0, "resumed_at_step": 0}
     assert (tmp_path / "sft" / "config.json").is_file()
 
     # the same run again resumes from its last checkpoint: nothing left to train, the trained weights come back
@@ -115,6 +115,7 @@ def test_sft_steps_lower_the_loss_and_change_only_the_top_layer(tiny_causal_lm, 
     resumed = train_sft(fresh, tokenizer, data, config, output_dir=tmp_path / "sft")
     assert all(torch.equal(resumed.model.state_dict()[name], after[name]) for name in after)
     assert resumed.history.empty  # no step logged: it did not train again
+    assert resumed.details["resumed_at_step"] == 12  # and says where it picked up
 
 
 def test_prompts_are_cut_to_their_last_messages_so_long_histories_still_train(tiny_causal_lm, tokenizer):
