@@ -242,15 +242,15 @@ def train_sft(
     output_dir: str | os.PathLike | None = None,
     resume: bool = True,
 ) -> TrainResult:
-    """Supervised fine-tuning with TRL's ``SFTTrainer`` on prompt-completion conversations (:func:`sft_conversations`),
-        the loss on the completion only, the prompt cut to its last ``config.prompt_messages`` messages, training the top
-        ``config.trainable_layers`` layers.
+    """Supervised fine-tuning with TRL's ``SFTTrainer`` on prompt-completion conversations
+    (:func:`sft_conversations`), the loss on the completion only, the prompt cut to its last
+    ``config.prompt_messages`` messages, training the top ``config.trainable_layers`` layers.
 
-        With ``output_dir`` the policy is saved there atomically once training ends, and TRL checkpoints go to
-        ``<output_dir>-checkpoints`` so that, with ``resume``, an interrupted run of the same settings, model and data
-        continues from its last checkpoint (another run's checkpoints are set aside, never deleted). The result's
-        ``details`` say how many examples trained (TRL drops those whose prompt fills ``max_length``) and at which step a
-    resumed run picked up (0 for a fresh one).
+    With ``output_dir`` the policy is saved there atomically once training ends, and TRL checkpoints go to
+    ``<output_dir>-checkpoints`` so that, with ``resume``, an interrupted run of the same settings, model and data
+    continues from its last checkpoint (another run's checkpoints are set aside, never deleted). The result's
+    ``details`` say how many examples trained (TRL drops those whose prompt fills ``max_length``) and at which step
+    a resumed run picked up (0 for a fresh one).
     """
     config = config or SFTConfig.from_profile()
     for column in ("prompt", "completion"):
