@@ -126,7 +126,11 @@ def test_prompts_are_cut_to_their_last_messages_so_long_histories_still_train(ti
     ]
     data = Dataset.from_list([{"prompt": long_history, "completion": [{"role": "assistant", "content": "The end."}]}])
     kept = SFTConfig(steps=1, batch_size=1, max_length=64, prompt_messages=1, trainable_layers=1)
-    assert train_sft(tiny_causal_lm, tokenizer, data, kept).details == {"examples": 1, "examples_dropped": 0}
+    assert train_sft(tiny_causal_lm, tokenizer, data, kept).details == {
+        "examples": 1,
+        "examples_dropped": 0,
+        "resumed_at_step": 0,
+    }
     whole = SFTConfig(steps=1, batch_size=1, max_length=64, prompt_messages=3, trainable_layers=1)
     with pytest.raises(ValueError, match="max_length=64"):  # the whole history fills it: TRL drops the example
         train_sft(tiny_causal_lm, tokenizer, data, whole)
