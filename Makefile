@@ -38,24 +38,29 @@ lab: setup
 course: setup
 	$(PY) -m playbook.course --out build/notebooks
 
-test: setup lint unit notebooks
+# The unit tests and the notebooks run side by side (two pytest sessions, each with its own runs folder): most of
+# their time is single-threaded Python and process start-up, so two run in little more than the time of the longer.
+test: setup lint
+	$(MAKE) --no-print-directory -j2 --output-sync=target unit notebooks
 
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
 # Tests and smoke runs write their models under build/test-runs, never into a learner's runs/ (conftest.py checks).
-TEST_ENV := HF_HUB_OFFLINE=1 PLAYBOOK_RUNS=$(abspath build/test-runs)
+TEST_ENV := HF_HUB_OFFLINE=1
+TEST_RUNS := $(abspath build/test-runs)
 
 unit: setup
-	$(TEST_ENV) $(BIN)/pytest -q -rs tests
+	$(TEST_ENV) PLAYBOOK_RUNS=$(TEST_RUNS)/unit $(BIN)/pytest -q -rs tests
 
 # The unit tests that need no model: seconds, for a quick check while editing.
 unit-fast: setup
-	$(TEST_ENV) $(BIN)/pytest -q -m "not slow" tests
+	$(TEST_ENV) PLAYBOOK_RUNS=$(TEST_RUNS)/unit $(BIN)/pytest -q -m "not slow" tests
 
 notebooks: setup
-	$(TEST_ENV) PLAYBOOK_PROFILE=smoke $(BIN)/pytest -q --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
+	$(TEST_ENV) PLAYBOOK_RUNS=$(TEST_RUNS)/notebooks PLAYBOOK_PROFILE=smoke \
+		$(BIN)/pytest -q --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
 
 # For maintainers: re-run every notebook in the default profile and write the outputs back for committing.
 refresh-notebooks: setup

@@ -3,6 +3,7 @@
     python -m playbook.pipeline reward [--profile cpu] [--out DIR]
     python -m playbook.pipeline ppo    [--profile gpu] [--out DIR]
     python -m playbook.pipeline sft    [--profile cpu] [--out DIR]
+    python -m playbook.pipeline sft reward ppo     (several stages, in the order given, in one start-up)
     accelerate launch --num_processes 2 -m playbook.pipeline ppo --profile gpu
 
 Each stage writes what the notebooks write, in the same folders: ``reward`` trains the reward model (notebook 05)
@@ -94,23 +95,28 @@ STAGES: dict[str, Callable[[Profile, Path], TrainResult]] = {
 }
 
 
-def main(argv: list[str] | None = None) -> TrainResult:
+def main(argv: list[str] | None = None) -> list[TrainResult]:
     parser = argparse.ArgumentParser(prog="python -m playbook.pipeline", description=__doc__.split("\n\n")[0])
-    parser.add_argument("stage", choices=STAGES, help="what to train")
+    stages = ", ".join(STAGES)
+    parser.add_argument("stages", nargs="+", choices=STAGES, metavar="stage", help=f"one or more of {stages}")
     parser.add_argument("--profile", choices=PROFILES, help="default: $PLAYBOOK_PROFILE, else gpu with CUDA, else cpu")
     parser.add_argument("--out", type=Path, help="folder for the artefacts (default: the profile's runs folder)")
     args = parser.parse_args(argv)
     profile = get_profile(args.profile)
     out = args.out or runs_dir(profile)
-    result = STAGES[args.stage](profile, out)
-    state = process_state()
-    if state.is_main_process:
-        result.history.to_csv(result.output_dir / "history.csv", index=False)
-        print(
-            f"{args.stage} ({profile.name} profile, {state.num_processes} process(es)): {len(result.history)} logged "
-            f"steps in {result.seconds / 60:.1f} min; saved to {result.output_dir}"
-        )
-    return result
+    results = []
+    for stage in args.stages:  # one start-up (imports, process group) for all of them
+        result = STAGES[stage](profile, out)
+        state = process_state()
+        if state.is_main_process:
+            result.history.to_csv(result.output_dir / "history.csv", index=False)
+            print(
+                f"{stage} ({profile.name} profile, {state.num_processes} process(es)): {len(result.history)} logged "
+                f"steps in {result.seconds / 60:.1f} min; saved to {result.output_dir}",
+                flush=True,
+            )
+        results.append(result)
+    return results
 
 
 if __name__ == "__main__":

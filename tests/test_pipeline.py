@@ -11,12 +11,12 @@ from playbook.models import load_model
 from playbook.reward import RewardModel
 
 
-def launch(stage: str, out: Path) -> str:
-    """`accelerate launch` with two processes. Its `--cpu` flag starts CPU jobs through MPI; torchrun underneath
-    `--multi_gpu` starts them directly, and on a machine without CUDA they talk over gloo."""
+def launch(stages: list[str], out: Path) -> str:
+    """`accelerate launch` with two processes, running the pipeline's stages in order. Its `--cpu` flag starts CPU
+    jobs through MPI; torchrun underneath `--multi_gpu` starts them directly, and without CUDA they talk over gloo."""
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    command += ["-m", "playbook.pipeline", stage, "--profile", "smoke", "--out", str(out)]
+    command += ["-m", "playbook.pipeline", *stages, "--profile", "smoke", "--out", str(out)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
@@ -24,17 +24,13 @@ def launch(stage: str, out: Path) -> str:
 
 @pytest.mark.slow
 def test_reward_sft_then_ppo_on_two_processes(tmp_path):
-    out = launch("reward", tmp_path)
+    out = launch(["reward", "sft", "ppo"], tmp_path)  # one start-up for the three stages, as a user may run them
     assert "reward (smoke profile, 2 process(es))" in out
     reward_model = RewardModel.load(tmp_path / "reward_model")
     assert len(pd.read_csv(tmp_path / "reward_model" / "history.csv")) > 0
     # each process extracted every other feature batch into the shared cache, then read the other's
     assert len(list((tmp_path / "reward_model-checkpoints").glob("train-chosen-*.pt"))) >= 2
-
-    out = launch("sft", tmp_path)
     assert "sft (smoke profile, 2 process(es))" in out  # TRL's trainer runs on both processes, not twice alone
-
-    out = launch("ppo", tmp_path)
     assert "Loaded the reward model" in out and "ppo (smoke profile, 2 process(es))" in out
     assert "Starting from the SFT model saved in" in out  # PPO starts from notebook 04's SFT model
     sft_model, _ = load_model(tmp_path / "sft_model")
