@@ -115,11 +115,15 @@ def _longer_wins(answer) -> str | None:
     pairs = [("a long chosen reply", "short"), ("tiny", "a much longer rejected one"), ("same", "four")]
     got = answer(pairs)
     if _close(got, 2 / 3):
-        return "Pairs of equal length should not count as a win for the longer reply: use a strict >."
-    if _close(got, 100 / 3):
+        return "A tie counted as a full win for the chosen reply: count a pair of equal length as half."
+    if _close(got, 1 / 3):
+        return "A tie counted as a loss: the course counts a pair of equal length as half a win (a coin flip)."
+    if _close(got, 50.0):
         return "Return a fraction between 0 and 1, not a percentage."
-    if not _close(got, 1 / 3):
-        return f"One of three chosen replies is strictly longer, so expected 0.333, got {got!r}."
+    if not _close(got, 0.5):
+        return f"One win, one loss and one tie out of three give 0.5, got {got!r}."
+    if not _close(answer([("same", "four")]), 0.5):
+        return "A single tied pair should give 0.5."
     return None
 
 
@@ -391,7 +395,7 @@ EXERCISES: dict[str, Exercise] = {
     "02.2": Exercise("02_feedback_types", "pair_count(k): preference pairs a ranking of k replies gives.", _pair_count),
     "03.1": Exercise(
         "03_hh_rlhf",
-        "longer_wins(pairs): share of (chosen, rejected) text pairs where the chosen one is strictly longer.",
+        "longer_wins(pairs): share of (chosen, rejected) text pairs whose chosen one is longer, a tie counting half.",
         _longer_wins,
     ),
     "03.2": Exercise(

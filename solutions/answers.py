@@ -30,7 +30,8 @@ def pair_count(k: int) -> int:
 
 
 def longer_wins(pairs: list[tuple[str, str]]) -> float:
-    return sum(len(chosen) > len(rejected) for chosen, rejected in pairs) / len(pairs)
+    wins = sum(1.0 if len(c) > len(r) else 0.5 if len(c) == len(r) else 0.0 for c, r in pairs)
+    return wins / len(pairs)
 
 
 def sft_loss_mask(tokenizer, conversation: list[dict[str, str]]) -> list[int]:
