@@ -68,6 +68,44 @@ def _model_bytes(answer) -> str | None:
     return None
 
 
+def _q4_1_block(answer) -> str | None:
+    from playbook.quantization import q4_1_roundtrip
+
+    block = np.linspace(-1.0, 1.0, 32)
+    got = np.asarray(answer(list(block)), dtype=float)
+    if got.shape != (32,):
+        return f"Return one de-quantized weight per input weight (32 of them), got shape {got.shape}."
+    if np.allclose(got, np.round(got)) and got.min() >= 0 and got.max() == 15:
+        return "Those are the 4-bit codes q; return the weights they stand for, m + q·d."
+    expected = q4_1_roundtrip(block)
+    step = 2.0 / 15
+    if np.allclose(got, expected + 1.0, atol=1e-3):  # q·d without the minimum m = -1
+        return "Add the block's minimum m back: a weight comes back as m + q·d."
+    codes_truncated = np.floor((block + 1.0) / step)
+    if np.allclose(got, -1.0 + codes_truncated * step, atol=1e-3):
+        return (
+            "Round (w − m)/d to the nearest code; int() truncates, which moves weights down by half a step on average."
+        )
+    sixteen_steps = 2.0 / 16
+    codes_sixteen = np.floor((block + 1.0) / sixteen_steps + 0.5)
+    if any(
+        np.allclose(got, -1.0 + codes * sixteen_steps, atol=1e-3)
+        for codes in (codes_sixteen, codes_sixteen.clip(0, 15))
+    ):
+        return "4 bits give 16 levels, codes 0 to 15: that is 15 steps from min to max, so d = (max − min) / 15."
+    if not np.allclose(got, expected, atol=1e-3):
+        first, mine = [round(float(x), 4) for x in expected[:4]], [round(float(x), 4) for x in got[:4]]
+        return f"For np.linspace(-1, 1, 32) expected about {first}..., got {mine}..."
+    try:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            flat = np.asarray(answer([0.5] * 32), dtype=float)
+    except ZeroDivisionError:
+        flat = None
+    if flat is None or not np.allclose(flat, 0.5):
+        return "A block of 32 equal weights has d = 0: return it unchanged instead of dividing by zero."
+    return None
+
+
 def _principle_shares(answer) -> str | None:
     results = [("honest", True), ("honest", False), ("harmless", True), ("helpful", True), ("honest", True)]
     got = answer(results)
@@ -115,11 +153,15 @@ def _longer_wins(answer) -> str | None:
     pairs = [("a long chosen reply", "short"), ("tiny", "a much longer rejected one"), ("same", "four")]
     got = answer(pairs)
     if _close(got, 2 / 3):
-        return "Pairs of equal length should not count as a win for the longer reply: use a strict >."
-    if _close(got, 100 / 3):
+        return "A tie counted as a full win for the chosen reply: count a pair of equal length as half."
+    if _close(got, 1 / 3):
+        return "A tie counted as a loss: the course counts a pair of equal length as half a win (a coin flip)."
+    if _close(got, 50.0):
         return "Return a fraction between 0 and 1, not a percentage."
-    if not _close(got, 1 / 3):
-        return f"One of three chosen replies is strictly longer, so expected 0.333, got {got!r}."
+    if not _close(got, 0.5):
+        return f"One win, one loss and one tie out of three give 0.5, got {got!r}."
+    if not _close(answer([("same", "four")]), 0.5):
+        return "A single tied pair should give 0.5."
     return None
 
 
@@ -373,6 +415,11 @@ EXERCISES: dict[str, Exercise] = {
         "pick(cuda_available, mps_available): the device the course's picker chooses ('cuda', 'mps' or 'cpu').",
         _device_order,
     ),
+    "00.3": Exercise(
+        "00_setup",
+        "q4_1_block(weights): 32 weights quantized to Q4_1 (16 levels between their min and max) and back.",
+        _q4_1_block,
+    ),
     "01.1": Exercise(
         "01_alignment_hhh",
         "principle_shares(results): results are (principle, passed) pairs; return the pass share per principle.",
@@ -391,7 +438,7 @@ EXERCISES: dict[str, Exercise] = {
     "02.2": Exercise("02_feedback_types", "pair_count(k): preference pairs a ranking of k replies gives.", _pair_count),
     "03.1": Exercise(
         "03_hh_rlhf",
-        "longer_wins(pairs): share of (chosen, rejected) text pairs where the chosen one is strictly longer.",
+        "longer_wins(pairs): share of (chosen, rejected) text pairs whose chosen one is longer, a tie counting half.",
         _longer_wins,
     ),
     "03.2": Exercise(

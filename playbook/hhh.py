@@ -21,6 +21,7 @@ from playbook.data import BUNDLED_DATA_DIR
 from playbook.io import Messages, read_jsonl
 from playbook.judge import judge
 from playbook.models import generate_replies
+from playbook.stats import format_p_value, mcnemar_exact
 
 PROBES_PATH = BUNDLED_DATA_DIR / "hhh_probes.jsonl"
 PRINCIPLES = {"helpful": "answer", "honest": "hedge", "harmless": "refuse"}
@@ -145,6 +146,56 @@ def verdict_counts(results: pd.DataFrame) -> pd.DataFrame:
     """How often each verdict occurs per (condition, principle): where the behaviour went instead."""
     counts = results.groupby(["condition", "principle", "verdict"], sort=False).size().unstack(fill_value=0)
     return counts.reindex(columns=["answer", "hedge", "refuse", "empty"], fill_value=0)
+
+
+def paired_verdicts(results: pd.DataFrame, before: str, after: str) -> pd.DataFrame:
+    """One row per probe: its prompt and the verdict and ``behaved`` flag under two conditions, side by side."""
+    missing = {before, after} - set(results["condition"])
+    if missing:
+        raise ValueError(
+            f"condition(s) {sorted(missing)} not in the results; they hold {sorted(set(results['condition']))}."
+        )
+    columns = {}
+    for condition in (before, after):
+        rows = results[results["condition"] == condition].set_index("id")
+        columns[f"verdict ({condition})"] = rows["verdict"]
+        columns[f"behaved ({condition})"] = rows["behaved"]
+    first = results[results["condition"] == before].set_index("id")
+    table = pd.DataFrame({"principle": first["principle"], "prompt": first["prompt"], "expect": first["expect"]})
+    return table.join(pd.DataFrame(columns))
+
+
+def compare_conditions(results: pd.DataFrame, before: str, after: str) -> pd.DataFrame:
+    """Per principle and overall: probes behaved under ``before`` and ``after`` ("2/8 → 5/8"), how many changed each
+    way, and the exact McNemar p-value of the change (the same probes answered twice, so a paired test)."""
+    paired = paired_verdicts(results, before, after)
+    rows = {}
+    for principle, group in [*paired.groupby("principle", sort=False), ("overall", paired)]:
+        was, now = group[f"behaved ({before})"].to_numpy(bool), group[f"behaved ({after})"].to_numpy(bool)
+        test = mcnemar_exact(was, now)
+        rows[principle] = {
+            "probes": len(group),
+            "behaved before": int(was.sum()),
+            "behaved after": int(now.sum()),
+            "change": f"{int(was.sum())}/{len(group)} → {int(now.sum())}/{len(group)}",
+            "better": test.only_after,
+            "worse": test.only_before,
+            "p_value": test.p_value,
+        }
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def describe_comparison(comparison: pd.DataFrame, before: str, after: str, *, alpha: float = 0.05) -> str:
+    """One line per row of :func:`compare_conditions`: the counts, the paired test, and whether the change is
+    outside the noise (exact McNemar p below ``alpha``) or within it."""
+    lines = [f"Probes with the expected behaviour, {before} → {after}:"]
+    for name, row in comparison.iterrows():
+        noise = "outside the noise" if row["p_value"] < alpha else "within the noise at this many probes"
+        lines.append(
+            f"  {name:>9}: {row['change']} ({row['better']} better, {row['worse']} worse; exact McNemar "
+            f"{format_p_value(row['p_value'])}): {noise}"
+        )
+    return "\n".join(lines)
 
 
 def plot_summary(summary: pd.DataFrame, *, title: str = "Expected behaviour on the HHH probes") -> Figure:

@@ -8,6 +8,7 @@ right 60% of the time, a reward model must beat 60%, not 50%, before it has lear
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -15,6 +16,8 @@ import pandas as pd
 from datasets import Dataset
 from matplotlib.figure import Figure
 from transformers import PreTrainedTokenizerBase
+
+from playbook.stats import bootstrap_mean_interval
 
 MAX_TURNS_SHOWN = 10
 
@@ -43,12 +46,71 @@ def pair_statistics(dataset: Dataset, tokenizer: PreTrainedTokenizerBase) -> pd.
     )
 
 
-def length_bias_accuracy(statistics: pd.DataFrame, unit: str = "tokens") -> float:
-    """Accuracy of the rule "the longer response is the chosen one" (a tie counts as a coin flip, 0.5)."""
+def longer_wins_scores(statistics: pd.DataFrame, unit: str = "tokens") -> np.ndarray:
+    """Per pair, whether the chosen response is the longer one: 1, 0, or 0.5 for a tie (the course's convention for
+    ties everywhere: a coin flip)."""
     chosen, rejected = statistics[f"chosen_{unit}"], statistics[f"rejected_{unit}"]
     if len(chosen) == 0:
         raise ValueError("no pairs to score.")
-    return float(((chosen > rejected) + 0.5 * (chosen == rejected)).mean())
+    return ((chosen > rejected) + 0.5 * (chosen == rejected)).to_numpy(float)
+
+
+def length_bias_accuracy(statistics: pd.DataFrame, unit: str = "tokens") -> float:
+    """Accuracy of the rule "the longer response is the chosen one" (a tie counts as a coin flip, 0.5)."""
+    return float(longer_wins_scores(statistics, unit).mean())
+
+
+@dataclass(frozen=True)
+class LengthPreference:
+    """How often people chose the longer response, with a bootstrap interval over pairs."""
+
+    name: str
+    share: float
+    interval: tuple[float, float]
+    pairs: int
+
+    def __str__(self) -> str:
+        low, high = self.interval
+        head = (
+            f"{self.name}: the longer reply is the chosen one in {self.share:.1%} of {self.pairs:,} pairs "
+            f"(95% interval {low:.1%} to {high:.1%}, a tie counting half)"
+        )
+        if low <= 0.5 <= high:
+            return (
+                f"{head}; that is within the noise of a coin flip, so length alone gives a reward model no direction."
+            )
+        longer = self.share > 0.5
+        return (
+            f"{head}; the {'longer' if longer else 'shorter'} reply wins more often, so a reward model that picks up "
+            f"length from these pairs pushes a policy towards {'longer' if longer else 'shorter'} replies."
+        )
+
+
+def length_preference(name: str, statistics: pd.DataFrame, unit: str = "tokens") -> LengthPreference:
+    """The share of pairs whose chosen response is the longer one (ties half) and its BCa bootstrap interval."""
+    scores = longer_wins_scores(statistics, unit)
+    return LengthPreference(name, float(scores.mean()), bootstrap_mean_interval(scores), len(scores))
+
+
+TERMINAL = ".!?…"
+_CLOSERS = "\"'”’)]*_ "
+
+
+def ends_mid_sentence(text: str) -> bool:
+    """True when ``text``, after closing quotes and brackets, does not end in terminal punctuation (``. ! ? …``):
+    the reply stops mid-sentence, as some hh-rlhf replies do upstream (the collecting model's reply was cut off)."""
+    stripped = text.rstrip().rstrip(_CLOSERS)
+    return not stripped.endswith(tuple(TERMINAL))
+
+
+def unfinished_replies(dataset: Dataset) -> pd.DataFrame:
+    """Per role (chosen, rejected): replies, how many end mid-sentence (:func:`ends_mid_sentence`), and the share."""
+    rows = {}
+    for role in ("chosen", "rejected"):
+        replies = [messages[-1]["content"] for messages in dataset[role]]
+        unfinished = sum(ends_mid_sentence(reply) for reply in replies)
+        rows[role] = {"replies": len(replies), "mid-sentence": unfinished, "share": unfinished / max(len(replies), 1)}
+    return pd.DataFrame.from_dict(rows, orient="index")
 
 
 def summary_table(statistics: dict[str, pd.DataFrame]) -> pd.DataFrame:

@@ -13,6 +13,14 @@ def model_bytes(parameters: int, dtype: str) -> int:
     return parameters * {"float32": 4, "bfloat16": 2, "int8": 1}[dtype]
 
 
+def q4_1_block(weights: list[float]) -> list[float]:
+    low, high = min(weights), max(weights)
+    step = (high - low) / 15
+    if step == 0:
+        return list(weights)
+    return [low + min(15, max(0, round((w - low) / step))) * step for w in weights]
+
+
 def principle_shares(results: list[tuple[str, bool]]) -> dict[str, float]:
     passed, total = defaultdict(int), defaultdict(int)
     for principle, ok in results:
@@ -30,7 +38,8 @@ def pair_count(k: int) -> int:
 
 
 def longer_wins(pairs: list[tuple[str, str]]) -> float:
-    return sum(len(chosen) > len(rejected) for chosen, rejected in pairs) / len(pairs)
+    wins = sum(1.0 if len(c) > len(r) else 0.5 if len(c) == len(r) else 0.0 for c, r in pairs)
+    return wins / len(pairs)
 
 
 def sft_loss_mask(tokenizer, conversation: list[dict[str, str]]) -> list[int]:
@@ -116,6 +125,7 @@ def margin_accuracy(margins: list[float]) -> float:
 SOLUTIONS = {
     "00.1": model_bytes,
     "00.2": pick,
+    "00.3": q4_1_block,
     "01.1": principle_shares,
     "01.2": expected_behaviour,
     "02.1": ratings_to_pairs,

@@ -42,10 +42,18 @@ WRONG_ANSWERS = {
     "03.2": (lambda transcript: transcript.split("\n\nAssistant:")[1].split("\n\n")[0].strip(), "first Assistant"),
     "05.2": (lambda margins: sum(m > 0 for m in margins) / len(margins), "half a win"),
     "00.1": (lambda params, dtype: params * 4, "bfloat16 takes 2 bytes"),
+    "00.3": (
+        lambda weights: [
+            min(weights)
+            + int((w - min(weights)) / ((max(weights) - min(weights)) / 15)) * ((max(weights) - min(weights)) / 15)
+            for w in weights
+        ],
+        "truncates",
+    ),
     "01.1": (lambda results: {p: sum(ok for q, ok in results if q == p) for p, _ in results}, "divide"),
     "02.1": (lambda ratings: [(a, b) for a in ratings for b in ratings if ratings[a] >= ratings[b] and a != b], "ties"),
     "02.2": (lambda k: k * (k - 1), "counted twice"),
-    "03.1": (lambda pairs: sum(len(c) >= len(r) for c, r in pairs) / len(pairs), "strict"),
+    "03.1": (lambda pairs: sum(len(c) > len(r) for c, r in pairs) / len(pairs), "half a win"),
     "05.1": (lambda c, r: 1 / (1 + math.exp(c - r)), "sign is flipped"),
     "06.1": (
         lambda score, logprobs, ref_logprobs, beta: [

@@ -3,7 +3,17 @@ import pytest
 from datasets import Dataset
 
 from playbook.feedback import PairwiseFeedback, to_preference_row
-from playbook.preferences import find_examples, length_bias_accuracy, pair_statistics, plot_statistics, summary_table
+from playbook.preferences import (
+    ends_mid_sentence,
+    find_examples,
+    length_bias_accuracy,
+    length_preference,
+    longer_wins_scores,
+    pair_statistics,
+    plot_statistics,
+    summary_table,
+    unfinished_replies,
+)
 
 
 def make_dataset():
@@ -58,3 +68,36 @@ def test_plot_has_four_panels(tokenizer):
     assert figure.axes[3].patches[0].get_height() == pytest.approx(
         length_bias_accuracy(pair_statistics(make_dataset(), tokenizer))
     )
+
+
+def test_length_preference_gives_the_direction_only_outside_the_noise():
+    shorter = pd.DataFrame({"chosen_tokens": [1] * 90 + [9] * 10, "rejected_tokens": [5] * 100})
+    preference = length_preference("toy", shorter)
+    assert preference.share == pytest.approx(0.1) and preference.pairs == 100
+    assert preference.interval[0] < 0.1 < preference.interval[1] < 0.5
+    assert "towards shorter replies" in str(preference)
+    balanced = pd.DataFrame({"chosen_tokens": [1, 9, 5, 9, 1, 5], "rejected_tokens": [5, 5, 5, 5, 5, 5]})
+    assert longer_wins_scores(balanced).tolist() == [0, 1, 0.5, 1, 0, 0.5]
+    assert "within the noise of a coin flip" in str(length_preference("even", balanced))
+
+
+@pytest.mark.parametrize(
+    ("reply", "cut"),
+    [
+        ("That is all.", False),
+        ('He said "stop!"', False),
+        ("Really?)", False),
+        ("Wait…", False),
+        ("and so it’s", True),
+        ("Ok", True),
+        ("", True),
+    ],
+)
+def test_ends_mid_sentence(reply, cut):
+    assert ends_mid_sentence(reply) is cut
+
+
+def test_unfinished_replies_counts_per_role():
+    table = unfinished_replies(make_dataset())  # chosen: "…today?", "No.", "Dry today"; rejected: all unfinished
+    assert table.loc["chosen", "mid-sentence"] == 1 and table.loc["rejected", "mid-sentence"] == 3
+    assert table.loc["chosen", "share"] == pytest.approx(1 / 3)
