@@ -28,6 +28,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from playbook.io import read_jsonl
 from playbook.models import chat_batches
+from playbook.stats import bootstrap_interval
 from playbook.tensors import pad_sequences
 
 Strategy = Literal["uniform", "quantile"]
@@ -62,6 +63,17 @@ class Bins:
     accuracy: np.ndarray
     count: np.ndarray
     edges: np.ndarray
+    index: np.ndarray  # which bins (of len(edges) - 1) the rows above describe
+
+    @property
+    def centre(self) -> np.ndarray:
+        """The middle of each non-empty bin (where a reliability diagram draws its bar)."""
+        return (self.edges[self.index] + self.edges[self.index + 1]) / 2
+
+    @property
+    def width(self) -> np.ndarray:
+        """The width of each non-empty bin."""
+        return self.edges[self.index + 1] - self.edges[self.index]
 
 
 def calibration_bins(confidences, correct, n_bins: int = 10, strategy: Strategy = "uniform") -> Bins:
@@ -76,11 +88,13 @@ def calibration_bins(confidences, correct, n_bins: int = 10, strategy: Strategy 
     else:
         raise ValueError(f"strategy={strategy!r}: use 'uniform' or 'quantile'.")
     index = np.searchsorted(edges[1:-1], confidences)
-    count = np.bincount(index, minlength=len(edges))
-    sums = np.bincount(index, weights=confidences, minlength=len(edges))
-    hits = np.bincount(index, weights=correct, minlength=len(edges))
+    count = np.bincount(index, minlength=len(edges) - 1)
+    sums = np.bincount(index, weights=confidences, minlength=len(edges) - 1)
+    hits = np.bincount(index, weights=correct, minlength=len(edges) - 1)
     filled = count > 0
-    return Bins(sums[filled] / count[filled], hits[filled] / count[filled], count[filled], edges)
+    return Bins(
+        sums[filled] / count[filled], hits[filled] / count[filled], count[filled], edges, np.flatnonzero(filled)
+    )
 
 
 def expected_calibration_error(confidences, correct, n_bins: int = 10, strategy: Strategy = "uniform") -> float:
@@ -109,7 +123,7 @@ def negative_log_likelihood(confidences, correct, eps: float = 1e-12) -> float:
 
 
 def calibration_report(confidences, correct, n_bins: int = 10) -> dict[str, float]:
-    """Accuracy, mean confidence, ECE, MCE, Brier score and NLL in one dict."""
+    """Accuracy, mean confidence, ECE, MCE, Brier score and the binary NLL of the top answer in one dict."""
     confidences, correct = _check(confidences, correct)
     return {
         "accuracy": float(correct.mean()),
@@ -117,7 +131,7 @@ def calibration_report(confidences, correct, n_bins: int = 10) -> dict[str, floa
         "ECE": expected_calibration_error(confidences, correct, n_bins),
         "MCE": maximum_calibration_error(confidences, correct, n_bins),
         "Brier": brier_score(confidences, correct),
-        "NLL": negative_log_likelihood(confidences, correct),
+        "NLL (top answer, binary)": negative_log_likelihood(confidences, correct),
     }
 
 
@@ -144,27 +158,23 @@ def ece_interval(
     resamples: int = 2000,
     seed: int = 0,
 ) -> tuple[float, float]:
-    """A percentile bootstrap interval for the ECE: resample the questions (each a confidence with its
-    correctness) with replacement, recompute the ECE, and take the central ``level`` share of the results.
+    """A percentile bootstrap interval for the ECE (:func:`playbook.stats.bootstrap_interval`): resample the
+    questions (each a confidence with its correctness) with replacement, recompute the ECE, and take the central
+    ``level`` share of the results.
 
-    A seeded numpy resample rather than ``scipy.stats.bootstrap`` (which does take paired arrays, with
-    ``paired=True``): scipy is not a dependency of the course package, only of its dev tools. The tests check
-    that both give the same interval. The ECE is biased upwards at small n, and resampling does not remove that
-    bias (resampled ECEs run a little higher still, so for a nearly calibrated model the estimate can sit at or
-    just under the interval's low end); read the interval with :func:`calibrated_ece_floor`.
+    Percentile rather than BCa: the binned ECE jumps as answers cross bin edges, the case BCa's smoothness
+    assumption does not cover. The ECE is biased upwards at small n, and resampling does not remove that bias
+    (resampled ECEs run a little higher still, so for a nearly calibrated model the estimate can sit at or just
+    under the interval's low end); read the interval with :func:`calibrated_ece_floor`.
     """
     confidences, correct = _check(confidences, correct)
-    if not 0 < level < 1:
-        raise ValueError(f"level must lie in (0, 1), got {level}.")
-    if resamples < 1:
-        raise ValueError(f"resamples must be at least 1, got {resamples}.")
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(resamples):
-        row = rng.integers(0, len(confidences), size=len(confidences))
-        values.append(expected_calibration_error(confidences[row], correct[row], n_bins, strategy))
-    low, high = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
-    return float(low), float(high)
+    return bootstrap_interval(
+        (confidences, correct),
+        lambda c, y: expected_calibration_error(c, y, n_bins, strategy),
+        confidence=level,
+        draws=resamples,
+        seed=seed,
+    )
 
 
 def calibrated_ece_floor(
@@ -208,28 +218,60 @@ def describe_ece(confidences, correct, *, n_bins: int = 10, level: float = 0.95,
 
 
 def reliability_diagram(
-    confidences, correct, *, n_bins: int = 10, strategy: Strategy = "uniform", title: str = "Reliability diagram"
+    confidences,
+    correct,
+    *,
+    n_bins: int = 10,
+    strategy: Strategy = "uniform",
+    title: str = "Reliability diagram",
+    accuracy_interval: tuple[np.ndarray, np.ndarray] | None = None,
+    ece_text: str | None = None,
 ) -> Figure:
-    """Accuracy per confidence bin against the diagonal, with gap bars, over a histogram of confidences."""
+    """Accuracy per confidence bin against the diagonal, over a histogram of confidences.
+
+    Each bar spans its bin (centred on the bin, as wide as the bin, so bars never overlap); a black dot marks the
+    bin's mean confidence, and a red band the gap between it and the accuracy. ``accuracy_interval`` (low and high
+    per non-empty bin, e.g. from :func:`grouped_bin_accuracy_interval`) adds error bars; ``ece_text`` replaces the
+    plain ECE in the title (e.g. with its interval).
+    """
     confidences, correct = _check(confidences, correct)
     bins = calibration_bins(confidences, correct, n_bins, strategy)
-    ece = expected_calibration_error(confidences, correct, n_bins, strategy)
+    ece_text = ece_text or f"{expected_calibration_error(confidences, correct, n_bins, strategy):.3f}"
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(4.5, 5.5), sharex=True, height_ratios=(3, 1))
-    width = 1.0 / n_bins
-    top.bar(bins.confidence, bins.accuracy, width=width * 0.9, color="tab:blue", alpha=0.8, label="accuracy")
     top.bar(
-        bins.confidence,
+        bins.centre, bins.accuracy, width=bins.width, color="tab:blue", alpha=0.8, edgecolor="white", label="accuracy"
+    )
+    top.bar(
+        bins.centre,
         bins.confidence - bins.accuracy,
         bottom=bins.accuracy,
-        width=width * 0.9,
+        width=bins.width,
         color="tab:red",
         alpha=0.3,
-        label="gap",
+        label="gap to mean confidence",
     )
+    top.plot(bins.centre, bins.confidence, "k.", label="mean confidence of the bin")
+    if accuracy_interval is not None:
+        low, high = (np.asarray(bound, dtype=float) for bound in accuracy_interval)
+        if low.shape != bins.accuracy.shape or high.shape != bins.accuracy.shape:
+            raise ValueError(
+                f"accuracy_interval: need one low and one high per non-empty bin ({len(bins.accuracy)}), "
+                f"got shapes {low.shape} and {high.shape}."
+            )
+        top.errorbar(
+            bins.centre,
+            bins.accuracy,
+            yerr=np.abs(np.vstack([bins.accuracy - low, high - bins.accuracy])),
+            fmt="none",
+            ecolor="black",
+            capsize=2,
+            linewidth=1,
+            label="95% interval of the accuracy",
+        )
     top.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
-    top.set(ylabel="accuracy", ylim=(0, 1), title=f"{title}\nECE = {ece:.3f}")
-    top.legend(fontsize=8, loc="upper left")
-    bottom.hist(confidences, bins=np.linspace(0, 1, n_bins + 1), color="tab:gray")
+    top.set(ylabel="accuracy", ylim=(0, 1), title=f"{title}\nECE = {ece_text}")
+    top.legend(fontsize=7, loc="upper left")
+    bottom.hist(confidences, bins=bins.edges, color="tab:gray")
     bottom.set(xlabel="confidence", ylabel="answers", xlim=(0, 1))
     figure.tight_layout()
     return figure
@@ -269,6 +311,18 @@ def fit_temperature(logits, labels, *, bounds: tuple[float, float] = (0.05, 20.0
         else:
             low = left
     return float(2 / (low + high))
+
+
+def option_nll(logits, labels, temperature: float = 1.0) -> float:
+    """The K-way cross-entropy, mean −log softmax(logits / T)[right option]: what :func:`fit_temperature`
+    minimises (unlike :func:`negative_log_likelihood`, the binary NLL of the top answer's confidence)."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}.")
+    logits = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
+    labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    if logits.ndim != 2 or len(logits) != len(labels):
+        raise ValueError(f"logits must be [N, K] with one label each; got {tuple(logits.shape)} and {len(labels)}.")
+    return _log_softmax_nll(logits, labels, temperature)
 
 
 def apply_temperature(logits, temperature: float) -> np.ndarray:
@@ -487,3 +541,173 @@ def load_mc_questions(path: str | Path) -> list[MCQuestion]:
         except (TypeError, ValueError) as error:
             raise ValueError(f"{path}:{number}: {error}") from error
     return questions
+
+
+# -------------------------------------------------------------------------- next-token calibration
+
+
+ReplyTokens = list[tuple[list[int], list[int]]]
+"""Per conversation, its token ids and a 0/1 mask of the reply tokens to score (:func:`reply_tokens`)."""
+
+
+def reply_tokens(
+    tokenizer: PreTrainedTokenizerBase, conversations: Sequence, *, max_length: int | None = None
+) -> ReplyTokens:
+    """Each conversation's token ids and the 0/1 mask of the tokens SFT trains on (:func:`playbook.sft.loss_mask`:
+    the last reply, its ``<|im_end|>`` and the template's newline); ``max_length`` cuts as the trainer does.
+    Encode once, then score with every model that shares the tokenizer (:func:`next_token_predictions`)."""
+    from playbook.sft import loss_mask  # the SFT module imports the trainers; load it only when needed
+
+    if not conversations:
+        raise ValueError("conversations: nothing to score; pass at least one conversation ending with a reply.")
+    return [loss_mask(tokenizer, conversation, max_length) for conversation in conversations]
+
+
+@torch.no_grad()
+def next_token_predictions(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, replies: ReplyTokens, *, batch_size: int = 8
+) -> pd.DataFrame:
+    """One row per scored token of :func:`reply_tokens`: ``document`` (the conversation's index), ``confidence``
+    (the largest next-token probability the model gives at the position before the token) and ``correct`` (1 if
+    that most likely token is the one the text has).
+
+    Rows come in the same order for every model, so two models' predictions pair up token for token. Batches group
+    conversations of similar length, so little of each forward pass is padding.
+    """
+    was_training = model.training
+    model.eval()
+    order = np.argsort([len(token_ids) for token_ids, _ in replies], kind="stable")
+    frames = []
+    for start in range(0, len(order), batch_size):
+        documents = order[start : start + batch_size]
+        ids, attention = pad_sequences([replies[i][0] for i in documents], tokenizer.pad_token_id)
+        scored, _ = pad_sequences([replies[i][1] for i in documents], 0)
+        hidden = model.base_model(input_ids=ids.to(model.device), attention_mask=attention.to(model.device))
+        keep = scored[:, 1:].bool()  # token t is predicted from the hidden state at t - 1
+        # The output layer only where a scored token is predicted: a vocabulary-wide row per position is costly.
+        logits = model.get_output_embeddings()(hidden.last_hidden_state[:, :-1][keep.to(model.device)])
+        confidence, guess = torch.softmax(logits.float(), dim=-1).max(dim=-1)
+        rows, _ = keep.nonzero(as_tuple=True)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "document": documents[rows.numpy()],
+                    "confidence": confidence.double().cpu().numpy(),
+                    "correct": (guess.cpu() == ids[:, 1:][keep]).numpy().astype(int),
+                }
+            )
+        )
+    model.train(was_training)
+    return pd.concat(frames).sort_values("document", kind="stable").reset_index(drop=True)
+
+
+def _grouped_bin_sums(predictions: pd.DataFrame, n_bins: int) -> np.ndarray:
+    """``[documents, 3, n_bins]``: per document and equal-width bin, the number of tokens, the sum of their
+    confidences and the number right. Sums add up over any resample of documents, which makes the bootstrap cheap."""
+    confidence, correct = _check(predictions["confidence"], predictions["correct"])
+    documents = pd.factorize(predictions["document"], sort=True)[0]
+    bin_index = np.searchsorted(np.linspace(0.0, 1.0, n_bins + 1)[1:-1], confidence)
+    cell = documents * n_bins + bin_index
+    size = (documents.max() + 1) * n_bins
+    sums = [np.bincount(cell, weights=weights, minlength=size) for weights in (None, confidence, correct)]
+    return np.stack(sums).reshape(3, -1, n_bins).transpose(1, 0, 2)
+
+
+def _ece_of_sums(sums: np.ndarray) -> float:
+    """The ECE of the tokens whose bin sums ``[3, n_bins]`` (count, confidence, right) are given."""
+    count, confidence, right = sums
+    filled = count > 0
+    gaps = np.abs(right[filled] - confidence[filled])  # count × |accuracy − mean confidence|
+    return float(gaps.sum() / count.sum())
+
+
+def _check_documents(predictions: pd.DataFrame) -> None:
+    if predictions["document"].nunique() < 2:
+        raise ValueError(
+            "predictions: tokens of a single document cannot be bootstrapped by document; score at least 2 texts."
+        )
+
+
+def grouped_ece_interval(
+    predictions: pd.DataFrame, *, n_bins: int = 10, level: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """The ECE of :func:`next_token_predictions` and a percentile bootstrap interval that resamples whole
+    documents (:func:`playbook.stats.bootstrap_interval`): (ECE, low, high).
+
+    Documents, not tokens: tokens of one text share its topic and style, so whether the model predicts them well
+    goes together; resampling tokens as if independent would give a falsely narrow interval.
+    """
+    _check_documents(predictions)
+    sums = _grouped_bin_sums(predictions, n_bins)
+    low, high = bootstrap_interval(
+        sums, lambda rows: _ece_of_sums(rows.sum(0)), confidence=level, draws=resamples, seed=seed
+    )
+    return _ece_of_sums(sums.sum(0)), low, high
+
+
+def grouped_bin_accuracy_interval(
+    predictions: pd.DataFrame, *, n_bins: int = 10, level: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per non-empty bin (as :func:`calibration_bins` lists them), a percentile interval of the bin's accuracy,
+    resampling whole documents. Resamples that leave a bin empty say nothing about its accuracy and are left out
+    of that bin's interval."""
+    _check_documents(predictions)
+    sums = _grouped_bin_sums(predictions, n_bins)
+    filled = sums.sum(0)[0] > 0
+
+    def accuracy(rows: np.ndarray) -> np.ndarray:
+        count, _, right = rows.sum(0)[:, filled]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return right / count
+
+    return bootstrap_interval(sums, accuracy, confidence=level, draws=resamples, seed=seed, omit_undefined=True)
+
+
+@dataclass(frozen=True)
+class ECEDifference:
+    """ECE of one model minus another's on the same tokens, with a bootstrap interval over documents."""
+
+    difference: float
+    low: float
+    high: float
+    documents: int
+    level: float
+
+    def describe(self, first: str, second: str) -> str:
+        """The sentence a notebook prints: the direction if the interval excludes 0, otherwise "inside the noise"."""
+        numbers = (
+            f"ECE {first} − {second} = {self.difference:+.4f} [{self.level:.0%} CI {self.low:+.4f}, "
+            f"{self.high:+.4f}] over {self.documents} texts"
+        )
+        if self.low > 0:
+            return f"{numbers}: {first} is less calibrated than {second}, outside the noise."
+        if self.high < 0:
+            return f"{numbers}: {first} is better calibrated than {second}, outside the noise."
+        return f"{numbers}: the interval includes 0, so any difference is inside the noise at this many texts."
+
+
+def grouped_ece_difference(
+    first: pd.DataFrame,
+    second: pd.DataFrame,
+    *,
+    n_bins: int = 10,
+    level: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> ECEDifference:
+    """ECE(first) − ECE(second) for two models' :func:`next_token_predictions` on the same texts, with a paired
+    percentile bootstrap: each resample draws documents once and recomputes both ECEs on them, so the texts'
+    own difficulty, shared by both models, cancels out of the interval."""
+    if not first["document"].equals(second["document"]):
+        raise ValueError(
+            "first and second must score the same texts with the same tokenizer (their document columns differ)."
+        )
+    _check_documents(first)
+    pair = np.concatenate([_grouped_bin_sums(first, n_bins), _grouped_bin_sums(second, n_bins)], axis=1)
+
+    def difference(rows: np.ndarray) -> float:
+        total = rows.sum(0)
+        return _ece_of_sums(total[:3]) - _ece_of_sums(total[3:])
+
+    low, high = bootstrap_interval(pair, difference, confidence=level, draws=resamples, seed=seed)
+    return ECEDifference(difference(pair), low, high, first["document"].nunique(), level)

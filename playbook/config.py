@@ -66,6 +66,8 @@ class Profile:
     eval_questions: int
     # DoLa (09): TruthfulQA questions scored for MC1/MC2/MC3 (each needs one forward pass per answer option).
     mc_questions: int
+    # Next-token calibration (10): held-out hh-rlhf conversations whose chosen reply each model scores.
+    calibration_texts: int
 
 
 PROFILES: dict[str, Profile] = {
@@ -96,6 +98,7 @@ PROFILES: dict[str, Profile] = {
         rl_learning_rate=2e-5,
         eval_questions=8,
         mc_questions=3,
+        calibration_texts=4,
     ),
     # The course's measured run on a 2-core laptop CPU (README, benchmarks/README.md).
     "cpu": Profile(
@@ -125,6 +128,7 @@ PROFILES: dict[str, Profile] = {
         rl_learning_rate=2e-5,
         eval_questions=150,
         mc_questions=100,
+        calibration_texts=60,
     ),
     # Sized for one GPU from the published reproductions, not measured by the course: every layer trains, so the
     # learning rates are those of full fine-tuning (Huang et al. 2024 used 3e-6 for PPO on 1B-6.9B models;
@@ -156,6 +160,7 @@ PROFILES: dict[str, Profile] = {
         rl_learning_rate=5e-6,
         eval_questions=817,
         mc_questions=817,
+        calibration_texts=1_000,
     ),
 }
 

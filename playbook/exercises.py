@@ -345,13 +345,27 @@ def _ece_two_bins(answer) -> str | None:
     return None
 
 
-def _temperature_direction(answer) -> str | None:
-    choice = str(answer).strip().lower()
-    if choice == "above 1":
-        return None
-    if choice == "below 1":
-        return "T < 1 sharpens the probabilities, making an over-confident model worse."
-    return "Answer 'above 1' or 'below 1'."
+def _ece_bootstrap(answer) -> str | None:
+    from playbook.calibration import ece_interval, expected_calibration_error
+
+    rng = np.random.default_rng(5)
+    confidences = rng.uniform(0.05, 1.0, 200)
+    correct = (rng.uniform(size=200) < confidences**1.5).astype(int)  # over-confident
+    low, high = (float(x) for x in answer(confidences, correct, 2000, 0))
+    reference = ece_interval(confidences, correct, resamples=2000, seed=1)
+    if high - low < 1e-9:
+        return "Every resample gave the same ECE: draw the rows *with* replacement (rng.integers), not a permutation."
+    if low > expected_calibration_error(confidences, correct) + 0.02:
+        return (
+            "The interval lies above the ECE itself: draw one set of row indices per resample and take the same rows "
+            "of confidences and correct, so each question keeps its own correctness."
+        )
+    if not (_close(low, reference[0], 0.008) and _close(high, reference[1], 0.008)):
+        return (
+            f"Expected about ({reference[0]:.3f}, {reference[1]:.3f}), got ({low:.3f}, {high:.3f}): take the 2.5% and "
+            "97.5% quantiles (np.quantile) of the resampled ECEs."
+        )
+    return None
 
 
 def _device_order(answer) -> str | None:
@@ -501,8 +515,8 @@ EXERCISES: dict[str, Exercise] = {
     ),
     "10.2": Exercise(
         "10_calibration",
-        "Predict: for an over-confident model, the fitted temperature is 'above 1' or 'below 1'?",
-        _temperature_direction,
+        "ece_bootstrap(confidences, correct, resamples, seed): a 95% percentile bootstrap interval of the ECE.",
+        _ece_bootstrap,
     ),
 }
 

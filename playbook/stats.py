@@ -8,7 +8,10 @@ words the result.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -94,6 +97,72 @@ def bootstrap_mean_interval(
         rng=np.random.default_rng(seed),
     )
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def bootstrap_interval(
+    items: ArrayLike | tuple[ArrayLike, ...],
+    statistic: Callable[..., float | np.ndarray],
+    *,
+    confidence: float = 0.95,
+    draws: int = DRAWS,
+    seed: int = 0,
+    method: Literal["percentile", "BCa"] = "percentile",
+    omit_undefined: bool = False,
+) -> tuple[float, float] | tuple[np.ndarray, np.ndarray]:
+    """Bootstrap interval of any ``statistic`` of independent items: resample the items with replacement,
+    recompute ``statistic`` on each resample, and read the interval off those values (``scipy.stats.bootstrap``).
+
+    ``items`` is one array, or a tuple of arrays that pair up item for item along their first axis (a confidence and a
+    correctness per question; a row of per-bin counts per document): each resample takes the same rows of every
+    array, and ``statistic(*arrays)`` gets those rows. Whatever is one row must be one independent unit: tokens of
+    the same text are not, so resample the texts. ``statistic`` may return a vector (one interval per entry).
+
+    ``method="percentile"`` (the central ``confidence`` share of the resampled values) suits statistics that are
+    not smooth in the data, such as a binned ECE; ``"BCa"`` (as :func:`bootstrap_mean_interval`) corrects for bias
+    and skew where the statistic is smooth, e.g. a mean. ``omit_undefined=True`` (percentile only) leaves out the
+    resamples where the statistic is NaN, e.g. the accuracy of a bin a resample leaves empty: the interval is then
+    that of the resamples where it is defined (NaN only if it never is). Same ``seed``, same interval.
+    """
+    arrays = [np.asarray(array) for array in items] if isinstance(items, tuple) else [np.asarray(items)]
+    sizes = {len(array) for array in arrays}
+    if len(sizes) != 1:
+        raise ValueError(f"items: the arrays must pair up row for row, got lengths {sorted(sizes)}")
+    size = sizes.pop()
+    if size < 2:
+        raise ValueError(f"items needs at least 2 independent units to resample, got {size}")
+    _check_confidence(confidence)
+    if draws < 1:
+        raise ValueError(f"draws must be positive, got {draws}")
+    if method not in ("percentile", "BCa"):
+        raise ValueError(f"method={method!r}: use 'percentile' or 'BCa'")
+    if omit_undefined and method != "percentile":
+        raise ValueError("omit_undefined=True needs method='percentile' (BCa has no rule for undefined resamples)")
+
+    def on_rows(rows: np.ndarray) -> float | np.ndarray:
+        return statistic(*(array[rows] for array in arrays))
+
+    with warnings.catch_warnings():
+        if omit_undefined:  # NaN resamples make scipy warn of a degenerate distribution; they are handled below
+            warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        result = stats.bootstrap(
+            (np.arange(size),),
+            on_rows,
+            vectorized=False,
+            n_resamples=draws,
+            confidence_level=confidence,
+            method=method,
+            rng=np.random.default_rng(seed),
+        )
+    low, high = result.confidence_interval
+    if omit_undefined:
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # "All-NaN slice": the statistic is never defined
+            low, high = np.nanpercentile(
+                result.bootstrap_distribution, [50 * (1 - confidence), 50 * (1 + confidence)], axis=-1
+            )
+    if np.ndim(low) == 0:
+        return float(low), float(high)
+    return np.asarray(low, dtype=float), np.asarray(high, dtype=float)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@ import json
 import subprocess
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from scipy.stats import bootstrap
@@ -20,9 +21,13 @@ from playbook.calibration import (
     ece_interval,
     expected_calibration_error,
     fit_temperature,
+    grouped_bin_accuracy_interval,
+    grouped_ece_difference,
+    grouped_ece_interval,
     load_mc_questions,
     maximum_calibration_error,
     negative_log_likelihood,
+    option_nll,
     reliability_diagram,
     split_by_answer,
     truthfulqa_mc_questions,
@@ -143,7 +148,7 @@ def test_accuracy_coverage_answers_most_confident_first():
 def test_report_and_diagram():
     confidences, correct = random_answers()
     report = calibration_report(confidences, correct)
-    assert set(report) == {"accuracy", "mean confidence", "ECE", "MCE", "Brier", "NLL"}
+    assert set(report) == {"accuracy", "mean confidence", "ECE", "MCE", "Brier", "NLL (top answer, binary)"}
     figure = reliability_diagram(confidences, correct, title="test")
     assert f"ECE = {report['ECE']:.3f}" in figure.axes[0].get_title()
 
@@ -304,3 +309,94 @@ def test_truthfulqa_mc_questions_names_the_problem_when_none_has_enough_options(
     with pytest.raises(ValueError, match=r"none of the 2 questions has 4 MC1 choices.*most any has is 3"):
         truthfulqa_mc_questions([short, short])
     assert len(truthfulqa_mc_questions([short, short], options=3)) == 2
+
+
+# ------------------------------------------------------------------------- diagram, K-way NLL
+
+
+def test_bins_know_their_centre_and_width_and_the_diagram_draws_bars_on_them():
+    bins = calibration_bins([0.05, 0.12, 0.95], [0, 1, 1], n_bins=10)
+    assert bins.index.tolist() == [0, 1, 9]
+    assert bins.centre == pytest.approx([0.05, 0.15, 0.95]) and bins.width == pytest.approx([0.1, 0.1, 0.1])
+    assert bins.confidence == pytest.approx([0.05, 0.12, 0.95])  # the mean confidence stays where it is
+    figure = reliability_diagram([0.05, 0.12, 0.95], [0, 1, 1], accuracy_interval=([0, 0.5, 0.9], [0.1, 1, 1]))
+    accuracy_bars = figure.axes[0].patches[:3]
+    assert [bar.get_x() for bar in accuracy_bars] == pytest.approx([0.0, 0.1, 0.9])  # bin edges: no overlap
+    assert [bar.get_width() for bar in accuracy_bars] == pytest.approx([0.1, 0.1, 0.1])
+    with pytest.raises(ValueError, match="one low and one high per non-empty bin"):
+        reliability_diagram([0.05, 0.95], [0, 1], accuracy_interval=([0], [1]))
+
+
+def test_option_nll_is_the_k_way_cross_entropy_the_temperature_minimises():
+    assert option_nll([[0.0, 0.0, 0.0, 0.0]], [2]) == pytest.approx(np.log(4))
+    assert option_nll([[2.0, 0.0]], [0], temperature=2.0) == pytest.approx(np.log(1 + np.exp(-1)))
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(400, 4)) * 3
+    labels = np.array([rng.choice(4, p=row) for row in apply_temperature(logits, 2.0)])  # truly T = 2
+    fitted = fit_temperature(logits, labels)
+    assert 1.5 < fitted < 2.5
+    assert option_nll(logits, labels, fitted) <= min(
+        option_nll(logits, labels, t) for t in (fitted * 0.9, fitted * 1.1)
+    )
+    with pytest.raises(ValueError, match="temperature must be positive"):
+        option_nll(logits, labels, 0.0)
+
+
+# -------------------------------------------------------------------------- next-token calibration
+
+
+def token_table(rows):
+    return pd.DataFrame(rows, columns=["document", "confidence", "correct"])
+
+
+def test_grouped_ece_equals_the_token_ece_and_identical_documents_leave_no_spread():
+    same = token_table([(0, 0.25, 0), (0, 0.75, 1), (1, 0.25, 0), (1, 0.75, 1)])
+    assert grouped_ece_interval(same) == pytest.approx((0.25, 0.25, 0.25))  # every resample: the same tokens
+    mixed = token_table([(0, 0.9, 1), (0, 0.9, 1), (1, 0.9, 0), (2, 0.3, 0), (2, 0.35, 1)])
+    ece, low, high = grouped_ece_interval(mixed, resamples=500)
+    assert ece == pytest.approx(expected_calibration_error(mixed["confidence"], mixed["correct"]))
+    assert low < ece < high
+    low_bins, high_bins = grouped_bin_accuracy_interval(mixed, resamples=500)
+    # bins (0.2, 0.3], (0.3, 0.4] and (0.8, 0.9]: the first two hold one token each of document 2, so a resample
+    # that draws it gives 0 or 1; resamples without document 2 leave them empty and are left out
+    assert low_bins.tolist() == [0.0, 1.0, 0.0] and high_bins.tolist() == [0.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="single document"):
+        grouped_ece_interval(token_table([(0, 0.5, 1), (0, 0.5, 0)]))
+
+
+def test_grouped_ece_difference_is_paired_by_document_and_worded_by_its_interval():
+    sure = token_table([(0, 0.9, 1), (1, 0.9, 1), (2, 0.9, 1)])
+    certain = sure.assign(confidence=1.0)
+    result = grouped_ece_difference(sure, certain, resamples=200)
+    assert (result.difference, result.low, result.high) == pytest.approx((0.1, 0.1, 0.1))
+    assert "less calibrated than" in result.describe("PPO", "SFT") and "+0.1000" in result.describe("PPO", "SFT")
+    same = grouped_ece_difference(sure, sure, resamples=200)
+    assert (same.difference, same.low, same.high) == (0.0, 0.0, 0.0)
+    assert "inside the noise" in same.describe("PPO", "SFT")
+    with pytest.raises(ValueError, match="same texts"):
+        grouped_ece_difference(sure, sure.iloc[:2])
+
+
+@pytest.mark.slow
+def test_next_token_predictions_match_a_plain_forward_pass(embedded):
+    from playbook.calibration import next_token_predictions, reply_tokens
+    from playbook.sft import loss_mask
+
+    model, tokenizer = embedded
+    conversations = [
+        [{"role": "user", "content": "Say hello."}, {"role": "assistant", "content": "Hello there!"}],
+        [{"role": "user", "content": "Count to three."}, {"role": "assistant", "content": "One, two, three."}],
+    ]
+    replies = reply_tokens(tokenizer, conversations)
+    table = next_token_predictions(model, tokenizer, replies, batch_size=1)
+    for document, conversation in enumerate(conversations):
+        ids, mask = loss_mask(tokenizer, conversation, None)
+        with torch.no_grad():
+            probabilities = torch.softmax(model(input_ids=torch.tensor([ids])).logits[0, :-1].float(), -1)
+        scored = np.flatnonzero(mask[1:])  # positions whose next token is a reply token
+        rows = table[table["document"] == document]
+        assert len(rows) == sum(mask) - mask[0]
+        assert rows["confidence"].to_numpy() == pytest.approx(probabilities[scored].max(-1).values.numpy(), abs=1e-5)
+        expected = (probabilities[scored].argmax(-1).numpy() == np.array(ids[1:])[scored]).astype(int)
+        assert rows["correct"].tolist() == expected.tolist()
+    assert table["document"].tolist() == sorted(table["document"])

@@ -1,6 +1,7 @@
 import importlib.util
 import math
 
+import numpy as np
 import pytest
 
 from conftest import REPO
@@ -69,7 +70,12 @@ WRONG_ANSWERS = {
     "09.1": (lambda probs, alpha: probs >= alpha, "relative"),
     "09.2": (lambda n, tied: list(range(2, n // 2, 2)), "starts at layer 0"),
     "10.1": (lambda confidences, correct: 0.3, "Expected ECE"),
-    "10.2": ("below 1", "sharpens"),
+    "10.2": (
+        lambda confidences, correct, resamples, seed: __import__("playbook.calibration").calibration.ece_interval(
+            np.random.default_rng(seed).permutation(confidences), correct, resamples=resamples, seed=seed
+        ),
+        "same rows",
+    ),
 }
 
 

@@ -3,6 +3,7 @@ import pytest
 
 from playbook.stats import (
     PairedDifference,
+    bootstrap_interval,
     bootstrap_mean_interval,
     describe_effect,
     format_p_value,
@@ -133,3 +134,46 @@ def test_mcnemar_rejects_unpaired_or_non_binary_outcomes():
 
 def test_p_values_print_with_two_significant_figures():
     assert [format_p_value(p) for p in (0.375, 0.04123, 0.0004)] == ["p = 0.38", "p = 0.041", "p < 0.001"]
+
+
+def test_bootstrap_interval_of_the_mean_with_bca_is_bootstrap_mean_interval():
+    values = np.random.default_rng(3).normal(size=50)
+    assert bootstrap_interval(values, np.mean, method="BCa") == bootstrap_mean_interval(values)
+
+
+def test_bootstrap_interval_percentile_values_on_two_items():
+    # two items 0 and 1: a resample's mean is 0, 1/2 or 1 with chances 1/4, 1/2, 1/4, so the central 95% is (0, 1)
+    assert bootstrap_interval([0.0, 1.0], np.mean, draws=4000) == (0.0, 1.0)
+    low, high = bootstrap_interval([0.0, 1.0], np.mean, confidence=0.4, draws=4000)  # central 40%: all 1/2
+    assert (low, high) == (0.5, 0.5)
+
+
+def test_bootstrap_interval_resamples_paired_arrays_row_for_row_and_returns_vectors():
+    values = np.random.default_rng(0).normal(size=30)
+    # paired: each resample takes the same rows of both arrays, so their difference is 0 in every resample
+    assert bootstrap_interval((values, values), lambda a, b: np.mean(a - b)) == (0.0, 0.0)
+    rows = np.stack([values, 2 * values], axis=1)  # one row per item, two columns
+    low, high = bootstrap_interval(rows, lambda r: r.mean(0), draws=2000)
+    assert low[1] == pytest.approx(2 * low[0]) and high[1] == pytest.approx(2 * high[0])
+    assert bootstrap_interval(values, np.mean, seed=1) == bootstrap_interval(values, np.mean, seed=1)
+
+
+@pytest.mark.parametrize(
+    ("items", "message"),
+    [(([1.0, 2.0], [1.0]), "pair up row for row"), ([1.0], "at least 2 independent units")],
+)
+def test_bootstrap_interval_names_bad_input(items, message):
+    with pytest.raises(ValueError, match=message):
+        bootstrap_interval(items, np.mean)
+
+
+def test_bootstrap_interval_can_leave_out_resamples_where_the_statistic_is_undefined():
+    # the mean of the items above 0; a resample of [-1, 2] drawing -1 twice (1 in 4) has none
+    def mean_of_positive(values):
+        return values[values > 0].mean() if (values > 0).any() else np.nan
+
+    assert bootstrap_interval(np.array([-1.0, 2.0]), mean_of_positive, omit_undefined=True) == (2.0, 2.0)
+    low, high = bootstrap_interval(np.array([-1.0, -2.0]), mean_of_positive, omit_undefined=True)
+    assert np.isnan(low) and np.isnan(high)
+    with pytest.raises(ValueError, match="needs method='percentile'"):
+        bootstrap_interval([1.0, 2.0], np.mean, method="BCa", omit_undefined=True)
