@@ -444,7 +444,7 @@ def annotation_widget(
             bundle = super()._repr_mimebundle_(**kwargs)
             bundle["text/plain"] = (
                 f"Annotation form ({kind}): {len(queue)} of {len(items)} items to label, saved to "
-                f"{store.path.name}. Run the cell in JupyterLab to label them.\n{describe_form(kind)}"
+                f"{store.path.name}. Run the cell in JupyterLab to label them."
             )
             bundle["text/html"] = _preview_html(*_item_html(items, queue, kind), kind, store.path.name)
             return bundle
