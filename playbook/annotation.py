@@ -40,6 +40,8 @@ except ImportError:  # everywhere but Windows
 
 from playbook.feedback import (
     KINDS,
+    NO_PREFERENCE,
+    PREFERENCE_STRENGTHS,
     BinaryFeedback,
     CorrectiveFeedback,
     Feedback,
@@ -49,6 +51,7 @@ from playbook.feedback import (
     from_record,
     to_record,
 )
+from playbook.stats import proportion_interval
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 UNDO = "undo"  # key of a retraction line: {"undo": item_id, "kind": kind, "time": ...}
@@ -71,7 +74,8 @@ class AnnotationItem:
 def feedback_from_answer(item: AnnotationItem, kind: str, answer: object) -> Feedback:
     """Turn an annotator's answer into a feedback record.
 
-    ``binary``: ``True``/``False`` about response A. ``pairwise``: the letter of the better of A and B.
+    ``binary``: ``True``/``False`` about response A. ``pairwise``: the letter of the better of A and B, optionally
+    with how much (``"A"``, ``"B slightly"``, ``"A clearly better"``), or ``"tie"`` / ``"both bad"`` (no preference).
     ``ranking``: letters best first (``"B A C"`` or ``["B", "A", "C"]``; every response exactly once).
     ``corrective``: the improved text for response A.
     """
@@ -79,8 +83,7 @@ def feedback_from_answer(item: AnnotationItem, kind: str, answer: object) -> Fee
     if kind == "binary":
         return BinaryFeedback(item.prompt, responses[0], answer)
     if kind == "pairwise":
-        better = _index(str(answer), len(responses[:2]))
-        return PairwiseFeedback(item.prompt, responses[better], responses[1 - better])
+        return _pairwise_from_answer(item, str(answer))
     if kind == "ranking":
         letters = answer.split() if isinstance(answer, str) else list(answer)
         order = [_index(letter, len(responses)) for letter in letters]
@@ -95,11 +98,79 @@ def feedback_from_answer(item: AnnotationItem, kind: str, answer: object) -> Fee
     raise ValueError(f"kind: {kind!r} is not one of {list(KINDS)}.")
 
 
+def _pairwise_from_answer(item: AnnotationItem, answer: str) -> PairwiseFeedback:
+    words = " ".join(answer.split())
+    if words.lower() in NO_PREFERENCE:  # prefers neither: the two responses in the order shown
+        return PairwiseFeedback(item.prompt, item.responses[0], item.responses[1], strength=words.lower())
+    letter, _, how = words.partition(" ")
+    how = how.lower().removesuffix(" better")
+    strength = f"{how} better" if how else None
+    if strength is not None and strength not in PREFERENCE_STRENGTHS:
+        allowed = [f"A {s}" for s in PREFERENCE_STRENGTHS] + list(NO_PREFERENCE)
+        raise ValueError(f"answer: {answer!r} is not a letter, one of {allowed}, or the same with B.")
+    better = _index(letter, len(item.responses[:2]))
+    return PairwiseFeedback(item.prompt, item.responses[better], item.responses[1 - better], strength=strength)
+
+
+def pairwise_choice(item: AnnotationItem, feedback: PairwiseFeedback) -> str:
+    """What a pairwise label chose, in the widget's terms: ``"A"``, ``"B"``, ``"tie"`` or ``"both bad"`` (the
+    strength left out, so that labels with and without one compare)."""
+    if not feedback.prefers:
+        return feedback.strength
+    return LETTERS[item.responses.index(feedback.chosen)]
+
+
 def _index(letter: str, count: int) -> int:
     letter = letter.strip().upper()
     if len(letter) != 1 or letter not in LETTERS[:count]:
         raise ValueError(f"answer: {letter!r} is not one of the response letters {list(LETTERS[:count])}.")
     return LETTERS.index(letter)
+
+
+MIN_LABELS_FOR_AGREEMENT = 10
+"""Fewer common labels than this give no agreement figure: kappa on a handful of labels swings by ±0.5 with one
+label changed."""
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How two annotators' labels of the same items compare: ``labels`` items both labelled, ``agreed`` of them
+    alike, and Cohen's kappa (``None`` with too few labels, or when kappa is undefined: both gave the same one
+    answer throughout)."""
+
+    labels: int
+    agreed: int
+    kappa: float | None
+    minimum: int = MIN_LABELS_FOR_AGREEMENT
+
+    def summary(self) -> str:
+        """One sentence with the numbers, or what is missing for them."""
+        if self.labels < self.minimum:
+            return (
+                f"{self.labels} item(s) labelled by both: too few for an agreement figure (at least {self.minimum}); "
+                "label more and run this cell again."
+            )
+        low, high = proportion_interval(self.agreed, self.labels)
+        share = f"same answer on {self.agreed} of {self.labels} items ({self.agreed / self.labels:.0%}, 95% Wilson "
+        share += f"interval {low:.0%} to {high:.0%})"
+        if self.kappa is None:
+            return f"{share}; Cohen's kappa is undefined: both gave the same answer to every item."
+        return f"{share}; Cohen's kappa = {self.kappa:.2f} (0: chance-level agreement, 1: perfect)."
+
+
+def label_agreement(mine: dict[str, str], theirs: dict[str, str], minimum: int = MIN_LABELS_FOR_AGREEMENT) -> Agreement:
+    """Agreement between two annotators' answers ``{item_id: answer}`` on the items both labelled, with Cohen's kappa
+    (``sklearn.metrics.cohen_kappa_score``): the share of agreement beyond what two annotators who answer at random,
+    each as often as they do, would reach."""
+    from sklearn.metrics import cohen_kappa_score
+
+    common = [item_id for item_id in mine if item_id in theirs]
+    first, second = [mine[i] for i in common], [theirs[i] for i in common]
+    agreed = sum(a == b for a, b in zip(first, second, strict=True))
+    kappa = None
+    if len(common) >= minimum and len(set(first) | set(second)) > 1:  # one answer throughout: kappa is 0/0
+        kappa = float(cohen_kappa_score(first, second))
+    return Agreement(len(common), agreed, kappa, minimum)
 
 
 class AnnotationStoreBusy(RuntimeError):
@@ -319,7 +390,7 @@ def annotation_widget(
         try:
             feedback = feedback_from_answer(item, kind, answer)
             store.record(item.item_id, feedback)
-        except (ValueError, OSError) as error:
+        except (ValueError, OSError, RuntimeError) as error:
             report(f"Not saved: {error}", ERROR_COLOUR)
             return
         if on_label:
@@ -329,9 +400,16 @@ def annotation_widget(
         report(f"Saved the {kind} label for {item.item_id}; {saved()}.", OK_COLOUR)
 
     def take_back(_) -> None:
+        latest = store.labels[-1] if store.labels else None
+        if latest is None or latest[0] != given[-1].item_id or latest[1].kind != kind:
+            report(
+                "Not undone: the latest label in the file was not given in this form; undo it where it was given.",
+                ERROR_COLOUR,
+            )
+            return
         try:
             store.undo_last()
-        except OSError as error:
+        except (OSError, RuntimeError) as error:
             report(f"Not undone: {error}", ERROR_COLOUR)
             return
         item = given.pop()
@@ -355,7 +433,7 @@ def annotation_widget(
         elif kind == "binary":
             controls.children = (button("Accept A", lambda: True), button("Reject A", lambda: False))
         elif kind == "pairwise":
-            controls.children = (button("A is better", lambda: "A"), button("B is better", lambda: "B"))
+            controls.children = tuple(button(label, lambda a=answer: a) for label, answer in PAIRWISE_BUTTONS)
         else:
             text.value = queue[0].responses[0] if kind == "corrective" else ""
             text.placeholder = "letters, best first: B A C" if kind == "ranking" else ""
@@ -376,7 +454,34 @@ def annotation_widget(
 
 
 OK_COLOUR, ERROR_COLOUR = "#176f2c", "#b00020"
-_BUTTONS = {"binary": ["Accept A", "Reject A"], "pairwise": ["A is better", "B is better"]}
+PAIRWISE_BUTTONS = (
+    ("A clearly better", "A clearly"),
+    ("A slightly better", "A slightly"),
+    ("Tie", "tie"),
+    ("Both bad", "both bad"),
+    ("B slightly better", "B slightly"),
+    ("B clearly better", "B clearly"),
+)
+"""The pairwise form's buttons and the answers they give: a choice with its strength, or no preference."""
+_BUTTONS = {"binary": ["Accept A", "Reject A"], "pairwise": [label for label, _ in PAIRWISE_BUTTONS]}
+_INPUTS = {
+    "binary": "reply A and two buttons, " + " / ".join(_BUTTONS["binary"]),
+    "pairwise": "replies A and B and six buttons, " + " / ".join(_BUTTONS["pairwise"]),
+    "ranking": "all replies, a text box for their letters best first (e.g. B A C) and a Submit button",
+    "corrective": "reply A in a text box to edit, and a Submit button",
+}
+
+
+def describe_form(kind: str) -> str:
+    """In words, what :func:`annotation_widget` shows when its cell runs live: for a reader of a notebook saved by a
+    headless run, where only a text and a static picture of the form remain."""
+    if kind not in KINDS:
+        raise ValueError(f"kind: {kind!r} is not one of {list(KINDS)}.")
+    return (
+        f"Run live, the form shows one item at a time: the prompt, {_INPUTS[kind]}. After each click a line under "
+        "it says which label was saved and how many labels the file holds, and where; 'Undo last label' takes the "
+        "latest label of this form back (a retraction line is appended: nothing in the file is rewritten)."
+    )
 
 
 def _item_html(items: list[AnnotationItem], queue: list[AnnotationItem], kind: str) -> tuple[str, str]:

@@ -136,16 +136,25 @@ def _ratings_to_pairs(answer) -> str | None:
     return None
 
 
-def _pair_count(answer) -> str | None:
-    for k, expected in ((2, 1), (4, 6), (7, 21), (1, 0)):
-        got = answer(k)
-        if got == expected:
+def _ranking_pairs(answer) -> str | None:
+    for ranking in ("B A", "B A C", "C A D B", "A"):
+        letters = ranking.split()
+        expected = [(better, worse) for n, better in enumerate(letters) for worse in letters[n + 1 :]]
+        got = [tuple(pair) for pair in answer(ranking)]
+        if sorted(got) == sorted(expected):
             continue
-        if got == k * k:
-            return "That counts ordered pairs including a reply with itself: use K·(K−1)/2."
-        if got == k * (k - 1):
-            return "Each unordered pair was counted twice: divide by 2."
-        return f"A ranking of {k} replies gives {expected} pairs, got {got!r}."
+        if any(better == worse for better, worse in got):
+            return "A reply is not compared with itself: pair each reply only with those ranked below it."
+        if sorted((worse, better) for better, worse in got) == sorted(expected):
+            return "The pairs are reversed: put the better reply first, as (better, worse)."
+        if sorted(got) == sorted(zip(letters, letters[1:], strict=False)):
+            return (
+                f"{ranking!r} also says {letters[0]} beats {letters[2]}: every pair, not only neighbours, so "
+                "K·(K−1)/2 pairs."
+            )
+        if len(got) != len(set(got)):
+            return "Each pair should appear once."
+        return f"The ranking {ranking!r} gives the pairs {expected}, got {got!r}."
     return None
 
 
@@ -449,7 +458,11 @@ EXERCISES: dict[str, Exercise] = {
         "ratings_to_pairs(ratings): a fifth conversion, from 1–5 ratings {reply: stars} to (preferred, rejected).",
         _ratings_to_pairs,
     ),
-    "02.2": Exercise("02_feedback_types", "pair_count(k): preference pairs a ranking of k replies gives.", _pair_count),
+    "02.2": Exercise(
+        "02_feedback_types",
+        "ranking_pairs(ranking): every (better, worse) pair of letters a ranking 'B A C' (best first) implies.",
+        _ranking_pairs,
+    ),
     "03.1": Exercise(
         "03_hh_rlhf",
         "longer_wins(pairs): share of (chosen, rejected) text pairs whose chosen one is longer, a tie counting half.",

@@ -2,8 +2,9 @@
 
 - :class:`BinaryFeedback`, "this response is good / bad": an unpaired example (``prompt``/``completion``/
   ``label``, the format KTO trains on);
-- :class:`PairwiseFeedback`, "A is better than B": a preference pair (``prompt``/``chosen``/``rejected``, for
-  reward models and DPO);
+- :class:`PairwiseFeedback`, "A is better than B" (optionally how much better), or "a tie" / "both are bad": a
+  preference pair (``prompt``/``chosen``/``rejected``, for reward models and DPO), except that a tie or "both bad"
+  prefers neither reply and so gives no pair;
 - :class:`RankingFeedback`, "B > A > C": K·(K−1)/2 preference pairs, minus ties (as in InstructGPT);
 - :class:`CorrectiveFeedback`, "here is what it should have said": an SFT example, and a
   (correction ≻ original) pair.
@@ -15,6 +16,7 @@ checks itself when made, so bad feedback fails where it is created, with the fie
 from __future__ import annotations
 
 import itertools
+import logging
 from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
@@ -22,6 +24,12 @@ from typing import Any, ClassVar
 from datasets import Dataset
 
 from playbook.io import Messages
+
+logger = logging.getLogger(__name__)
+PREFERENCE_STRENGTHS = ("slightly better", "clearly better")
+"""How much better the chosen reply is, as an annotator says it (Anthropic's HH interface asked for a strength)."""
+NO_PREFERENCE = ("tie", "both bad")
+"""Pairwise verdicts that prefer neither reply: they say something about the pair, but give no preference pair."""
 
 
 def as_messages(prompt: str | Messages) -> tuple[dict[str, str], ...]:
@@ -62,12 +70,19 @@ class BinaryFeedback:
 
 @dataclass(frozen=True)
 class PairwiseFeedback:
-    """One response preferred over another for the same prompt."""
+    """A verdict on two responses to the same prompt: ``chosen`` preferred over ``rejected``, by ``strength``.
+
+    ``strength`` is one of :data:`PREFERENCE_STRENGTHS`, or ``None`` when the annotator only said which is better
+    (label files written before strengths existed load that way). It is one of :data:`NO_PREFERENCE` when the
+    annotator preferred neither: then ``chosen`` and ``rejected`` are just the two responses in the order shown,
+    and :attr:`prefers` is ``False``.
+    """
 
     kind: ClassVar[str] = "pairwise"
     prompt: tuple[dict[str, str], ...]
     chosen: str
     rejected: str
+    strength: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prompt", as_messages(self.prompt))
@@ -75,6 +90,15 @@ class PairwiseFeedback:
         _text(self.rejected, "rejected")
         if self.chosen == self.rejected:
             raise ValueError("chosen and rejected are the same text: a pair needs two different responses.")
+        if self.strength is not None and self.strength not in PREFERENCE_STRENGTHS + NO_PREFERENCE:
+            raise ValueError(
+                f"strength: {self.strength!r} is not one of {list(PREFERENCE_STRENGTHS + NO_PREFERENCE)} (or None)."
+            )
+
+    @property
+    def prefers(self) -> bool:
+        """Whether this verdict prefers one response: ``False`` for a tie or "both bad"."""
+        return self.strength not in NO_PREFERENCE
 
 
 @dataclass(frozen=True)
@@ -151,6 +175,8 @@ def correction_to_sft(correction: CorrectiveFeedback) -> dict[str, Messages]:
 
 def to_preference_row(pair: PairwiseFeedback) -> dict[str, Messages]:
     """A pair in TRL's conversational preference format (``prompt``/``chosen``/``rejected``)."""
+    if not pair.prefers:
+        raise ValueError(f"pair: a {pair.strength!r} verdict prefers neither reply, so it is no preference pair.")
     return {"prompt": list(pair.prompt), "chosen": _assistant(pair.chosen), "rejected": _assistant(pair.rejected)}
 
 
@@ -160,11 +186,16 @@ def to_unpaired_row(binary: BinaryFeedback) -> dict[str, Any]:
 
 
 def preference_pairs(records: list[Feedback]) -> list[PairwiseFeedback]:
-    """All pairwise preferences the records imply: pairs as given, rankings expanded, corrections as pairs."""
+    """All pairwise preferences the records imply: pairs as given, rankings expanded, corrections as pairs.
+
+    A tie or "both bad" gives no pair: a reward model learns "chosen beats rejected", and such a verdict says
+    neither does (:func:`pairs_without_preference` counts them).
+    """
     pairs: list[PairwiseFeedback] = []
     for record in records:
         if isinstance(record, PairwiseFeedback):
-            pairs.append(record)
+            if record.prefers:
+                pairs.append(record)
         elif isinstance(record, RankingFeedback):
             pairs += ranking_to_pairs(record)
         elif isinstance(record, CorrectiveFeedback):
@@ -172,13 +203,39 @@ def preference_pairs(records: list[Feedback]) -> list[PairwiseFeedback]:
     return pairs
 
 
+def pairs_without_preference(records: list[Feedback]) -> Counter[str]:
+    """How many pairwise verdicts were a tie or "both bad" (these give no preference pair)."""
+    return Counter(r.strength for r in records if isinstance(r, PairwiseFeedback) and not r.prefers)
+
+
+def repeated_pairs(records: list[Feedback]) -> list[tuple[PairwiseFeedback, list[str]]]:
+    """Each preference pair that the records give more than once, with the kinds of feedback that gave it (in
+    order): what :func:`to_training_sets` keeps only once. Pairs compare by prompt, chosen and rejected text; the
+    strength of a pairwise label does not make it a different pair."""
+    sources: dict[str, list[str]] = {}
+    first: dict[str, PairwiseFeedback] = {}
+    for record in records:
+        for pair in preference_pairs([record]):
+            key = repr(to_preference_row(pair))  # the key _unique drops repeats by
+            sources.setdefault(key, []).append(record.kind)
+            first.setdefault(key, pair)
+    return [(first[key], kinds) for key, kinds in sources.items() if len(kinds) > 1]
+
+
 def to_training_sets(records: list[Feedback]) -> dict[str, Dataset]:
     """The datasets a trainer consumes, from any mix of feedback; exact repeats are kept once.
 
     ``preference`` (reward model, DPO), ``unpaired`` (KTO, from binary feedback) and ``sft`` (from corrections);
     a set is left out when no record feeds it. Contradicting pairs (A ≻ B and B ≻ A) are both kept: people
-    disagree, and the reward model should see that.
+    disagree, and the reward model should see that. A tie or "both bad" gives no row (logged with its count).
     """
+    skipped = pairs_without_preference(records)
+    if skipped:
+        logger.info(
+            "%d pairwise label(s) preferred neither reply (%s): no preference pair from them.",
+            sum(skipped.values()),
+            dict(skipped),
+        )
     rows = {
         "preference": [to_preference_row(p) for p in preference_pairs(records)],
         "unpaired": [to_unpaired_row(r) for r in records if isinstance(r, BinaryFeedback)],
@@ -201,8 +258,12 @@ def _unique(rows: list[dict]) -> list[dict]:
 
 
 def to_record(feedback: Feedback) -> dict[str, Any]:
-    """A JSON-ready dict with a ``kind`` tag; :func:`from_record` reverses it."""
-    return {"kind": feedback.kind, **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(feedback).items()}}
+    """A JSON-ready dict with a ``kind`` tag; :func:`from_record` reverses it. A pairwise label without a strength
+    is written without the field, exactly as label files were before strengths existed."""
+    fields = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(feedback).items()}
+    if isinstance(feedback, PairwiseFeedback) and feedback.strength is None:
+        del fields["strength"]
+    return {"kind": feedback.kind, **fields}
 
 
 def from_record(record: dict[str, Any]) -> Feedback:

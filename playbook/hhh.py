@@ -96,6 +96,19 @@ def probe_score(probe: Probe, reply: str) -> float:
     return 2.0 * behaved(probe.expect, judge(reply).verdict) + (correct is True) - len(reply) / 10_000
 
 
+def reply_flaws(probe: Probe, reply: str) -> list[str]:
+    """What the two transparent checks find wrong with a reply to a probe: the rule judge's verdict
+    (:func:`playbook.judge.judge`) where it is not the behaviour the probe expects, and, for probes with keywords,
+    a missing expected fact. An empty list means neither check objects, not that the reply is good."""
+    flaws = []
+    verdict = judge(reply).verdict
+    if not behaved(probe.expect, verdict):
+        flaws.append(f"judge: {verdict}, expected {probe.expect}")
+    if probe.is_correct(reply) is False:
+        flaws.append(f"keyword check: none of {', '.join(probe.keywords)}")
+    return flaws
+
+
 def run_probes(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,

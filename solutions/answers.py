@@ -33,8 +33,9 @@ def ratings_to_pairs(ratings: dict[str, int]) -> list[tuple[str, str]]:
     return [(a, b) for a in ratings for b in ratings if ratings[a] > ratings[b]]
 
 
-def pair_count(k: int) -> int:
-    return k * (k - 1) // 2
+def ranking_pairs(ranking: str) -> list[tuple[str, str]]:
+    letters = ranking.split()
+    return [(better, worse) for place, better in enumerate(letters) for worse in letters[place + 1 :]]
 
 
 def longer_wins(pairs: list[tuple[str, str]]) -> float:
@@ -141,7 +142,7 @@ SOLUTIONS = {
     "01.1": principle_shares,
     "01.2": expected_behaviour,
     "02.1": ratings_to_pairs,
-    "02.2": pair_count,
+    "02.2": ranking_pairs,
     "03.1": longer_wins,
     "03.2": last_reply,
     "04.1": sft_loss_mask,

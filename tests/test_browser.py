@@ -157,18 +157,27 @@ def test_the_annotation_widget_saves_a_click_and_says_so(browser, lab):
     page = open_notebook(browser, lab, ANNOTATION_NOTEBOOK)
     page.get_by_role("menuitem", name="Run").click()
     page.get_by_text("Run All Cells", exact=True).click()
-    choice = page.get_by_role("button", name="A is better")
+    choice = page.get_by_role("button", name="A slightly better", exact=True)
+    label_file = lab["root"] / "runs" / "smoke" / "my_labels.jsonl"
     try:
-        choice.wait_for(timeout=240_000)  # Run All: model load and replies first
+        choice.wait_for(timeout=420_000)  # Run All: model load and replies first (minutes on a busy CPU)
         choice.click()
         confirmation = page.get_by_text("Saved the pairwise label for")
         confirmation.wait_for(timeout=10_000)
         confirmation.scroll_into_view_if_needed()
+        saved = confirmation.inner_text()
+        (label,) = [json.loads(line) for line in label_file.read_text().splitlines()]
+        page.get_by_role("button", name="Undo last label").click()
+        taken_back = page.get_by_text("Took back the label for")
+        taken_back.wait_for(timeout=10_000)
     finally:
         page.screenshot(path=SCREENSHOTS / "annotation_widget.png")
-    labels = (lab["root"] / "runs" / "smoke" / "my_labels.jsonl").read_text().splitlines()
-    assert len(labels) == 1 and json.loads(labels[0])["item_id"] in confirmation.inner_text()
-    assert "1 label in" in confirmation.inner_text() and "my_labels.jsonl" in confirmation.inner_text()
+    assert label["item_id"] in saved and label["feedback"]["strength"] == "slightly better"
+    assert "1 label in" in saved and "my_labels.jsonl" in saved
+    assert label["item_id"] in taken_back.inner_text() and "0 labels in" in taken_back.inner_text()
+    lines = [json.loads(line) for line in label_file.read_text().splitlines()]
+    assert lines[0] == label and lines[1]["undo"] == label["item_id"] and len(lines) == 2  # appended, not rewritten
+    assert page.get_by_text("Run live, the form shows one item at a time").count() >= 1  # the printed description
     page.close()
 
 

@@ -53,7 +53,7 @@ WRONG_ANSWERS = {
     ),
     "01.1": (lambda results: {p: sum(ok for q, ok in results if q == p) for p, _ in results}, "divide"),
     "02.1": (lambda ratings: [(a, b) for a in ratings for b in ratings if ratings[a] >= ratings[b] and a != b], "ties"),
-    "02.2": (lambda k: k * (k - 1), "counted twice"),
+    "02.2": (lambda ranking: list(zip(ranking.split(), ranking.split()[1:], strict=False)), "not only neighbours"),
     "03.1": (lambda pairs: sum(len(c) > len(r) for c, r in pairs) / len(pairs), "half a win"),
     "05.1": (lambda c, r: 1 / (1 + math.exp(c - r)), "sign is flipped"),
     "06.1": (

@@ -13,7 +13,10 @@ from playbook.annotation import (
     AnnotationStore,
     AnnotationStoreBusy,
     annotation_widget,
+    describe_form,
     feedback_from_answer,
+    label_agreement,
+    pairwise_choice,
 )
 from playbook.feedback import (
     BinaryFeedback,
@@ -23,7 +26,10 @@ from playbook.feedback import (
     correction_to_pair,
     correction_to_sft,
     from_record,
+    pairs_without_preference,
+    preference_pairs,
     ranking_to_pairs,
+    repeated_pairs,
     to_preference_row,
     to_record,
     to_training_sets,
@@ -91,6 +97,32 @@ def test_training_sets_from_a_mix_drop_exact_repeats_but_keep_disagreement():
     assert set(to_training_sets([BinaryFeedback("Q?", "a", True)])) == {"unpaired"}
 
 
+def test_a_tie_or_both_bad_gives_no_pair_and_is_counted():
+    records = [
+        PairwiseFeedback("Q?", "a", "b", strength="clearly better"),
+        PairwiseFeedback("Q?", "c", "d", strength="tie"),
+        PairwiseFeedback("Q?", "e", "f", strength="both bad"),
+        PairwiseFeedback("Q?", "g", "h"),  # no strength given: still a preference
+    ]
+    assert [(p.chosen, p.rejected) for p in preference_pairs(records)] == [("a", "b"), ("g", "h")]
+    assert pairs_without_preference(records) == {"tie": 1, "both bad": 1}
+    assert len(to_training_sets(records)["preference"]) == 2
+    assert to_training_sets(records[1:3]) == {}
+    with pytest.raises(ValueError, match="prefers neither reply"):
+        to_preference_row(records[1])
+
+
+def test_repeated_pairs_name_the_kinds_that_gave_them():
+    records = [
+        PairwiseFeedback("Q?", "x", "y", strength="slightly better"),
+        RankingFeedback("Q?", ["x", "y", "z"], [1, 2, 3]),  # x > y again, plus x > z and y > z
+        CorrectiveFeedback("Q?", "z", "x"),  # x > z a third time
+    ]
+    repeats = [((p.chosen, p.rejected), kinds) for p, kinds in repeated_pairs(records)]
+    assert repeats == [(("x", "y"), ["pairwise", "ranking"]), (("x", "z"), ["ranking", "corrective"])]
+    assert len(preference_pairs(records)) == 5 and len(to_training_sets(records)["preference"]) == 3
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [
@@ -105,6 +137,7 @@ def test_training_sets_from_a_mix_drop_exact_repeats_but_keep_disagreement():
         (lambda: RankingFeedback("Q?", [], []), "at least one response"),
         (lambda: CorrectiveFeedback("Q?", "same ", "same"), "identical to the response"),
         (lambda: CorrectiveFeedback("Q?", "x", "  "), "correction: must be non-empty"),
+        (lambda: PairwiseFeedback("Q?", "a", "b", strength="much better"), "strength: 'much better' is not one of"),
     ],
 )
 def test_bad_feedback_is_rejected_with_the_field_named(make, message):
@@ -117,6 +150,8 @@ def test_bad_feedback_is_rejected_with_the_field_named(make, message):
     [
         BinaryFeedback("Q?", "a", True),
         PairwiseFeedback(USER, "a", "b"),
+        PairwiseFeedback(USER, "a", "b", strength="slightly better"),
+        PairwiseFeedback(USER, "a", "b", strength="both bad"),
         RankingFeedback("Q?", ["a", "b"], [2, 1]),
         CorrectiveFeedback("Q?", "a", "b"),
     ],
@@ -144,6 +179,47 @@ def test_answers_become_feedback():
         feedback_from_answer(item, "ranking", "A B D")
     with pytest.raises(ValueError, match="'C' is not one of"):
         feedback_from_answer(item, "pairwise", "C")
+
+
+def test_pairwise_answers_carry_a_strength_or_no_preference():
+    item = ITEMS[0]
+    clearly_b = feedback_from_answer(item, "pairwise", "B clearly")
+    assert clearly_b == PairwiseFeedback("Question 0?", "answer 0b", "answer 0a", strength="clearly better")
+    assert feedback_from_answer(item, "pairwise", "a slightly better").strength == "slightly better"
+    tie = feedback_from_answer(item, "pairwise", "Tie")
+    assert (tie.chosen, tie.rejected, tie.strength, tie.prefers) == ("answer 0a", "answer 0b", "tie", False)
+    assert [pairwise_choice(item, f) for f in (clearly_b, tie, feedback_from_answer(item, "pairwise", "both bad"))] == [
+        "B",
+        "tie",
+        "both bad",
+    ]
+    with pytest.raises(ValueError, match="'A much' is not a letter"):
+        feedback_from_answer(item, "pairwise", "A much")
+
+
+def test_a_label_file_from_before_strengths_still_loads(tmp_path):
+    path = tmp_path / "labels.jsonl"
+    old = {"kind": "pairwise", "prompt": USER, "chosen": "answer 0b", "rejected": "answer 0a"}
+    path.write_text(json.dumps({"item_id": "item-0", "time": 1.0, "feedback": old}) + "\n")
+    store = AnnotationStore(path)
+    assert store.labels == [("item-0", PairwiseFeedback("Q?", "answer 0b", "answer 0a"))]
+    assert store.labels[0][1].strength is None and len(preference_pairs(store.feedback())) == 1
+    assert to_record(PairwiseFeedback("Q?", "answer 0b", "answer 0a")) == old  # written the same way as before
+    store.record("item-1", feedback_from_answer(ITEMS[1], "pairwise", "tie"))
+    assert json.loads(path.read_text().splitlines()[1])["feedback"]["strength"] == "tie"
+    assert AnnotationStore(path).labels == store.labels
+
+
+def test_agreement_needs_enough_labels_and_gives_cohens_kappa():
+    few = label_agreement({"a": "A", "b": "B"}, {"a": "A", "b": "A", "c": "B"})
+    assert (few.labels, few.agreed, few.kappa) == (2, 1, None) and "too few" in few.summary()
+    mine = {f"i{n}": answer for n, answer in enumerate("AAAAABBBBB")}
+    script = {f"i{n}": answer for n, answer in enumerate("AAAAABBBBA")}
+    agreement = label_agreement(mine, script)
+    assert (agreement.labels, agreement.agreed) == (10, 9) and agreement.kappa == pytest.approx(0.8)
+    assert "9 of 10" in agreement.summary() and "kappa = 0.80" in agreement.summary()
+    same = label_agreement({f"i{n}": "A" for n in range(10)}, {f"i{n}": "A" for n in range(10)})
+    assert same.kappa is None and "undefined" in same.summary()
 
 
 def test_store_appends_and_resumes_without_duplicates(tmp_path):
@@ -188,8 +264,17 @@ def test_widget_records_clicks_and_resumes(tmp_path):
     widget = annotation_widget(ITEMS, store, "pairwise")
     header, _, controls, _, _ = widget.children
     assert "Item 1 of 3" in header.value
-    controls.children[1].click()  # "B is better"
-    assert store.labels[0] == ("item-0", PairwiseFeedback("Question 0?", "answer 0b", "answer 0a"))
+    assert [b.description for b in controls.children] == [
+        "A clearly better",
+        "A slightly better",
+        "Tie",
+        "Both bad",
+        "B slightly better",
+        "B clearly better",
+    ]
+    controls.children[4].click()  # "B slightly better"
+    slightly_b = PairwiseFeedback("Question 0?", "answer 0b", "answer 0a", strength="slightly better")
+    assert store.labels[0] == ("item-0", slightly_b)
     assert "Item 2 of 3" in header.value
     resumed = annotation_widget(ITEMS, AnnotationStore(path), "pairwise")
     assert "Item 2 of 3" in resumed.children[0].value  # a new session starts at the first unlabelled item
@@ -333,6 +418,17 @@ def test_widget_confirms_each_label_and_undoes_the_last(tmp_path):
     assert [i for i, _ in AnnotationStore(store.path).labels] == ["item-0"]
 
 
+def test_widget_undo_leaves_a_label_given_elsewhere_alone(tmp_path):
+    store = AnnotationStore(tmp_path / "labels.jsonl")
+    widget = annotation_widget(ITEMS, store, "pairwise")
+    _, _, controls, undo, status = widget.children
+    controls.children[2].click()  # "Tie" on item-0
+    store.record("item-0", feedback_from_answer(ITEMS[0], "binary", True))  # another form's label comes after it
+    undo.click()
+    assert "Not undone: the latest label in the file was not given in this form" in status.value
+    assert [(i, f.kind) for i, f in store.labels] == [("item-0", "pairwise"), ("item-0", "binary")]
+
+
 def test_widget_shows_a_failed_save_instead_of_nothing(tmp_path):
     store = AnnotationStore(tmp_path / "labels.jsonl")
     store.path.mkdir()  # the label file cannot be opened for appending
@@ -345,7 +441,8 @@ def test_widget_shows_a_failed_save_instead_of_nothing(tmp_path):
 def test_widget_falls_back_to_a_text_and_a_picture_without_a_kernel(tmp_path):
     bundle = annotation_widget(ITEMS, AnnotationStore(tmp_path / "labels.jsonl"))._repr_mimebundle_()
     assert bundle["text/plain"].startswith("Annotation form (pairwise): 3 of 3 items to label, saved to labels.jsonl")
-    assert "Item 1 of 3" in bundle["text/html"] and "A is better" in bundle["text/html"]
+    assert "Item 1 of 3" in bundle["text/html"] and "A slightly better" in bundle["text/html"]
+    assert "Tie / Both bad" in describe_form("pairwise") and "Undo last label" in describe_form("ranking")
     assert "application/vnd.jupyter.widget-view+json" in bundle
 
 
