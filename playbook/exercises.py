@@ -427,6 +427,23 @@ def _margin_accuracy(answer) -> str | None:
     return None
 
 
+def _length_controlled_accuracy(answer) -> str | None:
+    # chosen shorter in the first four pairs (accuracy 2.5 / 4), longer in the last two (1 / 2)
+    margins = [1.0, 2.0, 0.0, -1.0, 0.5, -0.5]
+    shorter = [True, True, True, True, False, False]
+    got = answer(margins, shorter)
+    if _close(got, 3.5 / 6):
+        return (
+            "That is the pooled accuracy, which the larger group dominates: average the two groups' accuracies, "
+            "each with weight one half."
+        )
+    if _close(got, (2 / 4 + 1 / 2) / 2):
+        return "A margin of exactly 0 is a tie: count it as half right within its group."
+    if not _close(got, (2.5 / 4 + 1 / 2) / 2):
+        return f"Accuracies 0.625 (chosen shorter) and 0.5 (not shorter) average to 0.5625, got {got!r}."
+    return None
+
+
 EXERCISES: dict[str, Exercise] = {
     "00.1": Exercise(
         "00_setup",
@@ -492,6 +509,12 @@ EXERCISES: dict[str, Exercise] = {
         "05_reward_model",
         "margin_accuracy(margins): pairwise accuracy from reward margins (chosen − rejected), a tie counting half.",
         _margin_accuracy,
+    ),
+    "05.3": Exercise(
+        "05_reward_model",
+        "length_controlled_accuracy(margins, chosen_is_shorter): pairwise accuracy averaged over 'chosen is shorter' "
+        "and 'chosen is not shorter', so a length rule scores 0.5.",
+        _length_controlled_accuracy,
     ),
     "06.1": Exercise(
         "06_ppo_rlhf",

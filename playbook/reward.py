@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import pickle
 import time
@@ -43,6 +44,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from playbook.config import Profile, TrainerConfig, runs_dir
 from playbook.io import Messages
 from playbook.models import load_model, saved_tensor_names, sweep_abandoned_copies, write_model_atomically
+from playbook.stats import proportion_interval
 from playbook.tensors import pad_sequences
 from playbook.training import (
     HistoryCallback,
@@ -56,6 +58,7 @@ from playbook.training import (
 Method = Literal["head", "lora", "full"]
 REQUIRED_COLUMNS = ("prompt", "chosen", "rejected")
 L2_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
+MAX_TRL_EPOCHS = 3  # passes over the training pairs at most for "lora" / "full": more only memorises a small set
 SETTINGS_FILE = "reward_settings.json"
 logger = logging.getLogger(__name__)
 
@@ -527,6 +530,23 @@ def choose_l2(chosen: torch.Tensor, rejected: torch.Tensor, *, seed: int = 0, gr
 # ---- methods "lora" and "full": TRL's RewardTrainer
 
 
+def trl_steps(config: RewardConfig, pairs: int, max_epochs: int = MAX_TRL_EPOCHS) -> int:
+    """Optimisation steps for ``"lora"`` / ``"full"``: ``config.steps``, capped at ``max_epochs`` passes over
+    ``pairs`` training pairs (the ``gpu`` profile's 2,000 steps of 32 would be ~48 passes over 1,346 pairs)."""
+    cap = max_epochs * math.ceil(pairs / config.batch_size)
+    if config.steps > cap:
+        logger.warning(
+            "reward model: %d steps of %d pairs would be %.0f passes over %d pairs; training %d steps (%d passes).",
+            config.steps,
+            config.batch_size,
+            config.steps * config.batch_size / pairs,
+            pairs,
+            cap,
+            max_epochs,
+        )
+    return min(config.steps, cap)
+
+
 def _train_with_trl(model, tokenizer, train, evaluation, config: RewardConfig, checkpoints: Path):
     import trl
 
@@ -542,10 +562,11 @@ def _train_with_trl(model, tokenizer, train, evaluation, config: RewardConfig, c
             modules_to_save=["score"],
         )
         model = get_peft_model(model, adapters)
+    steps = trl_steps(config, len(train))
     with quiet_trl_renames():
         args = trl.RewardConfig(
             output_dir=str(checkpoints),
-            max_steps=config.steps,
+            max_steps=steps,
             per_device_train_batch_size=config.batch_size,
             per_device_eval_batch_size=config.batch_size,
             learning_rate=1e-4 if config.method == "lora" else 1e-5,
@@ -553,13 +574,13 @@ def _train_with_trl(model, tokenizer, train, evaluation, config: RewardConfig, c
             max_length=None,  # already truncated from the front; TRL would drop longer pairs instead
             **{
                 **trl_cpu_safe_args(config.seed),
-                "logging_steps": max(1, config.steps // 20),
+                "logging_steps": max(1, steps // 20),
                 "save_strategy": "steps",  # checkpoints make an interrupted run resumable
             },
-            save_steps=max(1, config.steps // 4),
+            save_steps=max(1, steps // 4),
             save_total_limit=2,
             eval_strategy="steps" if evaluation is not None else "no",
-            eval_steps=max(1, config.steps // 4),
+            eval_steps=max(1, steps // 4),
             data_seed=config.seed,
             dataloader_num_workers=0,
         )
@@ -578,6 +599,140 @@ def _train_with_trl(model, tokenizer, train, evaluation, config: RewardConfig, c
     if config.method == "lora":
         model = model.merge_and_unload()
     return model, pd.DataFrame(history.rows)
+
+
+# ------------------------------------------------------------------------------------ inspection
+
+
+def cached_head_features(
+    reward_model: RewardModel, pairs: Dataset, config: RewardConfig, checkpoints: str | os.PathLike, *, split: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The features φ(chosen) and φ(rejected) the ``"head"`` method fitted on, read back from the chunks
+    :func:`train_reward_model` cached in ``checkpoints`` (``split`` is ``"train"`` or ``"eval"``, as it named them).
+
+    Chunks that are missing are computed again with ``reward_model``'s backbone, which gives the same values.
+    """
+    if split not in ("train", "eval"):
+        raise ValueError(f"split={split!r}: use 'train' (the training pairs) or 'eval' (eval_pairs).")
+    encoded = tokenize_pairs(pairs, reward_model.tokenizer, config.max_length)
+    chosen, rejected = (
+        backbone_features(
+            reward_model.model,
+            encoded[f"{side}_ids"],
+            reward_model.tokenizer.pad_token_id,
+            batch_size=config.batch_size * 2,
+            cache_dir=Path(checkpoints),
+            description=f"{split}-{side}",
+        )
+        for side in ("chosen", "rejected")
+    )
+    return chosen, rejected
+
+
+@torch.no_grad()
+def reading_positions(reward_model: RewardModel, conversation: Messages, *, pad_to: int, last: int = 6) -> pd.DataFrame:
+    """The last ``last`` tokens of ``conversation`` padded to ``pad_to`` tokens, as the reward model sees them in a
+    batch: token, attention mask, where the reward is read, and the reward the head would give if read there.
+
+    The model reads the last token the attention mask keeps, the ``<|im_end|>`` that closes the reply. Read at a
+    padding position, or one token early (where a pad token equal to ``<|im_end|>`` would put it), it differs.
+    """
+    tokenizer, model = reward_model.tokenizer, reward_model.model
+    ids = encode_conversation(tokenizer, conversation, reward_model.max_length)
+    if pad_to < len(ids):
+        raise ValueError(f"pad_to={pad_to} is shorter than the conversation's {len(ids)} tokens; pass at least that.")
+    batch, mask = pad_sequences([ids], tokenizer.pad_token_id)
+    width = max(pad_to, batch.shape[1])
+    batch = torch.nn.functional.pad(batch, (0, width - batch.shape[1]), value=tokenizer.pad_token_id)
+    mask = torch.nn.functional.pad(mask, (0, width - mask.shape[1]), value=0)
+    hidden = model.base_model(input_ids=batch.to(model.device), attention_mask=mask.to(model.device))
+    rewards = model.score(hidden.last_hidden_state)[0, :, 0].float().cpu().numpy()
+    read_at = len(ids) - 1
+    rows = []
+    for position in range(max(0, len(ids) - last), width):
+        token = int(batch[0, position])
+        if position == read_at:
+            note = "reward read here (<|im_end|>)"
+        elif position == read_at - 1:
+            note = "would be read here if pad = <|im_end|>"
+        elif not mask[0, position]:
+            note = "padding"
+        else:
+            note = ""
+        rows.append(
+            {
+                "position": position,
+                "token": tokenizer.convert_ids_to_tokens(token),
+                "id": token,
+                "attention mask": int(mask[0, position]),
+                "reward if read here": float(rewards[position]),
+                "": note,
+            }
+        )
+    return pd.DataFrame(rows).set_index("position")
+
+
+def seconds_per_pair(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pairs: Dataset, config: RewardConfig, *, method: Method
+) -> float:
+    """Wall-clock seconds one training pair costs ``method`` on this machine, timed once on ``pairs`` (two or three
+    do) with ``model``, a reward model (``load_model(..., task="reward")``): for ``"head"`` a forward pass of both
+    conversations without gradients, paid once per pair; for ``"lora"`` (adapters added for the timing and removed
+    again) and ``"full"`` a forward and backward pass of the Bradley–Terry loss, paid on every pass over the data.
+    ``model`` is left as it was, in eval mode and without gradients."""
+    if method not in ("head", "lora", "full"):
+        raise ValueError(f"method={method!r}: use 'head', 'lora' or 'full'.")
+    encoded = tokenize_pairs(pairs, tokenizer, config.max_length)
+    ids, mask = pad_sequences(list(encoded["chosen_ids"]) + list(encoded["rejected_ids"]), tokenizer.pad_token_id)
+    ids, mask = ids.to(model.device), mask.to(model.device)
+    trainable = {parameter: parameter.requires_grad for parameter in model.parameters()}
+    model.requires_grad_(method == "full")
+    timed = model
+    if method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        adapters = LoraConfig(r=config.lora_rank, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+        timed = get_peft_model(model, adapters)
+    start = time.perf_counter()
+    if method == "head":
+        with torch.no_grad():
+            model.base_model(input_ids=ids, attention_mask=mask)
+    else:
+        timed.train()
+        rewards = timed(input_ids=ids, attention_mask=mask).logits[:, 0]
+        chosen, rejected = rewards[: len(pairs)], rewards[len(pairs) :]
+        (-torch.nn.functional.logsigmoid(chosen - rejected).mean()).backward()
+    seconds = (time.perf_counter() - start) / len(pairs)
+    if method == "lora":
+        timed.unload()
+    for parameter, flag in trainable.items():
+        parameter.requires_grad_(flag)
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    return seconds
+
+
+def accuracy_by_length(margins, chosen_tokens, rejected_tokens, confidence: float = 0.95) -> pd.DataFrame:
+    """Pairwise accuracy (margin > 0) separately where the chosen reply is shorter, longer, or as long as the
+    rejected one, with Wilson intervals: a model that only learned "shorter wins" is right in the first group and
+    wrong in the second."""
+    margins, chosen_tokens, rejected_tokens = (np.asarray(a) for a in (margins, chosen_tokens, rejected_tokens))
+    if not len(margins) == len(chosen_tokens) == len(rejected_tokens):
+        raise ValueError(
+            f"margins, chosen_tokens and rejected_tokens need one value per pair; got lengths {len(margins)}, "
+            f"{len(chosen_tokens)} and {len(rejected_tokens)}."
+        )
+    groups = {
+        "chosen is shorter": chosen_tokens < rejected_tokens,
+        "chosen is longer": chosen_tokens > rejected_tokens,
+        "same length": chosen_tokens == rejected_tokens,
+    }
+    rows = {}
+    for name, members in groups.items():
+        count, right = int(members.sum()), int((margins[members] > 0).sum())
+        low, high = proportion_interval(right, count, confidence) if count else (float("nan"), float("nan"))
+        rows[name] = {"pairs": count, "accuracy": right / count if count else float("nan"), "low": low, "high": high}
+    return pd.DataFrame(rows).T.astype({"pairs": int})
 
 
 # ------------------------------------------------------------------------------------------ plots

@@ -135,6 +135,11 @@ def margin_accuracy(margins: list[float]) -> float:
     return sum(1.0 if m > 0 else 0.5 if m == 0 else 0.0 for m in margins) / len(margins)
 
 
+def length_controlled_accuracy(margins: list[float], chosen_is_shorter: list[bool]) -> float:
+    groups = [[m for m, s in zip(margins, chosen_is_shorter, strict=True) if s == side] for side in (True, False)]
+    return sum(margin_accuracy(group) for group in groups) / 2
+
+
 SOLUTIONS = {
     "00.1": model_bytes,
     "00.2": pick,
@@ -149,6 +154,7 @@ SOLUTIONS = {
     "04.2": reply_nll,
     "05.1": preference_probability,
     "05.2": margin_accuracy,
+    "05.3": length_controlled_accuracy,
     "06.1": kl_shaped_rewards,
     "06.2": "smaller",
     "07.1": dpo_loss,

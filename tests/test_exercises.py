@@ -42,6 +42,7 @@ WRONG_ANSWERS = {
     "04.2": (lambda logprobs, mask: sum(-lp for lp, m in zip(logprobs, mask, strict=True) if m), "do not sum"),
     "03.2": (lambda transcript: transcript.split("\n\nAssistant:")[1].split("\n\n")[0].strip(), "first Assistant"),
     "05.2": (lambda margins: sum(m > 0 for m in margins) / len(margins), "half a win"),
+    "05.3": (lambda margins, shorter: (sum(m > 0 for m in margins) + 0.5 * margins.count(0)) / len(margins), "pooled"),
     "00.1": (lambda params, dtype: params * 4, "bfloat16 takes 2 bytes"),
     "00.3": (
         lambda weights: [

@@ -13,15 +13,21 @@ from playbook.models import load_model, write_model_atomically
 from playbook.reward import (
     RewardConfig,
     RewardModel,
+    accuracy_by_length,
     backbone_features,
+    cached_head_features,
     check_preference_dataset,
     encode_conversation,
     fit_bradley_terry_head,
     give_distinct_pad_token,
     pairwise_accuracy,
+    reading_positions,
     reward_margins,
+    seconds_per_pair,
     train_reward_model,
+    trl_steps,
 )
+from playbook.stats import proportion_interval
 
 TOPICS = ["the weather", "my homework", "a recipe", "trains", "music", "a poem", "math", "my garden", "a trip", "cats"]
 
@@ -303,3 +309,73 @@ def test_reward_config_from_profile():
     assert RewardConfig.from_profile("gpu").method == "lora"
     with pytest.raises(TypeError, match="rm_layers"):
         RewardConfig.from_profile("cpu", rm_layers=3)
+
+
+def test_trl_steps_cap_the_passes_over_the_training_pairs(caplog):
+    gpu = RewardConfig(method="lora", batch_size=32, steps=2_000)
+    with caplog.at_level("WARNING", logger="playbook.reward"):
+        assert trl_steps(gpu, 1_346) == 3 * 43  # ceil(1346 / 32) = 43 steps per pass
+    assert "48 passes over 1346 pairs" in caplog.text
+    assert trl_steps(RewardConfig(method="lora", batch_size=8, steps=100), 1_346) == 100
+    assert trl_steps(gpu, 100, max_epochs=1) == 4
+
+
+def test_accuracy_by_length_splits_pairs_and_gives_wilson_intervals():
+    margins = [1.0, -1.0, 2.0, 0.5, -0.5, 3.0]
+    chosen = [1, 1, 1, 9, 9, 5]
+    rejected = [5, 5, 5, 2, 2, 5]
+    table = accuracy_by_length(margins, chosen, rejected)
+    assert table.loc["chosen is shorter", "pairs"] == 3
+    assert table.loc["chosen is shorter", "accuracy"] == pytest.approx(2 / 3)
+    assert tuple(table.loc["chosen is shorter", ["low", "high"]]) == pytest.approx(proportion_interval(2, 3))
+    assert table.loc["chosen is longer", "accuracy"] == pytest.approx(0.5)
+    assert table.loc["same length", "pairs"] == 1 and table.loc["same length", "accuracy"] == 1.0
+    with pytest.raises(ValueError, match="one value per pair"):
+        accuracy_by_length([1.0], [1, 2], [2, 1])
+
+
+def test_cached_head_features_are_the_vectors_the_head_scores(tiny_reward_model, tmp_path):
+    give_distinct_pad_token(tiny_reward_model.tokenizer, tiny_reward_model.model)
+    pairs = separable_pairs(5)
+    config = RewardConfig(max_length=32, batch_size=2)
+    chosen, rejected = cached_head_features(tiny_reward_model, pairs, config, tmp_path, split="train")
+    assert sorted(p.name for p in tmp_path.glob("train-chosen-*.pt")) == [f"train-chosen-{n:05d}.pt" for n in range(2)]
+    again, _ = cached_head_features(tiny_reward_model, pairs, config, tmp_path, split="train")  # read from the cache
+    assert torch.equal(again, chosen)
+    head = tiny_reward_model.model.score.weight.data[0]
+    assert (chosen - rejected) @ head == pytest.approx(torch.tensor(reward_margins(tiny_reward_model, pairs)), abs=1e-4)
+    with pytest.raises(ValueError, match="split='test'"):
+        cached_head_features(tiny_reward_model, pairs, config, tmp_path, split="test")
+
+
+def test_reading_positions_mark_the_closing_token_and_the_padding(tiny_reward_model):
+    give_distinct_pad_token(tiny_reward_model.tokenizer, tiny_reward_model.model)
+    conversation = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there."}]
+    length = len(encode_conversation(tiny_reward_model.tokenizer, conversation, tiny_reward_model.max_length))
+    table = reading_positions(tiny_reward_model, conversation, pad_to=length + 2, last=3)
+    assert list(table.index) == list(range(length - 3, length + 2))
+    assert list(table["attention mask"]) == [1, 1, 1, 0, 0]
+    read = table.loc[length - 1]
+    assert read["token"] == "<|im_end|>" and read[""].startswith("reward read here")
+    assert read["reward if read here"] == pytest.approx(
+        tiny_reward_model.score_conversations([conversation])[0], abs=1e-4
+    )
+    assert table.loc[length - 2, ""].startswith("would be read here")
+    with pytest.raises(ValueError, match="pad_to=2"):
+        reading_positions(tiny_reward_model, conversation, pad_to=2)
+
+
+def test_seconds_per_pair_times_each_method_and_leaves_the_model_as_it_was(tiny_reward_model):
+    model, tokenizer = tiny_reward_model.model, tiny_reward_model.tokenizer
+    give_distinct_pad_token(tokenizer, model)
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    trainable = [p.requires_grad for p in model.parameters()]
+    config = RewardConfig(max_length=32)
+    for method in ("head", "lora", "full"):
+        assert 0 < seconds_per_pair(model, tokenizer, separable_pairs(2), config, method=method) < 60
+    after = model.state_dict()
+    assert set(after) == set(before) and all(torch.equal(after[name], before[name]) for name in before)
+    assert not model.training and all(p.grad is None for p in model.parameters())
+    assert [p.requires_grad for p in model.parameters()] == trainable
+    with pytest.raises(ValueError, match="method='fast'"):
+        seconds_per_pair(model, tokenizer, separable_pairs(2), config, method="fast")
