@@ -281,10 +281,9 @@ def test_answer_confidence_is_the_mean_log_probability_of_the_reply(embedded):
         logprobs = model(full).logits[0, prompt_ids.shape[1] - 1 : -1].log_softmax(-1)
     expected = logprobs[range(len(reply_ids)), reply_ids].mean()
     assert row["mean_logprob"] == pytest.approx(float(expected), abs=1e-3)
-    answer = answer_token_mask(
-        [tokenizer.decode(reply_ids[: i + 1])[len(tokenizer.decode(reply_ids[:i])) :] for i in range(len(reply_ids))],
-        row["question"],
-    )
+    prefixes = [tokenizer.decode(reply_ids[:end], skip_special_tokens=True) for end in range(len(reply_ids) + 1)]
+    pieces = [text[len(previous) :] for previous, text in zip(prefixes, prefixes[1:], strict=False)]
+    answer = answer_token_mask(pieces, row["question"])  # the end-of-turn token adds no text
     assert "Paris" in row["answer_text"] and row["answer_tokens"] == answer.sum()
     expected_answer = logprobs[range(len(reply_ids)), reply_ids][torch.from_numpy(answer)].mean()
     assert row["answer_logprob"] == pytest.approx(float(expected_answer), abs=1e-3)
