@@ -315,6 +315,28 @@ def _dotted_dates(answer) -> str | None:
     return None
 
 
+def _flag_rates(answer) -> str | None:
+    logprobs = np.array([-2.0, -1.0, -0.5, -1.5, -0.1, -3.0, -0.2])
+    correct = np.array([False, False, False, False, True, True, True])
+    got = tuple(float(rate) for rate in answer(logprobs, correct, -0.8))
+
+    def gave(wrong_rate: float, right_rate: float) -> bool:
+        return len(got) == 2 and _close(got[0], wrong_rate) and _close(got[1], right_rate)
+
+    if gave(3 / 7, 1 / 7):
+        return (
+            "Divide by the number of wrong answers (and of right answers), not by all answers: each is a rate within "
+            "its class."
+        )
+    if gave(1 / 4, 2 / 3):
+        return "An answer is flagged when its log-probability is below the threshold (less confident), not above."
+    if gave(1 / 3, 3 / 4):
+        return "Return the wrong answers' rate first, then the right answers'."
+    if not gave(3 / 4, 1 / 3):
+        return f"Below -0.8 are 3 of the 4 wrong answers and 1 of the 3 right ones: expected (0.75, 0.333), got {got}."
+    return None
+
+
 def _plausible_tokens(answer) -> str | None:
     probs = np.array([0.4, 0.3, 0.2, 0.1])
     got = np.asarray(answer(probs, 0.5), dtype=bool)
@@ -541,6 +563,11 @@ EXERCISES: dict[str, Exercise] = {
         "08_hallucination",
         "dotted_date(text): (year, month, day) of a day.month.year date like 12.09.1996, else None.",
         _dotted_dates,
+    ),
+    "08.3": Exercise(
+        "08_hallucination",
+        "flag_rates(logprobs, correct, threshold): shares of wrong and of right answers flagged below a threshold.",
+        _flag_rates,
     ),
     "09.1": Exercise(
         "09_dola", "plausible(probs, alpha): DoLa's plausibility mask over a probability vector.", _plausible_tokens

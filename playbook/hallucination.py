@@ -7,7 +7,8 @@ ways of catching one, each small enough to read:
 - **fact check** (`fact_check`): compare each claim about a known entity with a ground-truth table, field by field;
 - **self-knowledge** (`expresses_uncertainty`, `knowledge_quadrants`, `unanswerable_f1`): does the model say "I
   don't know" to questions nobody can answer (SelfAware, Yin et al. 2023) and answer the ones it can?
-- **uncertainty** (`answer_confidence`, `auroc`): are wrong answers generated with lower token probabilities?
+- **uncertainty** (`answer_confidence`, `answer_token_mask`): are wrong answers generated with lower token
+  probabilities? (AUROC with its interval: `playbook.stats.auroc_interval`.)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from playbook.data import BUNDLED_DATA_DIR
@@ -30,6 +32,7 @@ from playbook.tensors import entropy_from_logits, logprobs_from_logits
 
 FACT_TABLE = BUNDLED_DATA_DIR / "uganda_tokyo2020_medallists.json"
 FACTUAL_PROBES = BUNDLED_DATA_DIR / "factual_probes.jsonl"
+NAME_FILTER_WORDS = BUNDLED_DATA_DIR / "name_filter_words.json"
 
 # ---------------------------------------------------------------------------------------------- fact checking
 
@@ -247,51 +250,53 @@ def answer_summary(answer: str, table: FactTable) -> dict[str, object]:
     }
 
 
-_NOT_PEOPLE = {
-    "olympic",
-    "olympics",
-    "games",
-    "summer",
-    "tokyo",
-    "uganda",
-    "ugandan",
-    "japan",
-    "world",
-    "championships",
-    "the",
-    "gold",
-    "silver",
-    "bronze",
-    "medal",
-    "medals",
-    "men's",
-    "women's",
-    "athletics",
-    "team",
-    "commonwealth",
-    "international",
-    "committee",
-}
+@dataclass(frozen=True)
+class NameFilter:
+    """Words that rule a capitalised run of words out as a person's name, from `data/name_filter_words.json`:
+    `not_person` (places, organisations, event and medal words) and `sentence_starters` (capitalised words that
+    begin a sentence, dropped from the front of a run before it is judged)."""
+
+    not_person: frozenset[str]
+    sentence_starters: frozenset[str]
 
 
-_SENTENCE_STARTERS = {"also", "and", "the", "in", "at", "with", "by", "from", "then", "both", "including", "while"}
+_NAME_FILTER_LISTS = ("places", "organisations", "events_and_medals", "sentence_starters")
 
 
-def other_names(answer: str, table: FactTable) -> list[str]:
+def load_name_filter(path: str | Path = NAME_FILTER_WORDS) -> NameFilter:
+    """Read the word lists of `other_names` (lower-case words per list); errors name the file and the list."""
+    path = Path(path)
+    record = read_json(path)
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: expected a JSON object with the lists {', '.join(_NAME_FILTER_LISTS)}.")
+    for key in _NAME_FILTER_LISTS:
+        words = record.get(key)
+        if not isinstance(words, list) or not all(isinstance(w, str) and w == w.lower() for w in words):
+            raise ValueError(f"{path}: {key!r} must be a list of lower-case words")
+    return NameFilter(
+        not_person=frozenset(record["places"])
+        | frozenset(record["organisations"])
+        | frozenset(record["events_and_medals"]),
+        sentence_starters=frozenset(record["sentence_starters"]),
+    )
+
+
+def other_names(answer: str, table: FactTable, name_filter: NameFilter | None = None) -> list[str]:
     """Capitalised multi-word names in the answer that are not in the table: candidates for invented people.
 
-    A heuristic (two or more capitalised words in a row, none of them a place, event or medal word); read the
-    list, don't count on it.
+    A heuristic (two or more capitalised words in a row, none of them a place, organisation, event or medal word
+    from `name_filter`, by default `data/name_filter_words.json`); read the list, don't count on it.
     """
+    name_filter = name_filter or load_name_filter()
     names_in_table = [name for a in table.athletes for name in [a["name"], *a.get("aliases", [])]]
     known = {part.lower() for name in names_in_table for part in name.split()}
     names = []
     word = r"[A-Z][a-z]+(?:[-'][A-Z]?[a-z]+)*"
     for match in re.finditer(rf"\b{word}(?: {word})+\b", answer):
         words = match.group(0).split()
-        while words and words[0].lower() in _SENTENCE_STARTERS:
+        while words and words[0].lower() in name_filter.sentence_starters:
             words.pop(0)
-        if len(words) < 2 or any(w.lower() in known or w.lower() in _NOT_PEOPLE for w in words):
+        if len(words) < 2 or any(w.lower() in known or w.lower() in name_filter.not_person for w in words):
             continue
         if " ".join(words) not in names:
             names.append(" ".join(words))
@@ -326,15 +331,32 @@ def expresses_uncertainty(reply: str) -> bool:
     return abstains(reply) or bool(_UNCERTAIN.search(text))
 
 
+QUADRANT_LABELS = {
+    (True, False): "answerable, answered (correctness unchecked)",
+    (True, True): "answerable, hedged",
+    (False, True): "unanswerable, hedged (the right call)",
+    (False, False): "unanswerable, answered (hallucination risk)",
+}
+"""Names of the 2×2 cells by (question answerable, model hedged), saying only what was measured: whether the model
+committed to a reply. An answered answerable question is the chapter's "known known" only if the answer is right,
+and a hedge on one is "too timid" only if the model knew the answer; neither is checked on SelfAware."""
+
+
+def quadrant_label(answerable: bool, hedged: bool) -> str:
+    """The quadrant of one reply, by whether its question is answerable and whether the model hedged."""
+    return QUADRANT_LABELS[(bool(answerable), bool(hedged))]
+
+
 def knowledge_quadrants(answerable: Sequence[bool], uncertain: Sequence[bool]) -> pd.DataFrame:
-    """The 2×2 table of counts: rows answerable / unanswerable, columns model answers / model hedges."""
+    """The 2×2 table of counts: rows answerable / unanswerable, columns model answers (right or wrong: not
+    checked) / model hedges."""
     if len(answerable) != len(uncertain):
         raise ValueError(f"{len(answerable)} answerable flags for {len(uncertain)} replies")
     frame = pd.DataFrame({"question": answerable, "model": uncertain})
     table = pd.crosstab(frame["question"], frame["model"]).reindex(index=[True, False], columns=[False, True])
     table = table.fillna(0).astype(int)
     table.index = ["answerable", "unanswerable"]
-    table.columns = ["model answers", "model hedges"]
+    table.columns = ["answers (correctness unchecked)", "hedges"]
     return table
 
 
@@ -387,6 +409,59 @@ def is_correct(reply: str, answers: Sequence[str]) -> bool:
     return any(re.search(rf"(?<!\w){re.escape(a)}(?!\w)", reply, re.IGNORECASE) for a in answers)
 
 
+_FIRST_SENTENCE_END = re.compile(r"(?<!\b[A-Z])[.!?](?=\s|$)|\n")  # "John F. Kennedy" goes on
+
+
+def answer_token_mask(pieces: Sequence[str], question: str) -> np.ndarray:
+    """Which tokens of a reply carry its answer, given the reply as token `pieces` (strings that join to the reply):
+    those of the reply's first sentence that touch a content word, i.e. a word neither in the question nor an
+    English stop word (scikit-learn's list).
+
+    Why: a reply's mean confidence is mostly that of its boilerplate ("The capital of Brazil is ..." echoes the
+    question, and the tokens after the first sentence are the model's elaboration), which is near-certain whether the
+    answer is right or wrong. In "The capital of Brazil is Sao Paulo, a city ..." the answer tokens are those of "Sao
+    Paulo" and "city". When the first sentence has no content word ("I don't know."), its tokens are used instead,
+    and for an empty reply every token (the end-of-turn token).
+    """
+    text = "".join(pieces)
+    end = _FIRST_SENTENCE_END.search(text)
+    first_sentence_end = end.end() if end else len(text)
+    question_words = {word.lower() for word in re.findall(r"\w+", question)}
+    content = [
+        match.span()
+        for match in re.finditer(r"\w+", text[:first_sentence_end])
+        if match.group(0).lower() not in question_words | ENGLISH_STOP_WORDS
+    ]
+    ends = np.cumsum([len(piece) for piece in pieces])
+    starts = ends - np.array([len(piece) for piece in pieces], dtype=int)
+    mask = np.array(
+        [
+            any(s < word_end and word_start < e for word_start, word_end in content)
+            for s, e in zip(starts, ends, strict=True)
+        ],
+        dtype=bool,
+    )
+    if not mask.any():
+        mask = (starts < first_sentence_end) & (ends > starts)
+    if not mask.any():  # an empty reply: only the end-of-turn token
+        mask = np.ones(len(pieces), dtype=bool)
+    return mask
+
+
+def _token_pieces(tokenizer: PreTrainedTokenizerBase, token_ids: Sequence[int]) -> list[str]:
+    """The text each token adds to the decoded reply (special tokens add nothing). Decoding growing prefixes, not
+    single tokens, keeps a character split across byte-level tokens whole: a token that ends mid-character adds ""
+    and the next one adds the character."""
+    pieces, decoded = [], ""
+    for end in range(1, len(token_ids) + 1):
+        prefix = tokenizer.decode(token_ids[:end], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        if prefix.endswith("\ufffd"):
+            prefix = decoded
+        pieces.append(prefix[len(decoded) :])
+        decoded = prefix
+    return pieces
+
+
 @torch.no_grad()
 def answer_confidence(
     model: PreTrainedModel,
@@ -396,9 +471,12 @@ def answer_confidence(
     max_new_tokens: int = 32,
     batch_size: int = 8,
 ) -> pd.DataFrame:
-    """Answer each question greedily (chat template) and measure how sure the model was while answering: the mean
-    log-probability of the tokens it chose and the mean entropy of its next-token distributions, over the reply's
-    tokens up to and including the end-of-turn token."""
+    """Answer each question greedily (chat template) and measure how sure the model was while answering.
+
+    Two scopes: the whole reply (`mean_logprob`, `mean_entropy`: the mean log-probability of the tokens it chose
+    and the mean entropy of its next-token distributions, over the reply's tokens up to and including the
+    end-of-turn token) and the answer's words (`answer_logprob`, `answer_entropy`: the same means over the tokens
+    `answer_token_mask` picks, `answer_text` being those tokens' text)."""
     rows = []
     for start, batch in chat_batches(
         tokenizer, [[{"role": "user", "content": q}] for q in questions], batch_size=batch_size, device=model.device
@@ -415,14 +493,21 @@ def answer_confidence(
         logits = torch.stack(output.logits, dim=1)  # [B, T, V]
         chosen, entropy = logprobs_from_logits(logits, new_tokens), entropy_from_logits(logits)
         for row in range(len(new_tokens)):
+            question = questions[start + row]
             length = _reply_length(new_tokens[row], tokenizer.eos_token_id)
+            pieces = _token_pieces(tokenizer, new_tokens[row, :length].tolist())
+            answer = torch.from_numpy(answer_token_mask(pieces, question))
             rows.append(
                 {
-                    "question": questions[start + row],
+                    "question": question,
                     "reply": tokenizer.decode(new_tokens[row, :length], skip_special_tokens=True).strip(),
                     "mean_logprob": float(chosen[row, :length].mean()),
                     "mean_entropy": float(entropy[row, :length].mean()),
                     "tokens": length,
+                    "answer_text": "".join(p for p, keep in zip(pieces, answer.tolist(), strict=True) if keep).strip(),
+                    "answer_logprob": float(chosen[row, :length][answer].mean()),
+                    "answer_entropy": float(entropy[row, :length][answer].mean()),
+                    "answer_tokens": int(answer.sum()),
                 }
             )
     return pd.DataFrame(rows)
@@ -436,29 +521,23 @@ def _reply_length(tokens: torch.Tensor, eos_token_id: int | None) -> int:
     return int(ends[0]) + 1 if len(ends) else len(tokens)
 
 
-def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float:
-    """Area under the ROC curve: the chance that a random positive scores above a random negative (ties count
-    half). 0.5 is no signal; NaN when one class is absent."""
-    scores, labels = np.asarray(scores, dtype=float), np.asarray(labels, dtype=bool)
-    if len(scores) != len(labels):
-        raise ValueError(f"{len(scores)} scores for {len(labels)} labels")
-    positives, negatives = scores[labels], scores[~labels]
-    if not len(positives) or not len(negatives):
-        return float("nan")
-    greater = (positives[:, None] > negatives[None, :]).sum()
-    ties = (positives[:, None] == negatives[None, :]).sum()
-    return float((greater + 0.5 * ties) / (len(positives) * len(negatives)))
-
-
-def plot_confidence(results: pd.DataFrame, ax=None):
-    """Mean token log-probability vs mean entropy of each answer, coloured by correctness."""
+def plot_confidence(results: pd.DataFrame, ax=None, *, scope: str = "answer"):
+    """Mean token log-probability vs mean entropy of each answer, coloured by correctness, over the answer's words
+    (`scope="answer"`: the `answer_*` columns of `answer_confidence`) or the whole reply (`scope="reply"`)."""
     import matplotlib.pyplot as plt
 
+    columns = {
+        "answer": ("answer_entropy", "answer_logprob", "the answer's words"),
+        "reply": ("mean_entropy", "mean_logprob", "the whole reply"),
+    }
+    if scope not in columns:
+        raise ValueError(f"scope must be 'answer' or 'reply', got {scope!r}")
+    entropy, logprob, over = columns[scope]
     ax = ax or plt.subplots(figsize=(6, 4))[1]
     for correct, colour, label in ((True, "tab:green", "correct"), (False, "tab:red", "wrong")):
         part = results[results["correct"] == correct]
-        ax.scatter(part["mean_entropy"], part["mean_logprob"], c=colour, label=f"{label} ({len(part)})", alpha=0.7)
-    ax.set_xlabel("mean entropy of next-token distribution (nats)")
+        ax.scatter(part[entropy], part[logprob], c=colour, label=f"{label} ({len(part)})", alpha=0.7)
+    ax.set_xlabel(f"mean entropy of next-token distribution (nats), over {over}")
     ax.set_ylabel("mean log-probability of chosen tokens")
     ax.legend()
     ax.set_title("Are wrong answers generated less confidently?")

@@ -87,6 +87,12 @@ def dotted_date(text: str) -> tuple[int, int, int] | None:
     return year, month, day
 
 
+def flag_rates(logprobs: np.ndarray, correct: np.ndarray, threshold: float) -> tuple[float, float]:
+    flagged = np.asarray(logprobs) < threshold
+    correct = np.asarray(correct, dtype=bool)
+    return float(flagged[~correct].mean()), float(flagged[correct].mean())
+
+
 def plausible(probs: np.ndarray, alpha: float) -> np.ndarray:
     return probs >= alpha * probs.max()
 
@@ -161,6 +167,7 @@ SOLUTIONS = {
     "07.2": rloo_advantages,
     "08.1": f1,
     "08.2": dotted_date,
+    "08.3": flag_rates,
     "09.1": plausible,
     "09.2": low_layers,
     "10.1": ece,

@@ -68,6 +68,7 @@ WRONG_ANSWERS = {
     "07.2": (lambda rewards: [x - sum(rewards) / len(rewards) for x in rewards], "leave it out"),
     "08.1": (lambda true_positives, false_positives, false_negatives: 0.675, "harmonic mean"),
     "08.2": (lambda text: (1996, 12, 9) if "12.09" in text else None, "swapped"),
+    "08.3": (lambda lp, ok, t: (((lp < t) & ~ok).sum() / len(lp), ((lp < t) & ok).sum() / len(lp)), "within its class"),
     "09.1": (lambda probs, alpha: probs >= alpha, "relative"),
     "09.2": (lambda n, tied: list(range(2, n // 2, 2)), "starts at layer 0"),
     "10.1": (lambda confidences, correct: 0.3, "Expected ECE"),

@@ -1,16 +1,14 @@
 import json
 
-import numpy as np
 import pytest
 import torch
-from sklearn.metrics import roc_auc_score
 
 from playbook.hallucination import (
     FACT_TABLE,
     PartialDate,
     answer_confidence,
     answer_summary,
-    auroc,
+    answer_token_mask,
     balanced_sample,
     expresses_uncertainty,
     fact_check,
@@ -20,7 +18,9 @@ from playbook.hallucination import (
     knowledge_quadrants,
     load_fact_table,
     load_factual_probes,
+    load_name_filter,
     other_names,
+    quadrant_label,
     unanswerable_f1,
 )
 
@@ -100,6 +100,32 @@ def test_other_names_lists_people_not_in_the_table(table):
     assert other_names(answer, table) == ["John Akii-Bua"]
 
 
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        ("The 2020 Olympics were held in London, United Kingdom, and in Rio de Janeiro.", []),
+        ("The champions came from the Democratic Republic of Congo, said Kofi Annan.", ["Kofi Annan"]),
+        ("He was played by Michael Jordan in the 2014 Disney Channel movie.", ["Michael Jordan"]),
+        ("Reported by the Olympic Committee and New York Times, including Kioni Okamura.", ["Kioni Okamura"]),
+    ],
+)
+def test_other_names_leaves_out_places_and_organisations(table, answer, expected):
+    assert other_names(answer, table) == expected
+
+
+def test_the_name_filter_words_come_from_the_data_file(tmp_path):
+    words = load_name_filter()
+    assert {"united", "kingdom", "republic", "disney", "channel", "olympic"} <= words.not_person
+    assert "kofi" not in words.not_person and "the" in words.sentence_starters
+    lists = {"places": ["paris"], "organisations": ["club"], "events_and_medals": [], "sentence_starters": ["and"]}
+    path = tmp_path / "words.json"
+    path.write_text(json.dumps(lists), encoding="utf-8")
+    assert load_name_filter(path).not_person == {"paris", "club"}
+    path.write_text(json.dumps(lists | {"places": ["Paris"]}), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"words\.json: 'places' must be a list of lower-case words"):
+        load_name_filter(path)
+
+
 BAD_HALLUCINATION_FILES = {
     "factual probes not UTF-8": (
         "probes.jsonl",
@@ -175,6 +201,14 @@ def test_quadrants_and_f1_on_a_hand_made_case():
         knowledge_quadrants([True], [True, False])
 
 
+def test_quadrant_labels_say_only_what_was_measured():
+    assert quadrant_label(True, False) == "answerable, answered (correctness unchecked)"
+    assert quadrant_label(False, False) == "unanswerable, answered (hallucination risk)"
+    assert quadrant_label(False, True) == "unanswerable, hedged (the right call)"
+    assert quadrant_label(True, True) == "answerable, hedged"
+    assert knowledge_quadrants([True], [False]).columns.tolist() == ["answers (correctness unchecked)", "hedges"]
+
+
 def test_balanced_sample_is_balanced_and_seeded():
     rows = [{"answerable": i % 3 != 0, "id": i} for i in range(30)]
     sample = balanced_sample(rows, 10, seed=1)
@@ -190,12 +224,38 @@ def test_is_correct_matches_whole_words_only():
     assert not is_correct("Australia's capital is Sydney", ["Canberra"])
 
 
-def test_auroc_agrees_with_scikit_learn():
-    rng = np.random.default_rng(0)
-    labels = rng.uniform(size=200) < 0.4
-    scores = rng.normal(size=200) + labels + np.round(rng.uniform(size=200))  # with ties
-    assert auroc(scores, labels) == pytest.approx(roc_auc_score(labels, scores))
-    assert np.isnan(auroc([1.0, 2.0], [True, True]))
+def _kept(pieces, question):
+    return [piece for piece, keep in zip(pieces, answer_token_mask(pieces, question), strict=True) if keep]
+
+
+def test_answer_tokens_are_the_first_sentences_new_content_words():
+    pieces = [
+        "The",
+        " capital",
+        " of",
+        " Brazil",
+        " is",
+        " Sao",
+        " Paulo",
+        ",",
+        " a",
+        " city",
+        ".",
+        " It",
+        " is",
+        " big",
+    ]
+    assert _kept(pieces, "What is the capital of Brazil?") == [" Sao", " Paulo", " city"]
+    decimal = ["The", " root", " of", " 144", " is", " about", " 14", ".", "4", ".", " Indeed", " so"]
+    assert _kept(decimal, "What is the square root of 144?") == [" 14", "4"]  # "14.4" does not end the sentence
+    assert _kept(["Paris", "\n", "France"], "What is the capital of France?") == ["Paris"]
+    initial = ["It", " was", " John", " F", ".", " Kennedy", ".", " He", " won"]
+    assert _kept(initial, "Who was the first President?") == [" John", " F", " Kennedy"]
+
+
+def test_answer_tokens_fall_back_to_the_first_sentence_then_the_whole_reply():
+    assert _kept(["It", " is", " the", " one", ".", " Rome"], "Which one?") == ["It", " is", " the", " one", "."]
+    assert answer_token_mask([""], "Which one?").tolist() == [True]
 
 
 def test_factual_probes_have_answers():
@@ -221,6 +281,12 @@ def test_answer_confidence_is_the_mean_log_probability_of_the_reply(embedded):
         logprobs = model(full).logits[0, prompt_ids.shape[1] - 1 : -1].log_softmax(-1)
     expected = logprobs[range(len(reply_ids)), reply_ids].mean()
     assert row["mean_logprob"] == pytest.approx(float(expected), abs=1e-3)
+    prefixes = [tokenizer.decode(reply_ids[:end], skip_special_tokens=True) for end in range(len(reply_ids) + 1)]
+    pieces = [text[len(previous) :] for previous, text in zip(prefixes, prefixes[1:], strict=False)]
+    answer = answer_token_mask(pieces, row["question"])  # the end-of-turn token adds no text
+    assert "Paris" in row["answer_text"] and row["answer_tokens"] == answer.sum()
+    expected_answer = logprobs[range(len(reply_ids)), reply_ids][torch.from_numpy(answer)].mean()
+    assert row["answer_logprob"] == pytest.approx(float(expected_answer), abs=1e-3)
 
 
 def test_fact_sheet_passes_its_own_fact_check(table):

@@ -2,9 +2,12 @@ import numpy as np
 import pytest
 
 from playbook.stats import (
+    AurocInterval,
     PairedDifference,
+    auroc_interval,
     bootstrap_interval,
     bootstrap_mean_interval,
+    describe_auroc,
     describe_effect,
     format_p_value,
     mcnemar_exact,
@@ -177,3 +180,56 @@ def test_bootstrap_interval_can_leave_out_resamples_where_the_statistic_is_undef
     assert np.isnan(low) and np.isnan(high)
     with pytest.raises(ValueError, match="needs method='percentile'"):
         bootstrap_interval([1.0, 2.0], np.mean, method="BCa", omit_undefined=True)
+
+
+def test_auroc_interval_of_a_hand_counted_case_is_seeded_and_brackets_it():
+    # 9 (positive, negative) pairs: 0.9 beats all 3; 0.4 beats 0.1 and 0.3; 0.3 beats 0.1 and ties 0.3 (half)
+    scores, labels = [0.9, 0.4, 0.3, 0.5, 0.1, 0.3], [True, True, True, False, False, False]
+    result = auroc_interval(scores, labels, draws=100)
+    assert result.auroc == pytest.approx(6.5 / 9)
+    assert (result.positives, result.negatives) == (3, 3)
+    assert 0 <= result.low <= result.auroc <= result.high <= 1
+    assert result == auroc_interval(scores, labels, draws=100)
+
+
+def test_auroc_interval_of_perfect_separation_is_one_in_every_stratified_resample():
+    result = auroc_interval([3.0, 4.0, 5.0, 0.0, 1.0, 2.0], [1, 1, 1, 0, 0, 0], draws=50)
+    assert (result.auroc, result.low, result.high) == (1.0, 1.0, 1.0)
+    assert result.excludes_chance
+
+
+def test_auroc_interval_width_matches_the_hanley_mcneil_standard_error():
+    rng = np.random.default_rng(3)
+    labels = np.r_[np.ones(25, bool), np.zeros(15, bool)]
+    scores = rng.normal(size=40) + 0.8 * labels
+    result = auroc_interval(scores, labels, draws=400)
+    area = result.auroc
+    q1, q2 = area / (2 - area), 2 * area**2 / (1 + area)
+    variance = (area * (1 - area) + 24 * (q1 - area**2) + 14 * (q2 - area**2)) / (25 * 15)
+    assert (result.high - result.low) / 2 == pytest.approx(1.96 * np.sqrt(variance), rel=0.3)
+
+
+@pytest.mark.parametrize(
+    ("scores", "labels", "argument"),
+    [
+        ([0.1, 0.2, 0.3], [True, False, False], "at least 2 positives"),
+        ([0.1, 0.2, 0.3], [True, False], "one per score"),
+        ([0.1, 0.2, 0.3], [2, 0, 1], "yes/no"),
+    ],
+)
+def test_auroc_interval_rejects_a_missing_class_or_unpaired_labels(scores, labels, argument):
+    with pytest.raises(ValueError, match=argument):
+        auroc_interval(scores, labels)
+
+
+def test_describe_auroc_says_direction_only_outside_the_noise():
+    signal = AurocInterval(auroc=0.8, low=0.65, high=0.92, positives=25, negatives=15, confidence=0.95)
+    noise = AurocInterval(auroc=0.6, low=0.42, high=0.77, positives=25, negatives=15, confidence=0.95)
+    assert describe_auroc(signal, "the log-probability", "right answers", "wrong answers") == (
+        "The log-probability tends to be higher for right answers than for wrong answers: AUROC 0.80 "
+        "[95% CI 0.65, 0.92], 25 positive / 15 negative; the interval excludes 0.5, so this separation is outside "
+        "the noise."
+    )
+    sentence = describe_auroc(noise, "the log-probability", "right answers", "wrong answers")
+    assert "does not separate right answers from wrong answers beyond the noise" in sentence
+    assert "higher" not in sentence and "AUROC 0.60 [95% CI 0.42, 0.77]" in sentence
