@@ -38,17 +38,19 @@ lab: setup
 course: setup
 	$(PY) -m playbook.course --out build/notebooks
 
-# The unit tests and the notebooks run side by side (two pytest sessions, each with its own runs folder): most of
-# their time is single-threaded Python and process start-up, so two run in little more than the time of the longer.
+# The unit tests and the notebooks run side by side (two pytest sessions, each with its own runs folder), one
+# compute thread each: most of their time is single-threaded Python and process start-up, and two sessions with
+# torch's default of one thread per core would fight over the cores (spinning thread pools slow both many-fold).
 test: setup lint
-	$(MAKE) --no-print-directory -j2 --output-sync=target unit notebooks
+	$(MAKE) --no-print-directory -j2 --output-sync=target unit notebooks TEST_THREADS=1
 
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
 # Tests and smoke runs write their models under build/test-runs, never into a learner's runs/ (conftest.py checks).
-TEST_ENV := HF_HUB_OFFLINE=1
+TEST_THREADS ?=
+TEST_ENV = HF_HUB_OFFLINE=1 $(if $(TEST_THREADS),OMP_NUM_THREADS=$(TEST_THREADS) MKL_NUM_THREADS=$(TEST_THREADS),)
 TEST_RUNS := $(abspath build/test-runs)
 
 unit: setup
