@@ -29,6 +29,7 @@ import math
 import os
 import pickle
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -692,7 +693,9 @@ def seconds_per_pair(
         from peft import LoraConfig, get_peft_model
 
         adapters = LoraConfig(r=config.lora_rank, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
-        timed = get_peft_model(model, adapters)
+        with warnings.catch_warnings():  # peft asks transformers a deprecated question; not the learner's concern
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            timed = get_peft_model(model, adapters)
     start = time.perf_counter()
     if method == "head":
         with torch.no_grad():
