@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 from numpy.typing import ArrayLike
+from scipy import stats
 from scipy.special import gammaln
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -233,10 +234,8 @@ def best_of_n_distribution(probabilities: ArrayLike, rewards: ArrayLike, n: int)
 
 
 def exact_kl(p: ArrayLike, q: ArrayLike) -> float:
-    """KL(p ‖ q) in nats for two distributions over the same finite outcomes (0 · log 0 = 0)."""
-    p_array, q_array = np.asarray(p, dtype=float), np.asarray(q, dtype=float)
-    mask = p_array > 0
-    return float(np.sum(p_array[mask] * (np.log(p_array[mask]) - np.log(q_array[mask]))))
+    """KL(p ‖ q) in nats for two distributions over the same finite outcomes (``scipy.stats.entropy``)."""
+    return float(stats.entropy(np.asarray(p, dtype=float), np.asarray(q, dtype=float)))
 
 
 def _log_comb(n: np.ndarray | int, k: int) -> np.ndarray:
