@@ -251,13 +251,33 @@ def _kl_shaped_reward(answer) -> str | None:
     return None
 
 
-def _kl_prediction(answer) -> str | None:
-    choice = str(answer).strip().lower()
-    if choice == "smaller":
-        return None
-    if choice == "larger":
-        return "β multiplies the penalty for drifting from the reference: a larger β holds the policy closer."
-    return "Answer 'smaller' or 'larger'."
+def _gae_by_hand(answer) -> str | None:
+    import torch
+
+    from playbook.ppo import compute_gae
+
+    for rewards, values, gamma, lam in (
+        ([0.1, -0.2, 1.5], [0.4, 0.6, 0.9], 0.9, 0.8),
+        ([0.0, 0.0, 1.0], [0.5, 0.2, 0.7], 1, 0.95),
+    ):
+        got = [float(a) for a in answer(list(rewards), list(values), gamma, lam)]
+        if len(got) != 3:
+            return "Return one advantage per reply token (3 here)."
+        advantages, _ = compute_gae(torch.tensor([rewards]), torch.tensor([values]), torch.ones(1, 3), gamma, lam)
+        expected = advantages[0].tolist()
+        next_values = [*values[1:], 0.0]
+        deltas = [r + gamma * v_next - v for r, v_next, v in zip(rewards, next_values, values, strict=True)]
+        to_go = [sum(gamma**k * r for k, r in enumerate(rewards[t:])) for t in range(3)]
+        if all(_close(g, e, 1e-5) for g, e in zip(got, expected, strict=True)):
+            continue
+        if all(_close(g, d, 1e-5) for g, d in zip(got, deltas, strict=True)):
+            return "Those are the one-step errors δ_t (λ = 0). Add γλ·A_{t+1}, going backwards from the last token."
+        if all(_close(g, s - v, 1e-5) for g, s, v in zip(got, to_go, values, strict=True)):
+            return "That is the discounted reward-to-go minus V_t, i.e. λ = 1: weigh A_{t+1} by γλ, not γ."
+        if _close(got[-1], rewards[-1] + gamma * values[-1] - values[-1], 1e-5):
+            return "The reply ends at its last token: the value after it is 0, so δ_T = r_T − V_T."
+        return f"For rewards {rewards}, values {values}, γ={gamma}, λ={lam}: expected {expected}, got {got}."
+    return None
 
 
 def _dpo_loss(answer) -> str | None:
@@ -544,7 +564,9 @@ EXERCISES: dict[str, Exercise] = {
         _kl_shaped_reward,
     ),
     "06.2": Exercise(
-        "06_ppo_rlhf", "Predict: raising β from 0.01 to 0.5 makes the final KL 'smaller' or 'larger'?", _kl_prediction
+        "06_ppo_rlhf",
+        "gae(rewards, values, gamma, lam): GAE advantages of a three-token reply (value 0 after its last token).",
+        _gae_by_hand,
     ),
     "07.1": Exercise(
         "07_beyond_ppo",

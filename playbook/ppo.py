@@ -209,6 +209,109 @@ def truncate_after_eos(
     return torch.where(mask, responses, torch.full_like(responses, pad_id)), mask.long(), has_eos
 
 
+def advantage_table(
+    tokens: Sequence[Sequence[str]],
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    scores: torch.Tensor,
+    *,
+    kl_coef: float,
+    gamma: float,
+    lam: float,
+) -> pd.DataFrame:
+    """One row per real reply token: every number PPO derives from a rollout before its update, computed by the
+    trainer's own functions (:func:`kl_shaped_rewards`, :func:`compute_gae`, ``masked_whiten``).
+
+    ``tokens[i]`` are reply ``i``'s tokens as text (its real ones, in order); ``scores`` are the scores PPO adds at
+    the last token (normalised, as the trainer uses them). Columns: ``reply``, ``t``, ``token``, ``logprob`` and
+    ``ref_logprob`` (log π and log π_ref), ``kl`` (their difference), ``score``, ``reward``, ``value``,
+    ``advantage`` (GAE), ``whitened`` (the advantage the policy loss uses) and ``return`` (the value target)."""
+    mask = mask.to(logprobs.dtype)
+    rewards = kl_shaped_rewards(logprobs, ref_logprobs, mask, scores, kl_coef)
+    advantages, returns = compute_gae(rewards, values, mask, gamma, lam)
+    whitened = masked_whiten(advantages, mask)
+    rows = []
+    for reply, reply_tokens in enumerate(tokens):
+        real = int(mask[reply].sum().item())
+        if len(reply_tokens) != real:
+            raise ValueError(f"tokens[{reply}] has {len(reply_tokens)} tokens but its mask {real}: pass the real ones.")
+        for t, token in enumerate(reply_tokens):
+            rows.append(
+                {
+                    "reply": reply,
+                    "t": t,
+                    "token": token,
+                    "logprob": logprobs[reply, t].item(),
+                    "ref_logprob": ref_logprobs[reply, t].item(),
+                    "kl": (logprobs[reply, t] - ref_logprobs[reply, t]).item(),
+                    "score": float(scores[reply]),
+                    "reward": rewards[reply, t].item(),
+                    "value": values[reply, t].item(),
+                    "advantage": advantages[reply, t].item(),
+                    "whitened": whitened[reply, t].item(),
+                    "return": returns[reply, t].item(),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def clipping_table(
+    new_logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_range: float,
+) -> pd.DataFrame:
+    """Per real token, the pieces of PPO's clipped objective min(r·A, clip(r, 1−ε, 1+ε)·A), r = π_new/π_old.
+
+    ``clipped`` marks the tokens where the clipped term is the smaller (the ones :func:`policy_loss` counts in its
+    clip fraction): there the objective is flat in r, so the token gets no gradient, and ``why`` says which side
+    of the trust region it left. The mean of ``-objective`` is :func:`policy_loss`."""
+    ratio = torch.exp(new_logprobs - old_logprobs)
+    clipped_ratio = torch.clamp(ratio, 1 - clip_range, 1 + clip_range)
+    rows = []
+    for reply, t in torch.nonzero(mask > 0).tolist():
+        r, advantage = ratio[reply, t].item(), advantages[reply, t].item()
+        plain, capped = r * advantage, clipped_ratio[reply, t].item() * advantage
+        clipped = capped < plain
+        why = ""
+        if clipped:
+            why = (
+                "A > 0 and r > 1+ε: no credit for raising this token further"
+                if advantage > 0
+                else "A < 0 and r < 1−ε: no credit for lowering this token further"
+            )
+        rows.append(
+            {
+                "reply": reply,
+                "t": t,
+                "advantage": advantage,
+                "ratio": r,
+                "clipped_ratio": clipped_ratio[reply, t].item(),
+                "ratio·A": plain,
+                "clip(ratio)·A": capped,
+                "objective": min(plain, capped),
+                "clipped": clipped,
+                "why": why,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def word_count_reward(target_words: int) -> RewardFunction:
+    """A programmatic reward with a known optimum: −|words − ``target_words``| per reply (0 at exactly that many
+    words, whatever they say). It shows PPO at work without a reward model's errors in the way."""
+    if target_words < 1:
+        raise ValueError(f"target_words must be 1 or more, got {target_words}.")
+
+    def reward(prompts: Sequence[Messages], replies: Sequence[str]) -> list[float]:
+        return [-float(abs(len(reply.split()) - target_words)) for reply in replies]
+
+    return reward
+
+
 # ------------------------------------------------------------------------------------------ trainer
 
 
@@ -485,6 +588,14 @@ class PPOTrainer:
                 )
         return pd.DataFrame(logs).mean().to_dict()
 
+    @torch.no_grad()
+    def current_logprobs_and_values(self, batch: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+        """The policy's log-probs and the value model's estimates of ``batch``'s reply tokens as they are now (after
+        an :meth:`update`, to see how far it moved them), computed as :meth:`update` does."""
+        _, attention, positions = self._inputs(batch.query, batch.query_mask, batch.response, batch.mask)
+        logprobs, _ = self._logprobs(self.policy_upper, batch.policy_hidden, attention, positions, batch.response)
+        return logprobs, self._values(batch.value_hidden, attention, positions, batch.response)
+
     def step(self) -> dict[str, float]:
         """One rollout and update; returns the step's statistics, gathered over every process, with the seconds spent
         sampling (`seconds_generate`), in the reward model (`seconds_score`), in the policy/reference/value forward
@@ -576,14 +687,15 @@ def score_spread(scores: Sequence[float]) -> tuple[float, float]:
     return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else math.nan
 
 
-def plot_history(history: pd.DataFrame, *, title: str = "PPO"):
+def plot_history(history: pd.DataFrame, *, title: str = "PPO", score_label: str = "reward-model score (mean)"):
     """Reward-model score, KL to the reference, and their combination per step: score − β·σ·KL, with σ the spread
-    of the first rollout's scores that β is measured against (1 without score normalisation)."""
+    of the first rollout's scores that β is measured against (1 without score normalisation). ``score_label`` names
+    the score when the reward is not a reward model."""
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, 3, figsize=(12, 3.3))
     panels = (
-        ("score", "reward-model score (mean)"),
+        ("score", score_label),
         ("kl", "KL(π ‖ π_ref) per reply (nats)"),
         ("rlhf_reward", "score − β·σ·KL (what PPO maximises)"),
     )

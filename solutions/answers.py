@@ -64,6 +64,16 @@ def kl_shaped_rewards(score: float, logprobs: list[float], ref_logprobs: list[fl
     return rewards
 
 
+def gae(rewards: list[float], values: list[float], gamma: float, lam: float) -> list[float]:
+    advantages, following = [0.0] * len(rewards), 0.0
+    for t in reversed(range(len(rewards))):
+        next_value = values[t + 1] if t + 1 < len(rewards) else 0.0  # nothing comes after the last token
+        delta = rewards[t] + gamma * next_value - values[t]
+        following = delta + gamma * lam * following
+        advantages[t] = following
+    return advantages
+
+
 def dpo_loss(chosen_logratio: float, rejected_logratio: float, beta: float) -> float:
     return -math.log(1 / (1 + math.exp(-beta * (chosen_logratio - rejected_logratio))))
 
@@ -162,7 +172,7 @@ SOLUTIONS = {
     "05.2": margin_accuracy,
     "05.3": length_controlled_accuracy,
     "06.1": kl_shaped_rewards,
-    "06.2": "smaller",
+    "06.2": gae,
     "07.1": dpo_loss,
     "07.2": rloo_advantages,
     "08.1": f1,

@@ -63,7 +63,12 @@ WRONG_ANSWERS = {
         ],
         "negative",
     ),
-    "06.2": ("larger", "holds the policy closer"),
+    "06.2": (
+        lambda rewards, values, gamma, lam: [
+            r + gamma * v_next - v for r, v_next, v in zip(rewards, [*values[1:], 0.0], values, strict=True)
+        ],
+        "one-step errors",
+    ),
     "07.1": (lambda c, r, beta: -math.log(1 / (1 + math.exp(-(c - r)))), "β is missing"),
     "07.2": (lambda rewards: [x - sum(rewards) / len(rewards) for x in rewards], "leave it out"),
     "08.1": (lambda true_positives, false_positives, false_negatives: 0.675, "harmonic mean"),
@@ -95,7 +100,34 @@ def test_stubs_and_crashes_get_a_nudge_not_a_traceback(capsys):
 
     assert "Not attempted yet" in review("07.1", stub).message
     assert "ZeroDivisionError" in review("07.2", lambda rewards: 1 / 0).message
-    check("06.2", "smaller")
-    assert "06.2: correct" in capsys.readouterr().out
+    check("10.2", "above 1")
+    assert "10.2: correct" in capsys.readouterr().out
     with pytest.raises(KeyError, match="No exercise '99.9'"):
         review("99.9", None)
+
+
+def _gae_bootstrapping_past_the_end(rewards, values, gamma, lam):
+    advantages, following = [0.0, 0.0, 0.0], 0.0
+    for t in reversed(range(3)):
+        delta = rewards[t] + gamma * [*values[1:], values[-1]][t] - values[t]  # wrong: a value after the end
+        following = delta + gamma * lam * following
+        advantages[t] = following
+    return advantages
+
+
+@pytest.mark.parametrize(
+    ("wrong", "hint"),
+    [
+        (
+            lambda rewards, values, gamma, lam: [
+                sum(gamma**k * r for k, r in enumerate(rewards[t:])) - values[t] for t in range(3)
+            ],
+            "λ = 1",
+        ),
+        (_gae_bootstrapping_past_the_end, "the value after it is 0"),
+        (lambda rewards, values, gamma, lam: [0.0, 0.0, rewards[2]], "expected"),
+    ],
+)
+def test_gae_exercise_names_the_mistake(wrong, hint):
+    feedback = review("06.2", wrong)
+    assert not feedback.correct and hint in feedback.message

@@ -9,12 +9,15 @@ from playbook.config import get_profile
 from playbook.ppo import (
     PPOConfig,
     PPOTrainer,
+    advantage_table,
     checked_scores,
+    clipping_table,
     compute_gae,
     kl_shaped_rewards,
     policy_loss,
     truncate_after_eos,
     value_loss,
+    word_count_reward,
 )
 from playbook.tensors import entropy_from_logits, logprobs_from_logits, masked_mean, masked_var, masked_whiten
 
@@ -262,3 +265,46 @@ def test_score_scale_maps_by_hand():
     scale = ScoreScale(shift=-8.0, scale=2.0, value_shift=3.0)
     torch.testing.assert_close(scale.scores(t([-8.0, -6.0])), t([0.0, 1.0]))
     torch.testing.assert_close(scale.values(t([3.0, 7.0])), t([0.0, 2.0]))
+
+
+def test_advantage_table_columns_agree_with_each_other():
+    logprobs, ref = t([[-1.0, -2.0, -0.5], [-0.3, -1.2, 0.0]]), t([[-1.5, -2.0, -1.0], [-0.2, -1.0, 0.0]])
+    values, mask, scores = t([[0.2, 0.1, 0.4], [-0.5, 0.3, 9.0]]), t([[1, 1, 1], [1, 1, 0]]), t([1.5, -0.5])
+    table = advantage_table(
+        [["a", "b", "c"], ["d", "e"]], logprobs, ref, values, mask, scores, kl_coef=0.1, gamma=1.0, lam=0.95
+    )
+    assert len(table) == 5 and table["token"].tolist() == ["a", "b", "c", "d", "e"]  # padding has no row
+    assert table["kl"].tolist() == pytest.approx((table["logprob"] - table["ref_logprob"]).tolist())
+    assert table["return"].tolist() == pytest.approx((table["advantage"] + table["value"]).tolist())
+    assert table["whitened"].mean() == pytest.approx(0.0, abs=1e-6)
+    assert table["whitened"].std(ddof=1) == pytest.approx(1.0, abs=1e-4)
+    for _, reply in table.groupby("reply"):  # the rewards of a reply add up to its score minus β·ΣKL
+        assert reply["reward"].sum() == pytest.approx(reply["score"].iloc[0] - 0.1 * reply["kl"].sum())
+    # by hand, reply 1 (γ = 1, λ = 0.95): r = (0.01, 0.02 − 0.5); δ_1 = −0.48 + 0 − 0.3, δ_0 = 0.01 + 0.3 + 0.5
+    second = table[table["reply"] == 1]
+    assert second["advantage"].tolist() == pytest.approx([0.81 + 0.95 * -0.78, -0.78])
+    with pytest.raises(ValueError, match=r"tokens\[1\] has 3 tokens but its mask 2"):
+        advantage_table(
+            [["a", "b", "c"], ["d", "e", "f"]], logprobs, ref, values, mask, scores, kl_coef=0.1, gamma=1, lam=1
+        )
+
+
+def test_clipping_table_marks_the_tokens_policy_loss_clips():
+    old = t([[0.0, 0.0, 0.0, 0.0, 0.0]])
+    new = torch.log(t([[1.5, 1.5, 0.5, 0.5, 1.1]]))
+    advantages, mask = t([[1.0, -1.0, -2.0, 2.0, 1.0]]), t([[1, 1, 1, 1, 1]])
+    table = clipping_table(new, old, advantages, mask, clip_range=0.2)
+    # clipped where the gain would go on growing: A > 0 with r > 1.2, A < 0 with r < 0.8
+    assert table["clipped"].tolist() == [True, False, True, False, False]
+    assert table["why"][0].startswith("A > 0") and table["why"][2].startswith("A < 0") and table["why"][1] == ""
+    assert table["objective"].tolist() == pytest.approx([1.2, -1.5, -1.6, 1.0, 1.1])
+    loss, clipfrac = policy_loss(new, old, advantages, mask, clip_range=0.2)
+    assert -table["objective"].mean() == pytest.approx(loss.item())
+    assert table["clipped"].mean() == pytest.approx(clipfrac.item())
+
+
+def test_word_count_reward_peaks_at_the_target():
+    reward = word_count_reward(3)
+    assert reward([[]] * 4, ["one two three", "one", "a b c d e", ""]) == [0.0, -2.0, -2.0, -3.0]
+    with pytest.raises(ValueError, match="target_words"):
+        word_count_reward(0)
