@@ -7,7 +7,8 @@ decoding with batch size 1:
 - candidate "premature" layers: `candidate_layers` follows the reference's rule (start at layer 2 when the word
   embeddings are tied, `range(N//2, N, 2)` for "high", `range(start, N//2, 2)` for "low", the last or first 20
   layers of models deeper than 40);
-- early exit: the output head applied to a layer's hidden state as it is (no final norm), like the reference;
+- early exit: the output head applied to a layer's hidden state as it is (no final norm), like the reference
+  (`normalize_early_exits=True` applies the model's final norm first, an ablation the reference does not offer);
 - each step, the premature layer whose next-token distribution differs most from the final layer's is chosen
   (`layer_divergence`, the reference's Jensen–Shannon-style score);
 - the adaptive plausibility constraint keeps only tokens with p_final ≥ α·max p_final (α = 0.1), and the next-token
@@ -244,17 +245,41 @@ def _layers_for(model: PreTrainedModel, dola_layers: DolaLayers) -> list[int]:
     )
 
 
+def final_norm(model: PreTrainedModel) -> torch.nn.Module:
+    """The normalisation the model applies to its last hidden state before the output head (`norm` in Llama,
+    Mistral, Qwen and SmolLM, `ln_f` in GPT-2): what `normalize_early_exits=True` applies to the early exits."""
+    base = model.base_model
+    for name in ("norm", "ln_f", "final_layer_norm"):
+        module = getattr(base, name, None)
+        if isinstance(module, torch.nn.Module):
+            return module
+    raise ValueError(
+        f"normalize_early_exits=True needs the model's final norm, but {type(base).__name__} has no `norm`, `ln_f` "
+        "or `final_layer_norm`; use normalize_early_exits=False (the reference's early exits)"
+    )
+
+
 def _final_and_early_exit_logits(
-    model: PreTrainedModel, last_hidden: torch.Tensor, hidden_states: tuple[torch.Tensor, ...], layers: Sequence[int]
+    model: PreTrainedModel,
+    last_hidden: torch.Tensor,
+    hidden_states: tuple[torch.Tensor, ...],
+    layers: Sequence[int],
+    normalize_early_exits: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits of the last position from the final layer `[B, V]` and from every candidate layer `[L, B, V]`, all
-    from one projection, so the output head's weights are read once per step.
+    from one projection, so the output head's weights are read once per step. With `normalize_early_exits`, the
+    candidate layers' hidden states pass through the model's final norm first (the final layer's already has).
 
     The product is taken as weight @ hidden.T: on CPU that reads the [V, H] weight in its own layout and is about
     1.7x faster here than `linear`'s hidden @ weight.T for a handful of rows (benchmarks/dola_speed.py).
     """
     head = model.get_output_embeddings()
-    stacked = torch.stack([last_hidden[:, -1, :]] + [hidden_states[layer][:, -1, :] for layer in layers])
+    if normalize_early_exits:
+        norm = final_norm(model)
+        early = [norm(hidden_states[layer][:, -1, :]) for layer in layers]
+    else:
+        early = [hidden_states[layer][:, -1, :] for layer in layers]
+    stacked = torch.stack([last_hidden[:, -1, :]] + early)
     rows = stacked.reshape(-1, stacked.shape[-1])
     logits = (head.weight @ rows.T).T
     if getattr(head, "bias", None) is not None:
@@ -293,6 +318,7 @@ def dola_generate(
     generator: torch.Generator | None = None,
     num_beams: int = 1,
     return_traces: bool = False,
+    normalize_early_exits: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, list[DolaTrace]]:
     """Decode with DoLa and return what `model.generate` returns: prompt + new tokens, `[batch, length]`.
 
@@ -300,9 +326,12 @@ def dola_generate(
     starting with padding but given without its mask, raises); finished rows are filled with `pad_token_id`
     (default: the model's, else its EOS). `relative_top` must lie in (0, 1]. The repetition penalty of 1.2 is what
     the DoLa authors and the transformers docs recommend for open-ended DoLa generation. With `return_traces`, also
-    returns one `DolaTrace` per row (what `dola_layer_divergence` plots).
+    returns one `DolaTrace` per row (what `dola_layer_divergence` plots). `normalize_early_exits=True` applies the
+    model's final norm to the early exits (an ablation; the reference leaves them unnormalised).
     """
     _check_model(model)
+    if normalize_early_exits:
+        final_norm(model)  # raises now, with its explanation, when the model has no final norm to apply
     if num_beams != 1:
         raise ValueError(f"DoLa is greedy or sampling only; num_beams={num_beams} (beam search) is not supported")
     if input_ids.dim() != 2:
@@ -339,7 +368,7 @@ def dola_generate(
         )
         past = returned_cache(outputs)
         final_logits, premature_logits = _final_and_early_exit_logits(
-            model, outputs.last_hidden_state, outputs.hidden_states, layers
+            model, outputs.last_hidden_state, outputs.hidden_states, layers, normalize_early_exits
         )
         step = contrast(final_logits, premature_logits, layers, relative_top)
         scores = apply_repetition_penalty(step.scores, sequences, repetition_penalty, mask)
@@ -364,6 +393,123 @@ def dola_generate(
     for row, trace in enumerate(traces):
         trace.divergences = divergences[row, : len(trace.new_tokens)]
     return (sequences, traces) if return_traces else sequences
+
+
+@dataclass(frozen=True)
+class DolaStep:
+    """One DoLa decoding step taken apart by `explain_dola_step`.
+
+    `layers`: one row per layer (the final one first, then the candidates): its top next tokens, its divergence from
+    the final layer and whether it is the premature layer chosen. `tokens`: the final layer's most likely tokens
+    (plus DoLa's and greedy's picks) with p_final, p_final / max p_final, whether they pass the plausibility
+    constraint, log p_final, log p_premature, DoLa's contrast (−inf for implausible tokens) and that score after the
+    repetition penalty, the one DoLa takes the argmax of.
+    """
+
+    layers: pd.DataFrame
+    tokens: pd.DataFrame
+    chosen_layer: int
+    plausible_tokens: int
+    dola_token: int
+    greedy_token: int
+
+
+def _token_label(tokenizer: PreTrainedTokenizerBase, token: int) -> str:
+    return repr(tokenizer.decode([token]))
+
+
+@torch.no_grad()
+def explain_dola_step(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str | torch.Tensor,
+    *,
+    dola_layers: DolaLayers = "high",
+    relative_top: float = RELATIVE_TOP,
+    repetition_penalty: float = 1.2,
+    normalize_early_exits: bool = False,
+    top_tokens: int = 4,
+    rows: int = 10,
+) -> DolaStep:
+    """DoLa's first decoding step after `prompt` (text, or token ids `[1, length]`), as tables a learner can check.
+
+    It runs the very functions `dola_generate` runs for that step (same forward pass, `contrast`, repetition penalty
+    on the prompt's tokens), so `dola_token` is the first token greedy DoLa generates with the same options.
+    `greedy_token` is the final layer's argmax after the same repetition penalty (greedy decoding as the notebooks
+    run it). `top_tokens` tokens are listed per layer; `rows` of the final layer's most likely tokens are tabulated.
+    """
+    _check_model(model)
+    _check_relative_top(relative_top)
+    layers = _layers_for(model, dola_layers)
+    if normalize_early_exits:
+        final_norm(model)
+    input_ids = tokenizer(prompt, return_tensors="pt").input_ids if isinstance(prompt, str) else prompt
+    if input_ids.dim() != 2 or input_ids.shape[0] != 1:
+        raise ValueError(f"prompt must be text or token ids of shape [1, length], got shape {tuple(input_ids.shape)}")
+    input_ids = input_ids.to(model.device)
+    mask = torch.ones_like(input_ids)
+    outputs = model.base_model(
+        input_ids=input_ids,
+        attention_mask=mask,
+        position_ids=mask.long().cumsum(-1) - 1,
+        **{cache_keyword(model): None},
+        use_cache=True,
+        output_hidden_states=True,
+    )
+    final_logits, premature_logits = _final_and_early_exit_logits(
+        model, outputs.last_hidden_state, outputs.hidden_states, layers, normalize_early_exits
+    )
+    step = contrast(final_logits, premature_logits, layers, relative_top)
+    scores = apply_repetition_penalty(step.scores, input_ids, repetition_penalty, mask)[0]
+    greedy_scores = apply_repetition_penalty(final_logits, input_ids, repetition_penalty, mask)[0]
+    dola_token, greedy_token = int(scores.argmax()), int(greedy_scores.argmax())
+    chosen = step.chosen_layers[0]
+
+    final_logprobs = final_logits[0].log_softmax(-1)
+    premature_logprobs = premature_logits[layers.index(chosen), 0].float().log_softmax(-1)
+    layer_rows = []
+    for name, logits, divergence in [("final", final_logits[0], math.nan)] + [
+        (layer, premature_logits[i, 0], float(step.divergences[i, 0])) for i, layer in enumerate(layers)
+    ]:
+        probs = logits.float().softmax(-1)
+        top = probs.topk(top_tokens)
+        layer_rows.append(
+            {
+                "layer": f"{model.config.get_text_config().num_hidden_layers} (final)" if name == "final" else name,
+                "top tokens (p)": ", ".join(
+                    f"{_token_label(tokenizer, int(t))} {float(p):.2f}"
+                    for p, t in zip(top.values, top.indices, strict=True)
+                ),
+                "divergence from final": divergence,
+                "chosen": name == chosen,
+            }
+        )
+
+    shown = final_logprobs.topk(min(rows, final_logprobs.numel())).indices.tolist()
+    shown += [token for token in (dola_token, greedy_token) if token not in shown]
+    top_logprob = float(final_logprobs.max())
+    token_rows = [
+        {
+            "token id": token,
+            "token": _token_label(tokenizer, token),
+            "p_final": math.exp(float(final_logprobs[token])),
+            "p_final / max": math.exp(float(final_logprobs[token]) - top_logprob),
+            "plausible": bool(torch.isfinite(step.scores[0, token])),
+            "log p_final": float(final_logprobs[token]),
+            f"log p_layer{chosen}": float(premature_logprobs[token]),
+            "contrast": float(step.scores[0, token]),
+            "after repetition penalty": float(scores[token]),
+        }
+        for token in shown
+    ]
+    return DolaStep(
+        layers=pd.DataFrame(layer_rows).set_index("layer"),
+        tokens=pd.DataFrame(token_rows).set_index("token id"),
+        chosen_layer=chosen,
+        plausible_tokens=int(torch.isfinite(step.scores[0]).sum()),
+        dola_token=dola_token,
+        greedy_token=greedy_token,
+    )
 
 
 def dola_replies(
@@ -398,6 +544,7 @@ def dola_layer_divergence(
     attention_mask: torch.Tensor | None = None,
     max_new_tokens: int = 32,
     repetition_penalty: float = 1.2,
+    normalize_early_exits: bool = False,
 ) -> list[DolaTrace]:
     """Greedy DoLa that also records, per generated token, every candidate layer's divergence from the final layer
     and the layer chosen: one `DolaTrace` per prompt, for heatmaps like the DoLa paper's."""
@@ -409,6 +556,7 @@ def dola_layer_divergence(
         max_new_tokens=max_new_tokens,
         repetition_penalty=repetition_penalty,
         return_traces=True,
+        normalize_early_exits=normalize_early_exits,
     )
     return traces
 
@@ -492,6 +640,19 @@ def mc_scores(scores_true: Sequence[float], scores_false: Sequence[float], best_
 
 
 METHODS = ("greedy", "dola")
+"""What `method="both"` scores: the final layer's log-likelihood, and DoLa as the paper scores multiple choice."""
+
+ABLATIONS = ("dola normalised exits", "dola without last candidate")
+"""DoLa variants `method="all"` adds, from the same forward passes: the early exits through the model's final norm
+(`normalize_early_exits=True`), and the candidate layers without the last one (the layer next to the final)."""
+
+
+def _dola_answer_score(final: torch.Tensor, premature: torch.Tensor, targets: torch.Tensor) -> float:
+    """Sum over the answer's tokens of log p_final − log p_premature, the premature layer chosen per token by maximum
+    divergence: `final [T, V]` and `premature [L, T, V]` log-probs, `targets [T]`."""
+    positions = torch.arange(len(targets), device=final.device)
+    picked = layer_divergence(final, premature).argmax(dim=0)
+    return float((final - premature[picked, positions])[positions, targets].sum())
 
 
 @torch.no_grad()
@@ -502,19 +663,28 @@ def answer_logprobs(
     answers: Sequence[str],
     *,
     dola_layers: DolaLayers = "high",
+    methods: Sequence[str] = METHODS,
 ) -> dict[str, np.ndarray]:
-    """Score each answer as a continuation `" " + answer` of `prompt`, both ways from the same forward pass:
+    """Score each answer as a continuation `" " + answer` of `prompt`, every method from the same forward pass:
 
     - "greedy": the sum of log p_final over the answer's tokens;
     - "dola": the sum of log p_final − log p_premature, the premature layer chosen per token by maximum divergence
-      (no plausibility filter and no renormalisation, as the DoLa paper scores multiple choice).
+      (no plausibility filter and no renormalisation, as the DoLa paper scores multiple choice);
+    - "dola normalised exits": the same with the model's final norm applied to the early exits;
+    - "dola without last candidate": "dola" with the last candidate layer left out.
 
     The prompt is encoded once and its KV cache shared by all answers.
     """
     _check_model(model)
     if not answers:
         raise ValueError("answer_logprobs needs at least one answer")
+    unknown = [method for method in methods if method not in METHODS + ABLATIONS]
+    if unknown or not methods:
+        raise ValueError(f"methods must be taken from {METHODS + ABLATIONS}, got {list(methods)!r}")
     layers = _layers_for(model, dola_layers)
+    if "dola without last candidate" in methods and len(layers) < 2:
+        raise ValueError(f"'dola without last candidate' needs at least two candidate layers, got {layers}")
+    norm = final_norm(model) if "dola normalised exits" in methods else None
     device = model.device
     prompt_ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
     answer_ids = [tokenizer(" " + answer, add_special_tokens=False).input_ids for answer in answers]
@@ -540,20 +710,24 @@ def answer_logprobs(
         use_cache=True,
         output_hidden_states=True,
     )
-    scores = {method: np.zeros(len(answers)) for method in METHODS}
+    scores = {method: np.zeros(len(answers)) for method in methods}
     head = model.get_output_embeddings()
     for row, ids in enumerate(answer_ids):
         span = slice(0, len(ids))
-        hidden = torch.stack(
-            [outputs.last_hidden_state[row, span]] + [outputs.hidden_states[layer][row, span] for layer in layers]
-        )
+        early = [outputs.hidden_states[layer][row, span] for layer in layers]
+        hidden = torch.stack([outputs.last_hidden_state[row, span]] + early)
         logprobs = head(hidden).float().log_softmax(-1)  # [1 + L, T, V]
         final, premature = logprobs[0], logprobs[1:]
-        positions = torch.arange(len(ids), device=device)
         targets = torch.tensor(ids, device=device)
-        picked = layer_divergence(final, premature).argmax(dim=0)
-        scores["greedy"][row] = float(final[positions, targets].sum())
-        scores["dola"][row] = float((final - premature[picked, positions])[positions, targets].sum())
+        if "greedy" in methods:
+            scores["greedy"][row] = float(final[torch.arange(len(ids), device=device), targets].sum())
+        if "dola" in methods:
+            scores["dola"][row] = _dola_answer_score(final, premature, targets)
+        if "dola without last candidate" in methods:
+            scores["dola without last candidate"][row] = _dola_answer_score(final, premature[:-1], targets)
+        if norm is not None:
+            normalised = head(norm(torch.stack(early))).float().log_softmax(-1)
+            scores["dola normalised exits"][row] = _dola_answer_score(final, normalised, targets)
     return scores
 
 
@@ -562,7 +736,7 @@ def truthfulqa_mc(
     tokenizer: PreTrainedTokenizerBase,
     dataset,
     *,
-    method: str = "greedy",
+    method: str | Sequence[str] = "greedy",
     dola_layers: DolaLayers = "high",
     limit: int | None = None,
     progress: bool = True,
@@ -570,29 +744,52 @@ def truthfulqa_mc(
     """Score TruthfulQA questions (rows with `question`, `best_answer`, `correct_answers`, `incorrect_answers`, as
     `playbook.data.load_truthfulqa` gives them) with the DoLa paper's six-shot prompt.
 
-    `method` is "greedy", "dola" or "both" (both from the same forward passes). Returns one row per question and
-    method with MC1, MC2, MC3 in [0, 1]; answers are closed with a period and the best answer counts as true.
+    `method` is "greedy", "dola", "both" (those two), "all" (those and the `ABLATIONS`), or a list of method names;
+    all come from the same forward passes. Returns one row per question and method with MC1, MC2, MC3 in [0, 1]
+    (the answers of `mc_answers`).
     """
-    methods = METHODS if method == "both" else (method,)
-    if any(m not in METHODS for m in methods):
-        raise ValueError(f"method must be 'greedy', 'dola' or 'both', got {method!r}")
+    if isinstance(method, str):
+        methods = {"both": METHODS, "all": METHODS + ABLATIONS}.get(method, (method,))
+    else:
+        methods = tuple(method)
+    if not methods or any(m not in METHODS + ABLATIONS for m in methods):
+        raise ValueError(
+            f"method must be 'greedy', 'dola', 'both', 'all' or names from {METHODS + ABLATIONS}, got {method!r}"
+        )
     rows = list(dataset)[:limit] if limit is not None else list(dataset)
     results = []
     for row in tqdm(rows, desc=f"TruthfulQA MC ({method})", disable=not progress):
-        best = _closed(row["best_answer"])
-        true = [_closed(a) for a in row["correct_answers"] if a.strip()]
-        if best not in true:
-            true.insert(0, best)
-        false = [_closed(a) for a in row["incorrect_answers"] if a.strip()]
+        true, false = mc_answers(row)
         prompt = truthfulqa_prompt(row["question"])
-        scores = answer_logprobs(model, tokenizer, prompt, true + false, dola_layers=dola_layers)
+        scores = answer_logprobs(model, tokenizer, prompt, true + false, dola_layers=dola_layers, methods=methods)
         for name in methods:
             values = scores[name]
             results.append(
                 {"question": row["question"], "method": name}
-                | mc_scores(values[: len(true)], values[len(true) :], true.index(best))
+                | mc_scores(values[: len(true)], values[len(true) :], true.index(_closed(row["best_answer"])))
             )
     return pd.DataFrame(results)
+
+
+def mc_answers(row) -> tuple[list[str], list[str]]:
+    """The true and false answers `truthfulqa_mc` scores for one TruthfulQA row: closed with a period, blanks
+    dropped, the best answer counted as true (put first when the correct answers lack it)."""
+    best = _closed(row["best_answer"])
+    true = [_closed(a) for a in row["correct_answers"] if a.strip()]
+    if best not in true:
+        true.insert(0, best)
+    return true, [_closed(a) for a in row["incorrect_answers"] if a.strip()]
+
+
+def mc2_chance_level(dataset, limit: int | None = None) -> float:
+    """MC2 (in [0, 1]) of a scorer that gives every answer the same likelihood, averaged over the questions
+    `truthfulqa_mc` would score with the same `limit`: such a scorer puts #true / (#true + #false) of the mass on
+    the true answers of each question."""
+    rows = list(dataset)[:limit] if limit is not None else list(dataset)
+    if not rows:
+        raise ValueError("mc2_chance_level needs at least one TruthfulQA row")
+    shares = [len(true) / (len(true) + len(false)) for true, false in map(mc_answers, rows)]
+    return float(np.mean(shares))
 
 
 def mc_summary(results: pd.DataFrame) -> pd.DataFrame:
@@ -600,6 +797,40 @@ def mc_summary(results: pd.DataFrame) -> pd.DataFrame:
     summary = results.groupby("method", sort=False)[["MC1", "MC2", "MC3"]].mean().mul(100).round(1)
     summary["questions"] = results.groupby("method", sort=False).size()
     return summary
+
+
+def compare_mc(results: pd.DataFrame, before: str = "greedy", after: str = "dola") -> pd.DataFrame:
+    """MC1, MC2, MC3 of two methods scored on the same questions, paired per question: the mean of each (%), the
+    difference after − before with its bootstrap 95% interval (`stats.paired_difference`), and its p-value (exact
+    McNemar for the yes/no MC1, Wilcoxon signed-rank for MC2 and MC3). Questions scored by only one of the two
+    methods are left out."""
+    from playbook.stats import mcnemar_exact, paired_difference
+
+    missing = {before, after} - set(results["method"])
+    if missing:
+        raise ValueError(f"results hold no rows for method {sorted(missing)}; it has {sorted(set(results['method']))}")
+    both = results[results["method"].isin([before, after])]
+    table = both.pivot(index="question", columns="method", values=["MC1", "MC2", "MC3"]).dropna()
+    rows = {}
+    for metric in ("MC1", "MC2", "MC3"):
+        first, second = table[(metric, before)].to_numpy(), table[(metric, after)].to_numpy()
+        effect = paired_difference(second, first)
+        if metric == "MC1":
+            test = mcnemar_exact(first.astype(bool), second.astype(bool))
+            p_value, test_name = test.p_value, f"exact McNemar ({test.only_after} better, {test.only_before} worse)"
+        else:
+            p_value, test_name = effect.wilcoxon_p_value, "Wilcoxon signed-rank"
+        rows[metric] = {
+            before: 100 * first.mean(),
+            after: 100 * second.mean(),
+            "difference": 100 * effect.mean,
+            "95% CI low": 100 * effect.low,
+            "95% CI high": 100 * effect.high,
+            "p-value": p_value,
+            "test": test_name,
+            "outside the noise": effect.excludes_zero,
+        }
+    return pd.DataFrame(rows).T.rename_axis(f"{after} − {before}, n={len(table)}")
 
 
 # model.generate(..., custom_generate=CUSTOM_GENERATE_DIR) ----------------------------------------------------------

@@ -371,16 +371,29 @@ def _plausible_tokens(answer) -> str | None:
     return None
 
 
-def _low_layers(answer) -> str | None:
-    got = list(answer(24, tied=False))
-    if got == list(range(2, 12, 2)):
-        return "This model does not tie its embeddings, so the 'low' range starts at layer 0."
-    if got == list(range(0, 13, 2)):
-        return "The 'low' range stops before N//2 = 12."
-    if got != list(range(0, 12, 2)):
-        return f"Expected {list(range(0, 12, 2))}, got {got}."
-    if list(answer(24, tied=True)) != list(range(2, 12, 2)):
-        return "With tied embeddings the range starts at layer 2."
+def _dola_contrast(answer) -> str | None:
+    final = np.log(np.array([0.5, 0.3, 0.15, 0.05]))
+    premature = np.log(np.array([0.6, 0.1, 0.1, 0.2]))
+    alpha = 0.2  # keeps p_final >= 0.1: the first three tokens
+    expected = np.concatenate([final[:3] - premature[:3], [-np.inf]])
+    got = np.asarray(answer(final, premature, alpha), dtype=float)
+    if got.shape != expected.shape:
+        return f"Return one score per token: expected shape {expected.shape}, got {got.shape}."
+    if np.allclose(got, premature - final):
+        return "The contrast is log p_final − log p_premature: what the final layer adds, not what it loses."
+    if np.allclose(got, final - premature):
+        return "Tokens outside the plausibility constraint (p_final < α · max p_final) must score −inf."
+    if np.array_equal(np.isinf(got), final < np.log(alpha)):
+        return "The threshold is relative: α times the *largest* final probability, not α itself."
+    if not (np.array_equal(np.isneginf(got), np.isneginf(expected)) and np.allclose(got[:3], expected[:3])):
+        return f"Expected {expected.tolist()}, got {got.tolist()}."
+    peaked = np.log(np.array([0.98, 0.01, 0.01]))
+    if np.isfinite(np.asarray(answer(peaked, np.log(np.full(3, 1 / 3)), 0.1), dtype=float)).tolist() != [
+        True,
+        False,
+        False,
+    ]:
+        return "With one dominant final token only that token stays plausible."
     return None
 
 
@@ -594,7 +607,11 @@ EXERCISES: dict[str, Exercise] = {
     "09.1": Exercise(
         "09_dola", "plausible(probs, alpha): DoLa's plausibility mask over a probability vector.", _plausible_tokens
     ),
-    "09.2": Exercise("09_dola", "low_layers(num_layers, tied): DoLa's 'low' candidate layers (N ≤ 40).", _low_layers),
+    "09.2": Exercise(
+        "09_dola",
+        "dola_contrast(final_logprobs, premature_logprobs, alpha): DoLa's score per token, −inf where implausible.",
+        _dola_contrast,
+    ),
     "10.1": Exercise(
         "10_calibration", "ece(confidences, correct): ECE with the two bins [0, 0.5) and [0.5, 1].", _ece_two_bins
     ),

@@ -107,9 +107,9 @@ def plausible(probs: np.ndarray, alpha: float) -> np.ndarray:
     return probs >= alpha * probs.max()
 
 
-def low_layers(num_layers: int, tied: bool) -> list[int]:
-    start = 2 if tied else 0
-    return list(range(start, num_layers // 2, 2))
+def dola_contrast(final_logprobs: np.ndarray, premature_logprobs: np.ndarray, alpha: float) -> np.ndarray:
+    plausible = final_logprobs >= np.log(alpha) + final_logprobs.max()
+    return np.where(plausible, final_logprobs - premature_logprobs, -np.inf)
 
 
 def ece(confidences: list[float], correct: list[int]) -> float:
@@ -179,7 +179,7 @@ SOLUTIONS = {
     "08.2": dotted_date,
     "08.3": flag_rates,
     "09.1": plausible,
-    "09.2": low_layers,
+    "09.2": dola_contrast,
     "10.1": ece,
     "10.2": ece_bootstrap,
 }

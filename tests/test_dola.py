@@ -3,26 +3,36 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
 from playbook.dola import (
+    ABLATIONS,
     CUSTOM_GENERATE_DIR,
+    METHODS,
+    RELATIVE_TOP,
     answer_logprobs,
     apply_repetition_penalty,
     candidate_layers,
+    compare_mc,
     contrast,
     dola_generate,
     dola_layer_divergence,
     dola_replies,
+    explain_dola_step,
+    final_norm,
     layer_divergence,
+    mc2_chance_level,
+    mc_answers,
     mc_scores,
     mc_summary,
     relative_top_filter,
     truthfulqa_mc,
     truthfulqa_prompt,
 )
+from playbook.stats import mcnemar_exact
 
 REFERENCE = Path(__file__).parent / "fixtures" / "dola_reference.json"
 
@@ -379,3 +389,102 @@ def test_dola_replies_decode_each_conversation_like_dola_generate(embedded):
     ids = tokenizer(chat_prompt(tokenizer, "Name a colour."), return_tensors="pt", add_special_tokens=False).input_ids
     alone = dola_generate(model, ids, max_new_tokens=8)[0, ids.shape[1] :]
     assert replies[1] == tokenizer.decode(alone, skip_special_tokens=True).strip()
+
+
+# ------------------------------------------------------------------- one step by hand, and the ablations
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_explain_dola_step_is_the_step_dola_generate_takes(normalize, tiny_causal_lm, tokenizer):
+    ids = torch.tensor([[5, 6, 7, 5, 9]])
+    step = explain_dola_step(
+        tiny_causal_lm, tokenizer, ids, dola_layers=[0, 1], normalize_early_exits=normalize, rows=30
+    )
+    _, traces = dola_generate(
+        tiny_causal_lm, ids, dola_layers=[0, 1], max_new_tokens=1, normalize_early_exits=normalize, return_traces=True
+    )
+    assert step.dola_token == traces[0].new_tokens[0]
+    assert step.chosen_layer == traces[0].chosen_layers[0]
+    assert step.layers["divergence from final"].iloc[1:].tolist() == pytest.approx(traces[0].divergences[0].tolist())
+    assert step.layers["chosen"].tolist() == [False] + [layer == step.chosen_layer for layer in (0, 1)]
+    tokens = step.tokens
+    assert (tokens["plausible"] == (tokens["p_final / max"] >= RELATIVE_TOP)).all()
+    assert tokens["plausible"].sum() <= step.plausible_tokens
+    kept = tokens[tokens["plausible"]]
+    by_hand = kept["log p_final"] - kept[f"log p_layer{step.chosen_layer}"]
+    assert kept["contrast"].tolist() == pytest.approx(by_hand.tolist(), abs=1e-4)
+    assert np.isneginf(tokens.loc[~tokens["plausible"], "contrast"]).all()
+    assert tokens["after repetition penalty"].idxmax() == step.dola_token
+    with torch.no_grad():
+        final = tiny_causal_lm(ids).logits[0, -1]
+    assert step.greedy_token == int(apply_repetition_penalty(final[None], ids, 1.2).argmax())
+
+
+def test_normalised_early_exits_pass_through_the_final_norm(tiny_causal_lm):
+    ids = torch.tensor([[5, 6, 7]])
+    _, traces = dola_generate(
+        tiny_causal_lm, ids, dola_layers=[0, 1], max_new_tokens=1, normalize_early_exits=True, return_traces=True
+    )
+    with torch.no_grad():
+        outputs = tiny_causal_lm(ids, output_hidden_states=True)
+        head, norm = tiny_causal_lm.get_output_embeddings(), final_norm(tiny_causal_lm)
+        early = torch.stack([head(norm(outputs.hidden_states[layer][0, -1])) for layer in (0, 1)])
+    expected = layer_divergence(outputs.logits[0, -1], early)
+    assert traces[0].divergences[0] == pytest.approx(expected.numpy(), rel=1e-4)
+    _, plain = dola_generate(tiny_causal_lm, ids, dola_layers=[0, 1], max_new_tokens=1, return_traces=True)
+    assert not np.allclose(plain[0].divergences[0], traces[0].divergences[0])
+
+
+def test_answer_logprobs_ablations_match_their_definitions(tiny_causal_lm, tokenizer):
+    prompt, answers = "Q: What colour is the sky?\nA:", ["Blue.", "Green, mostly."]
+    scores = answer_logprobs(
+        tiny_causal_lm, tokenizer, prompt, answers, dola_layers=[0, 1], methods=METHODS + ABLATIONS
+    )
+    without_last = answer_logprobs(tiny_causal_lm, tokenizer, prompt, answers, dola_layers=[0], methods=["dola"])
+    assert scores["dola without last candidate"] == pytest.approx(without_last["dola"], abs=1e-4)
+    for row, answer in enumerate(answers):
+        prompt_ids = tokenizer(prompt, return_tensors="pt").input_ids
+        answer_ids = tokenizer(" " + answer, add_special_tokens=False, return_tensors="pt").input_ids
+        full = torch.cat([prompt_ids, answer_ids], dim=1)
+        start, targets = prompt_ids.shape[1], answer_ids[0]
+        with torch.no_grad():
+            outputs = tiny_causal_lm(full, output_hidden_states=True)
+            head, norm = tiny_causal_lm.get_output_embeddings(), final_norm(tiny_causal_lm)
+            early = torch.stack([head(norm(outputs.hidden_states[layer][0, start - 1 : -1])) for layer in (0, 1)])
+        final = outputs.logits[0, start - 1 : -1].log_softmax(-1)
+        premature = early.log_softmax(-1)
+        picked = layer_divergence(final, premature).argmax(0)
+        positions = range(len(targets))
+        by_hand = (final - premature[picked, positions])[positions, targets].sum()
+        assert scores["dola normalised exits"][row] == pytest.approx(float(by_hand), abs=1e-3)
+    with pytest.raises(ValueError, match="methods"):
+        answer_logprobs(tiny_causal_lm, tokenizer, prompt, answers, methods=["beam"])
+
+
+def test_mc2_chance_level_is_the_share_of_true_answers():
+    rows = [
+        {"best_answer": "Yes", "correct_answers": ["Yes"], "incorrect_answers": ["No", "Maybe", "Never"]},
+        {"best_answer": "A", "correct_answers": ["B."], "incorrect_answers": ["C", " "]},
+    ]
+    assert mc_answers(rows[1]) == (["A.", "B."], ["C."])
+    assert mc2_chance_level(rows) == pytest.approx((1 / 4 + 2 / 3) / 2)
+    assert mc2_chance_level(rows, limit=1) == pytest.approx(0.25)
+
+
+def test_compare_mc_pairs_questions_and_tests_mc1_with_mcnemar():
+    mc1_before, mc1_after = [1, 0, 0, 0, 0, 0, 0, 1], [0, 1, 1, 1, 1, 1, 1, 1]
+    rows = []
+    for question, (before, after) in enumerate(zip(mc1_before, mc1_after, strict=True)):
+        rows.append({"question": f"q{question}", "method": "greedy", "MC1": before, "MC2": 0.4, "MC3": 0.0})
+        rows.append({"question": f"q{question}", "method": "dola", "MC1": after, "MC2": 0.5, "MC3": 0.0})
+    rows.append({"question": "only greedy", "method": "greedy", "MC1": 1, "MC2": 0.9, "MC3": 1.0})
+    table = compare_mc(pd.DataFrame(rows))
+    assert table.index.name == "dola − greedy, n=8"
+    assert table.loc["MC1", "difference"] == pytest.approx(100 * 5 / 8)
+    assert table.loc["MC1", "p-value"] == pytest.approx(mcnemar_exact(mc1_before, mc1_after).p_value)
+    assert "6 better, 1 worse" in table.loc["MC1", "test"]
+    assert table.loc["MC2", "difference"] == pytest.approx(10.0)
+    assert table.loc["MC2", "outside the noise"]
+    assert not table.loc["MC3", "outside the noise"]
+    with pytest.raises(ValueError, match="no rows for method"):
+        compare_mc(pd.DataFrame(rows), after="dola normalised exits")

@@ -75,7 +75,7 @@ WRONG_ANSWERS = {
     "08.2": (lambda text: (1996, 12, 9) if "12.09" in text else None, "swapped"),
     "08.3": (lambda lp, ok, t: (((lp < t) & ~ok).sum() / len(lp), ((lp < t) & ok).sum() / len(lp)), "within its class"),
     "09.1": (lambda probs, alpha: probs >= alpha, "relative"),
-    "09.2": (lambda n, tied: list(range(2, n // 2, 2)), "starts at layer 0"),
+    "09.2": (lambda final, premature, alpha: final - premature, "must score −inf"),
     "10.1": (lambda confidences, correct: 0.3, "Expected ECE"),
     "10.2": (
         lambda confidences, correct, resamples, seed: __import__("playbook.calibration").calibration.ece_interval(
