@@ -288,7 +288,8 @@ def train_reward_model(
     ``base`` is the backbone (default: the embedded model); ``config`` defaults to the current profile's
     (:meth:`RewardConfig.from_profile`). With ``resume`` an interrupted run continues from its last checkpoint
     (``<output_dir>-checkpoints``); the finished model replaces the previous one only once it is complete. The
-    result's ``details`` hold r(chosen) − r(rejected) on ``eval_pairs`` before (fresh head) and after training.
+    result's ``details`` hold r(chosen) − r(rejected) on ``eval_pairs`` before (fresh head) and after training, and
+    ``features_were_cached`` (the "head" method found an earlier run's feature chunks, so ``seconds`` is the fit's).
     Under ``accelerate launch`` the processes share the work (the "head" method's feature batches, TRL's data
     parallelism) and the main process saves.
     """
@@ -309,6 +310,8 @@ def train_reward_model(
     if state.is_main_process:
         claim_checkpoint_dir(checkpoints, _fingerprint(config, base, train), resume)
     state.wait_for_everyone()
+    # An earlier run's feature chunks make this one's time the fit's alone; the notebooks say so when they print it.
+    features_were_cached = config.method == "head" and any(checkpoints.glob("train-chosen-*.pt"))
     start = time.perf_counter()
     if config.method == "head":
         history, margins = _fit_head(model, tokenizer, train, evaluation, config, checkpoints)
@@ -322,7 +325,12 @@ def train_reward_model(
         reward_model.save(output_dir, extra={"method": config.method, "layers": model.config.num_hidden_layers})
         history.to_csv(output_dir / "history.csv", index=False)
     state.wait_for_everyone()
-    details = {"eval_margins_before": margins[0], "eval_margins_after": margins[1], "processes": state.num_processes}
+    details = {
+        "eval_margins_before": margins[0],
+        "eval_margins_after": margins[1],
+        "processes": state.num_processes,
+        "features_were_cached": features_were_cached,
+    }
     return TrainResult(reward_model, history, seconds, output_dir, details)
 
 

@@ -134,7 +134,7 @@ def test_head_method_learns_separable_pairs_and_scores_consistently(tmp_path):
 def test_head_method_resumes_feature_extraction_to_the_same_weights(tmp_path, monkeypatch):
     config = RewardConfig.from_profile("smoke", layers=2, max_length=48, batch_size=2)
     data = separable_pairs(12)
-    train_reward_model(data, config, output_dir=tmp_path / "straight")
+    assert not train_reward_model(data, config, output_dir=tmp_path / "straight").details["features_were_cached"]
 
     calls = {"n": 0}
     real_forward = torch.nn.Module.__call__
@@ -152,7 +152,7 @@ def test_head_method_resumes_feature_extraction_to_the_same_weights(tmp_path, mo
     monkeypatch.undo()
     saved_chunks = list((tmp_path / "resumed-checkpoints").glob("train-chosen-*.pt"))
     assert len(saved_chunks) == 2  # the chunks finished before the interruption
-    train_reward_model(data, config, output_dir=tmp_path / "resumed")
+    assert train_reward_model(data, config, output_dir=tmp_path / "resumed").details["features_were_cached"]
     assert torch.equal(weights(tmp_path / "straight")["score.weight"], weights(tmp_path / "resumed")["score.weight"])
 
 
