@@ -26,10 +26,8 @@ from scipy import stats
 from scipy.special import gammaln
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from playbook.io import Messages
 from playbook.stats import bootstrap_mean_interval, proportion_interval
-
-Messages = list[dict[str, str]]
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # Win rates

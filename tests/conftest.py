@@ -62,6 +62,16 @@ def tiny_causal_lm(tokenizer) -> LlamaForCausalLM:
     return LlamaForCausalLM(config).eval()
 
 
+@pytest.fixture
+def tiny_base(tiny_causal_lm, tokenizer, tmp_path) -> Path:
+    """The tiny model saved as a model folder, for functions that load a base model by path."""
+    from playbook.models import write_model_atomically
+
+    folder = tmp_path / "tiny-base"
+    write_model_atomically(tiny_causal_lm, tokenizer, folder, source="test")
+    return folder
+
+
 def copies(model, count: int) -> list:
     """``count`` independent deep copies of ``model``."""
     import copy

@@ -9,7 +9,7 @@ from datasets import Dataset
 from safetensors.torch import load_file
 
 from playbook.feedback import PairwiseFeedback, to_preference_row
-from playbook.models import load_model, write_model_atomically
+from playbook.models import load_model
 from playbook.reward import (
     RewardConfig,
     RewardModel,
@@ -47,13 +47,6 @@ def separable_pairs(count: int, offset: int = 0) -> Dataset:
             )
         )
     return Dataset.from_list(rows)
-
-
-@pytest.fixture
-def tiny_base(tiny_causal_lm, tokenizer, tmp_path):
-    folder = tmp_path / "tiny-base"
-    write_model_atomically(tiny_causal_lm, tokenizer, folder, source="test")
-    return folder
 
 
 def weights(folder):

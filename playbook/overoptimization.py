@@ -1,0 +1,204 @@
+"""Reward over-optimisation measured on a laptop, in Gao, Schulman & Hilton's synthetic-gold setup (2022, "Scaling
+Laws for Reward Model Overoptimization").
+
+People cannot label thousands of replies for every experiment, so Gao et al. let a large **gold** reward model stand
+in for them: it labels the preference pairs, **proxy** reward models are trained on those labels (fewer pairs, a
+worse proxy), a policy is optimised against a proxy, and the gold model says how good the result really is. Here
+every reward model is a linear Bradley–Terry head on the same frozen features (notebook 05's "head" method), so a
+gold model and many proxies cost one feature pass:
+
+- the gold head is fitted on every real hh-rlhf pair the course has;
+- the training pairs are relabelled by the gold head's preference, and proxies are fitted on the first 100, 300,
+  1,000 of them (a seeded order);
+- best-of-n against each proxy is scored by proxy and gold from one set of m samples per prompt
+  (:func:`playbook.evaluation.expected_best_of_n`), against √KL of best-of-n (log n − (n − 1)/n);
+- Gao et al.'s functional forms are fitted to the gains: best-of-n d(α − βd), RL d(α − β log d), with d = √KL.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from numpy.typing import ArrayLike
+from transformers import PreTrainedTokenizerBase
+
+from playbook.evaluation import best_of_n_kl, expected_best_of_n
+from playbook.io import Messages
+from playbook.reward import (
+    RewardModel,
+    backbone_features,
+    choose_l2,
+    encode_conversation,
+    fit_bradley_terry_head,
+)
+from playbook.stats import bootstrap_interval, proportion_interval
+
+PROXY_PAIRS = (100, 300, 1000)
+"""Gold-labelled pairs per proxy reward model: Gao et al. vary the proxy's data (and size) to vary its quality."""
+
+
+def fit_head(chosen: torch.Tensor, rejected: torch.Tensor, *, seed: int = 0, steps: int = 300) -> torch.Tensor:
+    """A Bradley–Terry head on features, its L2 strength chosen on a held-out fifth (notebook 05's "head" fit)."""
+    l2 = choose_l2(chosen, rejected, seed=seed)
+    weight, _ = fit_bradley_terry_head(chosen, rejected, l2=l2, steps=steps, seed=seed)
+    return weight
+
+
+def gold_preferences(
+    gold: torch.Tensor, first: torch.Tensor, second: torch.Tensor, *, noisy: bool = False, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pairs of feature rows reordered as (preferred, other) by the gold head: the label a person would give
+    in Gao et al.'s setup. With ``noisy``, the gold head's Bradley–Terry probability σ(r₁ − r₂) is sampled instead
+    of always taking the higher reward (people disagree with themselves too)."""
+    margin = (first - second) @ gold
+    if noisy:
+        generator = torch.Generator().manual_seed(seed)
+        first_wins = torch.rand(len(margin), generator=generator) < torch.sigmoid(margin)
+    else:
+        first_wins = margin >= 0
+    keep = first_wins[:, None]
+    return torch.where(keep, first, second), torch.where(keep, second, first)
+
+
+@dataclass(frozen=True)
+class GoldAndProxies:
+    """A gold head and proxy heads (gold-labelled training pairs → weight), with each proxy's agreement with the
+    gold head on held-out pairs (``agreement``: pairs, agreement, its Wilson interval)."""
+
+    gold: torch.Tensor
+    proxies: dict[int, torch.Tensor]
+    agreement: pd.DataFrame
+
+
+def train_gold_and_proxies(
+    train: tuple[torch.Tensor, torch.Tensor],
+    held_out: tuple[torch.Tensor, torch.Tensor],
+    *,
+    sizes: Sequence[int] = PROXY_PAIRS,
+    noisy: bool = False,
+    seed: int = 0,
+) -> GoldAndProxies:
+    """Fit the gold head on every real pair (``train`` and ``held_out``, each (φ(chosen), φ(rejected))), relabel
+    the training pairs by gold, and fit one proxy per size on the first ``size`` of them in a seeded order.
+
+    Agreement is measured on the held-out pairs relabelled by gold: how often the proxy prefers what gold prefers.
+    """
+    if any(size > len(train[0]) for size in sizes):
+        raise ValueError(f"sizes={list(sizes)}: there are only {len(train[0])} training pairs; use smaller sizes")
+    gold = fit_head(torch.cat([train[0], held_out[0]]), torch.cat([train[1], held_out[1]]), seed=seed)
+    preferred, other = gold_preferences(gold, *train, noisy=noisy, seed=seed)
+    order = torch.randperm(len(preferred), generator=torch.Generator().manual_seed(seed))
+    held_preferred, held_other = gold_preferences(gold, *held_out)
+    proxies, rows = {}, []
+    for size in sizes:
+        rows_used = order[:size]
+        proxies[size] = fit_head(preferred[rows_used], other[rows_used], seed=seed)
+        agrees = int((((held_preferred - held_other) @ proxies[size]) > 0).sum())
+        low, high = proportion_interval(agrees, len(held_preferred))
+        rows.append({"pairs": size, "agreement": agrees / len(held_preferred), "low": low, "high": high})
+    return GoldAndProxies(gold, proxies, pd.DataFrame(rows).set_index("pairs"))
+
+
+def reply_features(
+    reward_model: RewardModel,
+    prompts: Sequence[Messages],
+    replies: Sequence[Sequence[str]],
+    *,
+    batch_size: int = 16,
+) -> torch.Tensor:
+    """The features the heads read, ``[prompts, samples, hidden]``, for ``replies[i]`` (samples of equal number)
+    to ``prompts[i]``: one pass of the reward model's backbone serves the gold head and every proxy."""
+    counts = {len(group) for group in replies}
+    if len(replies) != len(prompts) or len(counts) != 1:
+        raise ValueError("replies must hold the same number of samples for every prompt, one group per prompt")
+    tokenizer: PreTrainedTokenizerBase = reward_model.tokenizer
+    encoded = [
+        encode_conversation(tokenizer, [*prompt, {"role": "assistant", "content": reply}], reward_model.max_length)
+        for prompt, group in zip(prompts, replies, strict=True)
+        for reply in group
+    ]
+    features = backbone_features(reward_model.model, encoded, tokenizer.pad_token_id, batch_size=batch_size)
+    return features.reshape(len(prompts), counts.pop(), -1)
+
+
+def best_of_n_overoptimization(
+    features: torch.Tensor,
+    gold: torch.Tensor,
+    proxies: dict[int, torch.Tensor],
+    *,
+    ns: Sequence[int],
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Gao et al.'s figure 1, best-of-n half: for each proxy and n, the expected gain of best-of-n (selected by the
+    proxy) in proxy and in gold score over the sampling policy's mean, with a bootstrap interval over prompts for
+    the gold gain.
+
+    Gains are in standard deviations of that reward model's scores over all samples, so proxies of different scale
+    share one axis. ``features`` is ``[prompts, samples, hidden]`` (:func:`reply_features`).
+    """
+    gold_scores = (features @ gold).numpy()
+    gold_mean, gold_sd = gold_scores.mean(), gold_scores.std()
+    rows = []
+    for pairs, proxy in proxies.items():
+        proxy_scores = (features @ proxy).numpy()
+        proxy_mean, proxy_sd = proxy_scores.mean(), proxy_scores.std()
+        for n in ns:
+            kl = best_of_n_kl(n)
+            gold_gain = (expected_best_of_n(proxy_scores, gold_scores, n=n) - gold_mean) / gold_sd
+            low, high = bootstrap_interval(gold_gain, np.mean, seed=seed)
+            rows.append(
+                {
+                    "proxy pairs": pairs,
+                    "n": n,
+                    "kl": kl,
+                    "sqrt_kl": math.sqrt(kl),
+                    "proxy gain": float((expected_best_of_n(proxy_scores, n=n).mean() - proxy_mean) / proxy_sd),
+                    "gold gain": float(gold_gain.mean()),
+                    "gold low": low,
+                    "gold high": high,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def fit_functional_form(sqrt_kl: ArrayLike, gain: ArrayLike, *, form: str) -> tuple[float, float]:
+    """Least-squares (α, β) of Gao et al.'s forms through the origin: ``"best-of-n"`` gain = d(α − βd),
+    ``"rl"`` gain = d(α − β log d), with d = √KL (points with d = 0 carry no information and are left out)."""
+    d, y = np.asarray(sqrt_kl, dtype=float), np.asarray(gain, dtype=float)
+    keep = d > 0
+    d, y = d[keep], y[keep]
+    if len(d) < 2:
+        raise ValueError("fit_functional_form needs at least two points with √KL > 0")
+    if form == "best-of-n":
+        design = np.column_stack([d, -(d**2)])
+    elif form == "rl":
+        design = np.column_stack([d, -d * np.log(d)])
+    else:
+        raise ValueError(f"form={form!r}: use 'best-of-n' or 'rl'")
+    (alpha, beta), *_ = np.linalg.lstsq(design, y, rcond=None)
+    return float(alpha), float(beta)
+
+
+def gold_peak(curve: pd.DataFrame) -> pd.DataFrame:
+    """Per proxy: the n where the gold gain is highest, that gain, and the gold and proxy gain at the largest n
+    (gold falling from its peak while the proxy still rises is over-optimisation)."""
+    rows = []
+    for pairs, group in curve.groupby("proxy pairs"):
+        best = group.loc[group["gold gain"].idxmax()]
+        last = group.loc[group["n"].idxmax()]
+        rows.append(
+            {
+                "proxy pairs": pairs,
+                "gold peaks at n": int(best["n"]),
+                "gold gain at peak": best["gold gain"],
+                "largest n": int(last["n"]),
+                "gold gain at largest n": last["gold gain"],
+                "proxy gain at largest n": last["proxy gain"],
+            }
+        )
+    return pd.DataFrame(rows).set_index("proxy pairs")

@@ -1,0 +1,117 @@
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from playbook.evaluation import best_of_n_kl
+from playbook.models import load_model
+from playbook.overoptimization import (
+    best_of_n_overoptimization,
+    fit_functional_form,
+    gold_peak,
+    gold_preferences,
+    reply_features,
+    train_gold_and_proxies,
+)
+from playbook.reward import RewardModel, give_distinct_pad_token
+
+
+def synthetic_pairs(count: int, true_weight: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Feature pairs labelled by a known linear reward with Bradley–Terry noise, as people's labels are."""
+    generator = torch.Generator().manual_seed(seed)
+    first = torch.randn(count, len(true_weight), generator=generator)
+    second = torch.randn(count, len(true_weight), generator=generator)
+    first_wins = torch.rand(count, generator=generator) < torch.sigmoid((first - second) @ true_weight)
+    keep = first_wins[:, None]
+    return torch.where(keep, first, second), torch.where(keep, second, first)
+
+
+TRUE_WEIGHT = torch.tensor([2.0, -1.0, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0])
+
+
+def test_gold_preferences_put_the_gold_favourite_first():
+    first, second = torch.randn(50, 8), torch.randn(50, 8)
+    preferred, other = gold_preferences(TRUE_WEIGHT, first, second)
+    assert bool((((preferred - other) @ TRUE_WEIGHT) >= 0).all())
+    # every pair is kept, each row either as it was or swapped
+    swapped = ((first - second) @ TRUE_WEIGHT) < 0
+    assert torch.equal(preferred[swapped], second[swapped]) and torch.equal(preferred[~swapped], first[~swapped])
+
+
+def test_noisy_gold_labels_follow_the_bradley_terry_probability():
+    first = torch.zeros(20_000, 8)
+    first[:, 0] = math.log(3) / 2  # margin log 3 under TRUE_WEIGHT: first wins with probability 3/4
+    preferred, _ = gold_preferences(TRUE_WEIGHT, first, torch.zeros(20_000, 8), noisy=True, seed=1)
+    share_first = float((preferred[:, 0] > 0).float().mean())
+    assert share_first == pytest.approx(0.75, abs=0.01)
+
+
+def test_more_gold_labelled_pairs_make_a_proxy_that_agrees_more_with_gold():
+    train = synthetic_pairs(1200, TRUE_WEIGHT, seed=0)
+    held_out = synthetic_pairs(400, TRUE_WEIGHT, seed=1)
+    heads = train_gold_and_proxies(train, held_out, sizes=(20, 1000))
+    cosine = torch.nn.functional.cosine_similarity(heads.gold, TRUE_WEIGHT, dim=0)
+    assert float(cosine) > 0.95  # the gold head recovers the labels' direction
+    agreement = heads.agreement["agreement"]
+    assert agreement[1000] > agreement[20] and agreement[1000] > 0.9
+    assert (heads.agreement["low"] <= agreement).all() and (agreement <= heads.agreement["high"]).all()
+
+
+def test_proxy_sizes_beyond_the_data_are_refused():
+    train = synthetic_pairs(50, TRUE_WEIGHT, seed=0)
+    with pytest.raises(ValueError, match="only 50 training pairs"):
+        train_gold_and_proxies(train, train, sizes=(100,))
+
+
+def test_best_of_n_against_gold_itself_gains_equally_and_an_unrelated_proxy_gains_nothing():
+    features = torch.randn(40, 32, 8, generator=torch.Generator().manual_seed(0))
+    unrelated = torch.tensor([0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0])
+    curve = best_of_n_overoptimization(features, TRUE_WEIGHT, {1: TRUE_WEIGHT, 2: unrelated}, ns=[1, 4, 32])
+    exact = curve[curve["proxy pairs"] == 1]
+    assert np.allclose(exact["proxy gain"], exact["gold gain"])
+    assert np.allclose(curve.loc[curve["n"] == 1, ["proxy gain", "gold gain"]], 0, atol=1e-6)
+    assert np.allclose(curve["kl"], [best_of_n_kl(n) for n in curve["n"]])
+    blind = curve[(curve["proxy pairs"] == 2) & (curve["n"] == 32)].iloc[0]
+    assert blind["proxy gain"] > 1.5  # the proxy finds what it likes ...
+    assert blind["gold low"] < 0 < blind["gold high"]  # ... and gold sees no gain, within the interval
+
+
+def test_functional_forms_recover_their_coefficients():
+    d = np.linspace(0.1, 2.0, 12)
+    assert fit_functional_form(d, d * (1.5 - 0.4 * d), form="best-of-n") == pytest.approx((1.5, 0.4))
+    assert fit_functional_form(np.r_[0.0, d], np.r_[0.0, d * (0.8 - 0.3 * np.log(d))], form="rl") == pytest.approx(
+        (0.8, 0.3)
+    )
+    with pytest.raises(ValueError, match="'best-of-n' or 'rl'"):
+        fit_functional_form(d, d, form="ppo")
+
+
+def test_gold_peak_names_the_n_where_gold_is_highest():
+    curve = pd.DataFrame(
+        {
+            "proxy pairs": [100] * 4,
+            "n": [1, 4, 16, 64],
+            "proxy gain": [0.0, 0.5, 0.9, 1.2],
+            "gold gain": [0.0, 0.3, 0.2, -0.1],
+        }
+    )
+    peak = gold_peak(curve).loc[100]
+    assert peak["gold peaks at n"] == 4 and peak["gold gain at largest n"] == -0.1
+    assert peak["proxy gain at largest n"] == 1.2
+
+
+def test_reply_features_are_what_the_reward_model_scores(tiny_base):
+    model, tokenizer = load_model(tiny_base, task="reward", device="cpu")
+    give_distinct_pad_token(tokenizer, model)  # as train_reward_model does: the reply's own end is read
+    reward_model = RewardModel(model, tokenizer, max_length=32)
+    prompts = [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "How are you?"}]]
+    replies = [["Hello.", "Hi there, friend."], ["Fine.", "Well, thanks."]]
+    features = reply_features(reward_model, prompts, replies)
+    assert features.shape == (2, 2, model.config.hidden_size)
+    scores = features @ model.score.weight.data[0].float()
+    expected = reward_model.score_batch([p for p in prompts for _ in range(2)], [r for g in replies for r in g])
+    assert np.allclose(scores.flatten().numpy(), expected, atol=1e-4)
+    with pytest.raises(ValueError, match="same number of samples"):
+        reply_features(reward_model, prompts, [["a"], ["b", "c"]])
