@@ -12,14 +12,17 @@ gold model and many proxies cost one feature pass:
   1,000 of them (a seeded order);
 - best-of-n against each proxy is scored by proxy and gold from one set of m samples per prompt
   (:func:`playbook.evaluation.expected_best_of_n`), against √KL of best-of-n (log n − (n − 1)/n);
+- PPO against a proxy (:class:`ProxyReward`) records the gold score of every reply it is rewarded for, so one run
+  gives proxy and gold against its KL step by step (:func:`ppo_overoptimization`);
 - Gao et al.'s functional forms are fitted to the gains: best-of-n d(α − βd), RL d(α − β log d), with d = √KL.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -202,3 +205,58 @@ def gold_peak(curve: pd.DataFrame) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows).set_index("proxy pairs")
+
+
+@dataclass
+class ProxyReward:
+    """A reward for :class:`playbook.ppo.PPOTrainer` that pays the ``proxy`` head's score and records, for the very
+    same replies, the proxy's and the ``gold`` head's scores (one backbone pass serves both; PPO never sees gold).
+
+    ``model`` is the reward model with the proxy head in place, so the trainer's value model starts from it as it
+    does from notebook 05's reward model. ``proxy_scores`` and ``gold_scores`` hold one list per call (one rollout).
+    """
+
+    reward_model: RewardModel
+    proxy: torch.Tensor
+    gold: torch.Tensor
+    proxy_scores: list[list[float]] = field(default_factory=list)
+    gold_scores: list[list[float]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.model = copy.deepcopy(self.reward_model.model)
+        self.model.score.weight.data = self.proxy.reshape(1, -1).to(self.model.score.weight.dtype)
+
+    def score_batch(self, prompts: Sequence[Messages], replies: Sequence[str]) -> list[float]:
+        features = reply_features(self.reward_model, prompts, [[reply] for reply in replies])[:, 0]
+        self.gold_scores.append((features @ self.gold).tolist())
+        self.proxy_scores.append((features @ self.proxy).tolist())
+        return self.proxy_scores[-1]
+
+
+def ppo_overoptimization(
+    history: pd.DataFrame, reward: ProxyReward, baseline: torch.Tensor, *, window: int = 3
+) -> pd.DataFrame:
+    """Gao et al.'s figure 1, RL half, from one PPO run against ``reward``'s proxy: per step, the rollout's mean KL
+    to the reference and √KL, and the proxy and gold gains of its replies, each smoothed over ``window`` steps (a
+    rollout is a handful of replies).
+
+    Gains are measured from the sampling policy's mean on ``baseline`` (features ``[prompts, samples, hidden]`` of
+    its replies to the prompts PPO trains on, as :func:`reply_features` gives) in that baseline's standard
+    deviations: the units :func:`best_of_n_overoptimization` uses, so both halves share the figure's axes.
+    """
+    if len(reward.gold_scores) != len(history):
+        raise ValueError(
+            f"{len(history)} PPO steps but {len(reward.gold_scores)} rollouts recorded: pass the history of the "
+            "run that used this reward, from its first step"
+        )
+    curve = pd.DataFrame({"step": history["step"].to_numpy(), "kl": history["kl"].to_numpy()})
+    for name, head, recorded in (
+        ("proxy", reward.proxy, reward.proxy_scores),
+        ("gold", reward.gold, reward.gold_scores),
+    ):
+        reference = (baseline @ head).numpy()
+        curve[f"{name} gain"] = (np.array([np.mean(r) for r in recorded]) - reference.mean()) / reference.std()
+    smoothed = curve.rolling(window, min_periods=1).mean()
+    smoothed["step"] = curve["step"]
+    smoothed["sqrt_kl"] = np.sqrt(smoothed["kl"].clip(lower=0))
+    return smoothed

@@ -5,16 +5,20 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import copies
 from playbook.evaluation import best_of_n_kl
 from playbook.models import load_model
 from playbook.overoptimization import (
+    ProxyReward,
     best_of_n_overoptimization,
     fit_functional_form,
     gold_peak,
     gold_preferences,
+    ppo_overoptimization,
     reply_features,
     train_gold_and_proxies,
 )
+from playbook.ppo import PPOConfig, PPOTrainer
 from playbook.reward import RewardModel, give_distinct_pad_token
 
 
@@ -102,10 +106,16 @@ def test_gold_peak_names_the_n_where_gold_is_highest():
     assert peak["proxy gain at largest n"] == 1.2
 
 
-def test_reply_features_are_what_the_reward_model_scores(tiny_base):
+@pytest.fixture
+def tiny_reward_model(tiny_base) -> RewardModel:
     model, tokenizer = load_model(tiny_base, task="reward", device="cpu")
     give_distinct_pad_token(tokenizer, model)  # as train_reward_model does: the reply's own end is read
-    reward_model = RewardModel(model, tokenizer, max_length=32)
+    return RewardModel(model, tokenizer, max_length=32)
+
+
+def test_reply_features_are_what_the_reward_model_scores(tiny_reward_model):
+    reward_model = tiny_reward_model
+    model = reward_model.model
     prompts = [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "How are you?"}]]
     replies = [["Hello.", "Hi there, friend."], ["Fine.", "Well, thanks."]]
     features = reply_features(reward_model, prompts, replies)
@@ -115,3 +125,55 @@ def test_reply_features_are_what_the_reward_model_scores(tiny_base):
     assert np.allclose(scores.flatten().numpy(), expected, atol=1e-4)
     with pytest.raises(ValueError, match="same number of samples"):
         reply_features(reward_model, prompts, [["a"], ["b", "c"]])
+
+
+def test_proxy_reward_pays_the_proxy_and_records_gold_for_the_same_replies(tiny_reward_model):
+    hidden = tiny_reward_model.model.config.hidden_size
+    proxy, gold = torch.randn(hidden, generator=torch.Generator().manual_seed(0)), torch.ones(hidden)
+    reward = ProxyReward(tiny_reward_model, proxy, gold)
+    prompts = [[{"role": "user", "content": "Hi"}]] * 2
+    paid = reward.score_batch(prompts, ["Hello.", "Go away."])
+    features = reply_features(tiny_reward_model, prompts, [["Hello."], ["Go away."]])[:, 0]
+    assert np.allclose(paid, (features @ proxy).numpy(), atol=1e-5)
+    assert np.allclose(reward.gold_scores[0], (features @ gold).numpy(), atol=1e-5)
+    # the value model PPO copies from `model` starts out as the proxy reward model
+    assert np.allclose(
+        RewardModel(reward.model, tiny_reward_model.tokenizer, 32).score_batch(prompts, ["Hello.", "Go away."]),
+        paid,
+        atol=1e-4,
+    )
+
+
+def test_ppo_curve_measures_gains_in_the_baseline_units(tiny_reward_model):
+    hidden = tiny_reward_model.model.config.hidden_size
+    gold = torch.zeros(hidden)
+    gold[0] = 1.0
+    reward = ProxyReward(tiny_reward_model, 2 * gold, gold)
+    reward.proxy_scores, reward.gold_scores = [[0.0, 2.0], [4.0, 6.0]], [[0.0, 1.0], [2.0, 3.0]]
+    baseline = torch.zeros(1, 4, hidden)
+    baseline[0, :, 0] = torch.tensor([0.0, 1.0, 0.0, 1.0])  # gold mean 0.5, sd 0.5; proxy mean 1, sd 1
+    history = pd.DataFrame({"step": [1, 2], "kl": [-0.1, 0.81]})
+    curve = ppo_overoptimization(history, reward, baseline, window=1)
+    assert np.allclose(curve["gold gain"], [0.0, 4.0]) and np.allclose(curve["proxy gain"], [0.0, 4.0])
+    assert np.allclose(curve["sqrt_kl"], [0.0, 0.9])
+    assert np.allclose(ppo_overoptimization(history, reward, baseline, window=2)["gold gain"], [0.0, 2.0])
+    with pytest.raises(ValueError, match="3 PPO steps but 2 rollouts"):
+        ppo_overoptimization(pd.DataFrame({"step": [1, 2, 3], "kl": [0, 0, 0]}), reward, baseline)
+
+
+def test_a_ppo_run_against_a_proxy_gives_one_gold_record_per_step(tiny_causal_lm, tokenizer, tiny_reward_model):
+    reference, policy = copies(tiny_causal_lm, 2)
+    hidden = tiny_reward_model.model.config.hidden_size
+    reward = ProxyReward(tiny_reward_model, torch.ones(hidden), -torch.ones(hidden))
+    prompts = [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "Name a colour, please."}]]
+    config = PPOConfig(
+        batch_size=2, mini_batch_size=1, response_length=4, steps=2, policy_trainable_layers=1, value_trainable_layers=1
+    )
+    history = PPOTrainer(policy, reference, tokenizer, prompts, reward, config).train().history
+    assert len(reward.gold_scores) == 2 and all(len(scores) == 2 for scores in reward.gold_scores)
+    assert np.allclose(history["score"], [np.mean(scores) for scores in reward.proxy_scores])
+    baseline = reply_features(tiny_reward_model, prompts, [["Red.", "Blue."], ["Hello.", "Green."]])
+    curve = ppo_overoptimization(history, reward, baseline)
+    # gold is minus the proxy here, so gold's gain is minus the proxy's, in the units of each
+    proxy_sd, gold_sd = float((baseline @ reward.proxy).std()), float((baseline @ reward.gold).std())
+    assert np.allclose(curve["gold gain"] * gold_sd, -curve["proxy gain"] * proxy_sd, atol=1e-4)
