@@ -68,6 +68,12 @@ class Profile:
     mc_questions: int
     # Next-token calibration (10): held-out hh-rlhf conversations whose chosen reply each model scores.
     calibration_texts: int
+    # Evaluation and over-optimisation (08): gold-labelled pairs per proxy reward model, held-out prompts and
+    # sampled replies per prompt for best-of-n (the largest n), PPO steps against a proxy (per KL coefficient).
+    overopt_proxy_pairs: tuple[int, ...]
+    overopt_prompts: int
+    overopt_samples: int
+    overopt_ppo_steps: int
 
 
 PROFILES: dict[str, Profile] = {
@@ -99,6 +105,10 @@ PROFILES: dict[str, Profile] = {
         eval_questions=8,
         mc_questions=3,
         calibration_texts=4,
+        overopt_proxy_pairs=(4, 8),
+        overopt_prompts=2,
+        overopt_samples=4,
+        overopt_ppo_steps=2,
     ),
     # The course's measured run on a 2-core laptop CPU (README, benchmarks/README.md).
     "cpu": Profile(
@@ -129,6 +139,10 @@ PROFILES: dict[str, Profile] = {
         eval_questions=150,
         mc_questions=100,
         calibration_texts=60,
+        overopt_proxy_pairs=(100, 300, 1_000),
+        overopt_prompts=32,
+        overopt_samples=32,
+        overopt_ppo_steps=12,
     ),
     # Sized for one GPU from the published reproductions, not measured by the course: every layer trains, so the
     # learning rates are those of full fine-tuning (Huang et al. 2024 used 3e-6 for PPO on 1B-6.9B models;
@@ -161,6 +175,10 @@ PROFILES: dict[str, Profile] = {
         eval_questions=817,
         mc_questions=817,
         calibration_texts=1_000,
+        overopt_proxy_pairs=(300, 1_000, 10_000),
+        overopt_prompts=256,
+        overopt_samples=128,
+        overopt_ppo_steps=100,
     ),
 }
 

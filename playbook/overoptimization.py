@@ -21,28 +21,72 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from numpy.typing import ArrayLike
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from playbook.evaluation import best_of_n_kl, expected_best_of_n
+from playbook.config import Profile, get_profile, runs_dir
+from playbook.data import hh_rlhf_split
+from playbook.evaluation import best_of_n_kl, expected_best_of_n, sample_replies, win_rate_table
 from playbook.io import Messages
+from playbook.models import generate_replies, load_model, load_policy_and_reference
+from playbook.ppo import PPOConfig, PPOTrainer
 from playbook.reward import (
+    RewardConfig,
     RewardModel,
     backbone_features,
+    cached_head_features,
     choose_l2,
     encode_conversation,
     fit_bradley_terry_head,
+    load_or_train_reward_model,
 )
+from playbook.sft import load_or_train_sft_model
 from playbook.stats import bootstrap_interval, proportion_interval
+from playbook.training import TrainResult, process_state
 
-PROXY_PAIRS = (100, 300, 1000)
-"""Gold-labelled pairs per proxy reward model: Gao et al. vary the proxy's data (and size) to vary its quality."""
+
+@dataclass(frozen=True)
+class PairFeatures:
+    """The backbone every head reads (a reward model whose own head is not used), and φ(chosen), φ(rejected) of the
+    course split's training and held-out pairs."""
+
+    backbone: RewardModel
+    train: tuple[torch.Tensor, torch.Tensor]
+    held_out: tuple[torch.Tensor, torch.Tensor]
+
+
+def course_pair_features(profile: Profile | str | None = None, *, out: Path | None = None) -> PairFeatures:
+    """Features of the course split's pairs, with ``out`` the runs folder (default the profile's).
+
+    With the "head" method (smoke and cpu profiles) they are notebook 05's: its reward model in ``out/reward_model``
+    (trained as notebook 05 trains it when missing) and the feature chunks it cached, so nothing is computed twice.
+    Other methods fine-tune the backbone, so a "head" reward model of the profile's size is trained into
+    ``out/overoptimization/head_reward_model`` for its features.
+    """
+    profile = profile if isinstance(profile, Profile) else get_profile(profile)
+    out = out or runs_dir(profile)
+    split = hh_rlhf_split(profile)
+    config = RewardConfig.from_profile(profile)
+    folder = out / "reward_model"
+    if config.method != "head":
+        config = RewardConfig.from_profile(profile, method="head")
+        folder = out / "overoptimization" / "head_reward_model"
+    backbone = load_or_train_reward_model(split["train"], config, folder=folder)
+    checkpoints = folder.with_name(f"{folder.name}-checkpoints")
+    return PairFeatures(
+        backbone,
+        cached_head_features(backbone, split["train"], config, checkpoints, split="train"),
+        cached_head_features(backbone, split["test"], config, checkpoints, split="eval"),
+    )
 
 
 def fit_head(chosen: torch.Tensor, rejected: torch.Tensor, *, seed: int = 0, steps: int = 300) -> torch.Tensor:
@@ -82,7 +126,7 @@ def train_gold_and_proxies(
     train: tuple[torch.Tensor, torch.Tensor],
     held_out: tuple[torch.Tensor, torch.Tensor],
     *,
-    sizes: Sequence[int] = PROXY_PAIRS,
+    sizes: Sequence[int],
     noisy: bool = False,
     seed: int = 0,
 ) -> GoldAndProxies:
@@ -260,3 +304,118 @@ def ppo_overoptimization(
     smoothed["step"] = curve["step"]
     smoothed["sqrt_kl"] = np.sqrt(smoothed["kl"].clip(lower=0))
     return smoothed
+
+
+def sampled_reply_features(
+    policy: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    backbone: RewardModel,
+    prompts: Sequence[Messages],
+    samples: int,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    seed: int = 0,
+) -> tuple[list[list[str]], torch.Tensor]:
+    """``samples`` sampled replies per prompt and their features ``[prompts, samples, hidden]``: the one set that
+    best-of-n re-uses for every n and every head. Sample at PPO's temperature, so best-of-n's KL and PPO's are taken
+    from the same distribution."""
+    replies = sample_replies(
+        policy, tokenizer, prompts, samples, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed
+    )
+    return replies, reply_features(backbone, prompts, replies)
+
+
+def ppo_against_proxy(
+    start: str | os.PathLike,
+    reward: ProxyReward,
+    prompts: Sequence[Messages],
+    baseline: torch.Tensor,
+    config: PPOConfig,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """PPO from the model in ``start`` (also its reference) on ``prompts``, paid by ``reward``'s proxy: its history
+    and the step-by-step proxy and gold gains against √KL (:func:`ppo_overoptimization`, in ``baseline``'s units)."""
+    policy, reference, tokenizer = load_policy_and_reference(start)
+    history = PPOTrainer(policy, reference, tokenizer, prompts, reward, config).train().history
+    return history, ppo_overoptimization(history, reward, baseline)
+
+
+def gold_win_rates(
+    replies: Mapping[str, Sequence[str]], prompts: Sequence[Messages], backbone: RewardModel, gold: torch.Tensor
+) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
+    """Each policy's replies (one per prompt, same prompts) scored by the gold head, and the win rate of every pair
+    of policies on those prompts with its interval (:func:`playbook.evaluation.win_rate_table`)."""
+    scores = {
+        name: (reply_features(backbone, prompts, [[reply] for reply in texts])[:, 0] @ gold).numpy()
+        for name, texts in replies.items()
+    }
+    return scores, win_rate_table(scores)
+
+
+KL_COEFS = (0.1, 0.01)
+"""β of the PPO runs against a proxy: the course's default and a ten times looser leash."""
+
+
+def sample_sizes(samples: int) -> list[int]:
+    """The n of best-of-n: powers of two up to ``samples``, and ``samples`` itself."""
+    return sorted({2**k for k in range(int(math.log2(samples)) + 1)} | {samples})
+
+
+def course_policies(out: Path) -> dict[str, Path]:
+    """The course's policies saved in the runs folder ``out``: the SFT model (notebook 04), and PPO, DPO and RLOO
+    (notebooks 06 and 07) where they have run."""
+    folders = {"SFT": out / "sft_model", "PPO": out / "ppo_policy", "DPO": out / "dpo", "RLOO": out / "rloo"}
+    return {name: folder for name, folder in folders.items() if (folder / "config.json").is_file()}
+
+
+def run_evaluation(profile: Profile, out: Path) -> TrainResult:
+    """Notebook 08's measurements in one call (``python -m playbook.pipeline evaluate``), written as CSV files into
+    ``out/evaluation``: ``proxies.csv`` (agreement with gold), ``best_of_n.csv`` and ``ppo.csv`` (the figure's
+    points), ``win_rates.csv`` (the course's policies and best-of-n under the gold head). The SFT model is trained
+    first when it is missing (as notebook 04 does); the other policies are compared where they exist."""
+    if process_state().num_processes > 1:
+        raise SystemExit(
+            "evaluate runs in one process (its feature passes are not split across processes): run "
+            "`python -m playbook.pipeline evaluate` without `accelerate launch`"
+        )
+    start = time.perf_counter()
+    folder = out / "evaluation"
+    folder.mkdir(parents=True, exist_ok=True)
+    features = course_pair_features(profile, out=out)
+    sizes = [size for size in profile.overopt_proxy_pairs if size <= len(features.train[0])]
+    heads = train_gold_and_proxies(features.train, features.held_out, sizes=sizes)
+    sft = load_or_train_sft_model(profile, folder=out / "sft_model")
+    prompts = [row["prompt"] for row in hh_rlhf_split(profile)["test"]][: profile.overopt_prompts]
+    config = PPOConfig.from_profile(profile, steps=profile.overopt_ppo_steps)
+    policy, tokenizer = load_model(sft)
+    replies, sampled = sampled_reply_features(
+        policy,
+        tokenizer,
+        features.backbone,
+        prompts,
+        profile.overopt_samples,
+        max_new_tokens=config.response_length,
+        temperature=config.temperature,
+    )
+    best_of_n = best_of_n_overoptimization(sampled, heads.gold, heads.proxies, ns=sample_sizes(len(replies[0])))
+    curves = []
+    for beta in KL_COEFS:
+        reward = ProxyReward(features.backbone, heads.proxies[min(heads.proxies)], heads.gold)
+        _, curve = ppo_against_proxy(sft, reward, prompts, sampled, replace(config, kl_coef=beta))
+        curves.append(curve.assign(**{"proxy pairs": min(heads.proxies), "kl_coef": beta}))
+    greedy = {
+        name: generate_replies(load_model(path)[0], tokenizer, prompts, max_new_tokens=config.response_length)
+        for name, path in course_policies(out).items()
+    }
+    course_head = features.backbone.model.score.weight.data[0].float()
+    picked = (sampled @ course_head).argmax(dim=1)
+    greedy[f"best-of-{len(replies[0])} (SFT samples, course reward model)"] = [
+        group[int(i)] for group, i in zip(replies, picked, strict=True)
+    ]
+    _, win_rates = gold_win_rates(greedy, prompts, features.backbone, heads.gold)
+    ppo = pd.concat(curves, ignore_index=True)
+    heads.agreement.to_csv(folder / "proxies.csv")
+    best_of_n.to_csv(folder / "best_of_n.csv", index=False)
+    ppo.to_csv(folder / "ppo.csv", index=False)
+    win_rates.to_csv(folder / "win_rates.csv", index=False)
+    return TrainResult(None, ppo, time.perf_counter() - start, folder, {"best_of_n": best_of_n, "win_rates": win_rates})

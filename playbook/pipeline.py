@@ -3,6 +3,7 @@
     python -m playbook.pipeline reward [--profile cpu] [--out DIR]
     python -m playbook.pipeline ppo    [--profile gpu] [--out DIR]
     python -m playbook.pipeline sft    [--profile cpu] [--out DIR]
+    python -m playbook.pipeline evaluate [--profile cpu] [--out DIR]
     python -m playbook.pipeline sft reward ppo     (several stages, in the order given, in one start-up)
     accelerate launch --num_processes 2 -m playbook.pipeline ppo --profile gpu
 
@@ -10,8 +11,10 @@ Each stage writes what the notebooks write, in the same folders: ``reward`` trai
 into ``<out>/reward_model``; ``sft`` fine-tunes the embedded model on the split's prompts and chosen replies
 (notebook 04) into ``<out>/sft_model``; ``ppo``, ``dpo`` and ``rloo`` train a policy from that SFT model, which is
 also their reference (notebooks 06 and 07), into ``<out>/ppo_policy``, ``<out>/dpo`` and ``<out>/rloo``, training
-the SFT model and the reward model first when they are not there yet. Each also writes
-its per-step history to ``history.csv`` in that folder. ``<out>`` defaults to the profile's runs folder
+the SFT model and the reward model first when they are not there yet. ``evaluate`` measures what notebook 08
+measures (gold and proxy reward models, best-of-n and PPO against the proxies, win rates of the policies found in
+``<out>``) and writes its tables as CSV into ``<out>/evaluation``. Each also writes its per-step history to
+``history.csv`` in that folder. ``<out>`` defaults to the profile's runs folder
 (:func:`playbook.config.runs_dir`), which is where the notebooks look.
 
 Under ``accelerate launch`` every process runs this same command: PPO splits the prompts across processes and
@@ -29,6 +32,7 @@ from playbook.beyond_ppo import DPOConfig, RLOOConfig, train_dpo, train_rloo
 from playbook.config import PROFILES, Profile, get_profile, runs_dir
 from playbook.data import hh_rlhf_split
 from playbook.models import load_model, load_policy_and_reference
+from playbook.overoptimization import run_evaluation
 from playbook.ppo import PPOConfig, train_ppo
 from playbook.reward import RewardConfig, RewardModel, load_or_train_reward_model, train_reward_model
 from playbook.sft import SFTConfig, learner_corrections, load_or_train_sft_model, sft_conversations, train_sft
@@ -92,6 +96,7 @@ STAGES: dict[str, Callable[[Profile, Path], TrainResult]] = {
     "dpo": run_dpo,
     "rloo": run_rloo,
     "sft": run_sft,
+    "evaluate": run_evaluation,
 }
 
 
