@@ -50,7 +50,7 @@ from playbook.reward import (
     load_or_train_reward_model,
 )
 from playbook.sft import load_or_train_sft_model
-from playbook.stats import bootstrap_interval, proportion_interval
+from playbook.stats import PairedDifference, bootstrap_interval, paired_difference, proportion_interval
 from playbook.training import TrainResult, process_state
 
 
@@ -211,6 +211,17 @@ def best_of_n_overoptimization(
                 }
             )
     return pd.DataFrame(rows)
+
+
+def gold_change(
+    features: torch.Tensor, gold: torch.Tensor, proxy: torch.Tensor, *, from_n: int, to_n: int
+) -> PairedDifference:
+    """How the gold score of best-of-n (selected by ``proxy``) changes from ``from_n`` to ``to_n``, paired over
+    prompts, in standard deviations of gold's scores over all samples, with its interval: a fall beyond the noise
+    after gold's peak is over-optimisation, not a wobble."""
+    gold_scores, proxy_scores = (features @ gold).numpy(), (features @ proxy).numpy()
+    before, after = (expected_best_of_n(proxy_scores, gold_scores, n=n) / gold_scores.std() for n in (from_n, to_n))
+    return paired_difference(after, before)
 
 
 def fit_functional_form(sqrt_kl: ArrayLike, gain: ArrayLike, *, form: str) -> tuple[float, float]:

@@ -12,6 +12,7 @@ from playbook.overoptimization import (
     ProxyReward,
     best_of_n_overoptimization,
     fit_functional_form,
+    gold_change,
     gold_peak,
     gold_preferences,
     ppo_overoptimization,
@@ -80,6 +81,15 @@ def test_best_of_n_against_gold_itself_gains_equally_and_an_unrelated_proxy_gain
     blind = curve[(curve["proxy pairs"] == 2) & (curve["n"] == 32)].iloc[0]
     assert blind["proxy gain"] > 1.5  # the proxy finds what it likes ...
     assert blind["gold low"] < 0 < blind["gold high"]  # ... and gold sees no gain, within the interval
+
+
+def test_gold_change_is_the_paired_difference_of_the_curve_points():
+    features = torch.randn(30, 16, 8, generator=torch.Generator().manual_seed(2))
+    proxy = TRUE_WEIGHT + torch.tensor([0.0, 0.0, 0.0, 3.0, 0.0, 0.0, 0.0, 0.0])  # right, plus a strong wrong direction
+    curve = best_of_n_overoptimization(features, TRUE_WEIGHT, {1: proxy}, ns=[2, 16]).set_index("n")
+    change = gold_change(features, TRUE_WEIGHT, proxy, from_n=2, to_n=16)
+    assert change.mean == pytest.approx(curve.loc[16, "gold gain"] - curve.loc[2, "gold gain"], abs=1e-6)
+    assert change.n == 30 and change.low <= change.mean <= change.high
 
 
 def test_functional_forms_recover_their_coefficients():
