@@ -499,6 +499,37 @@ def _length_controlled_accuracy(answer) -> str | None:
     return None
 
 
+def _best_of_n_kl(answer) -> str | None:
+    if not _close(answer(1), 0.0):
+        return f"Best-of-1 is the policy itself, so its KL is 0; got {answer(1)!r}."
+    if _close(answer(4), math.log(4)):
+        return "log n alone is where the KL heads for large n; subtract (n − 1)/n."
+    if _close(answer(4), math.log(4) - 3):
+        return "Subtract (n − 1)/n, not n − 1."
+    for n in (2, 4, 16, 64):
+        expected = math.log(n) - (n - 1) / n
+        if not _close(answer(n), expected):
+            return f"For n = {n} expected log {n} − {n - 1}/{n} = {expected:.4f}, got {answer(n)!r}."
+    return None
+
+
+def _expected_best_of_two(answer) -> str | None:
+    scores = [1.0, 4.0, 2.0, 3.0]
+    got = answer(list(scores))
+    pairs = [max(a, b) for i, a in enumerate(scores) for b in scores[i + 1 :]]
+    expected = sum(pairs) / len(pairs)
+    with_itself = sum(max(a, b) for a in scores for b in scores) / len(scores) ** 2
+    if _close(got, max(scores)):
+        return "That is best-of-4, the highest of all m replies; best-of-2 keeps the higher of two."
+    if _close(got, sum(scores) / len(scores)):
+        return "That is best-of-1, the mean score; keep the higher of each pair."
+    if _close(got, with_itself):
+        return "A reply cannot be drawn twice: count pairs of two different replies (without replacement)."
+    if not _close(got, expected):
+        return f"The 6 pairs of [1, 4, 2, 3] have maxima {pairs}, mean {expected:.4f}; got {got!r}."
+    return None
+
+
 EXERCISES: dict[str, Exercise] = {
     "00.1": Exercise(
         "00_setup",
@@ -590,33 +621,41 @@ EXERCISES: dict[str, Exercise] = {
         "07_beyond_ppo", "rloo_advantages(rewards): leave-one-out advantages of k replies.", _rloo_advantages
     ),
     "08.1": Exercise(
-        "08_hallucination",
+        "08_evaluation", "best_of_n_kl(n): KL(best-of-n ‖ policy) in nats, log n − (n − 1)/n.", _best_of_n_kl
+    ),
+    "08.2": Exercise(
+        "08_evaluation",
+        "expected_best_of_two(scores): mean over pairs of two different sampled replies of the higher score.",
+        _expected_best_of_two,
+    ),
+    "09.1": Exercise(
+        "09_hallucination",
         "f1(true_positives, false_positives, false_negatives): F1 of spotting unanswerable questions.",
         _f1_unanswerable,
     ),
-    "08.2": Exercise(
-        "08_hallucination",
+    "09.2": Exercise(
+        "09_hallucination",
         "dotted_date(text): (year, month, day) of a day.month.year date like 12.09.1996, else None.",
         _dotted_dates,
     ),
-    "08.3": Exercise(
-        "08_hallucination",
+    "09.3": Exercise(
+        "09_hallucination",
         "flag_rates(logprobs, correct, threshold): shares of wrong and of right answers flagged below a threshold.",
         _flag_rates,
     ),
-    "09.1": Exercise(
-        "09_dola", "plausible(probs, alpha): DoLa's plausibility mask over a probability vector.", _plausible_tokens
+    "10.1": Exercise(
+        "10_dola", "plausible(probs, alpha): DoLa's plausibility mask over a probability vector.", _plausible_tokens
     ),
-    "09.2": Exercise(
-        "09_dola",
+    "10.2": Exercise(
+        "10_dola",
         "dola_contrast(final_logprobs, premature_logprobs, alpha): DoLa's score per token, −inf where implausible.",
         _dola_contrast,
     ),
-    "10.1": Exercise(
-        "10_calibration", "ece(confidences, correct): ECE with the two bins [0, 0.5) and [0.5, 1].", _ece_two_bins
+    "11.1": Exercise(
+        "11_calibration", "ece(confidences, correct): ECE with the two bins [0, 0.5) and [0.5, 1].", _ece_two_bins
     ),
-    "10.2": Exercise(
-        "10_calibration",
+    "11.2": Exercise(
+        "11_calibration",
         "ece_bootstrap(confidences, correct, resamples, seed): a 95% percentile bootstrap interval of the ECE.",
         _ece_bootstrap,
     ),

@@ -62,7 +62,7 @@ RewardFunction = Callable[[Sequence[Messages], Sequence[str]], Sequence[float]]
 
 
 def default_policy_dir(profile: Profile | str | None = None) -> Path:
-    """Where notebook 06 saves the PPO-trained policy (notebooks 07 and 10 read it): ``<runs>/<profile>/ppo_policy``."""
+    """Where notebook 06 saves the PPO-trained policy (notebooks 07 and 11 read it): ``<runs>/<profile>/ppo_policy``."""
     return runs_dir(profile) / "ppo_policy"
 
 

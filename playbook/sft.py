@@ -56,7 +56,7 @@ LEARNER_LABELS = "my_labels.jsonl"  # where notebook 02's annotation widget save
 
 
 def default_sft_dir(profile: Profile | str | None = None) -> Path:
-    """Where notebook 04 saves its SFT model (notebooks 06, 07 and 10 start from it): ``<runs>/<profile>/sft_model``."""
+    """Where notebook 04 saves its SFT model (notebooks 06, 07 and 11 start from it): ``<runs>/<profile>/sft_model``."""
     return runs_dir(profile) / "sft_model"
 
 

@@ -156,6 +156,15 @@ def length_controlled_accuracy(margins: list[float], chosen_is_shorter: list[boo
     return sum(margin_accuracy(group) for group in groups) / 2
 
 
+def best_of_n_kl(n: int) -> float:
+    return math.log(n) - (n - 1) / n
+
+
+def expected_best_of_two(scores: list[float]) -> float:
+    pairs = [max(a, b) for i, a in enumerate(scores) for b in scores[i + 1 :]]
+    return sum(pairs) / len(pairs)
+
+
 SOLUTIONS = {
     "00.1": model_bytes,
     "00.2": pick,
@@ -175,11 +184,13 @@ SOLUTIONS = {
     "06.2": gae,
     "07.1": dpo_loss,
     "07.2": rloo_advantages,
-    "08.1": f1,
-    "08.2": dotted_date,
-    "08.3": flag_rates,
-    "09.1": plausible,
-    "09.2": dola_contrast,
-    "10.1": ece,
-    "10.2": ece_bootstrap,
+    "08.1": best_of_n_kl,
+    "08.2": expected_best_of_two,
+    "09.1": f1,
+    "09.2": dotted_date,
+    "09.3": flag_rates,
+    "10.1": plausible,
+    "10.2": dola_contrast,
+    "11.1": ece,
+    "11.2": ece_bootstrap,
 }

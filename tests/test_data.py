@@ -136,8 +136,8 @@ def test_bundled_samples_load(monkeypatch):
     monkeypatch.delenv("PLAYBOOK_DATA_DIR", raising=False)
     truthful = load_truthfulqa(source="sample")
     assert all(sum(labels) == 1 for labels in truthful["mc1_labels"])
-    assert all(len(choices) >= 4 for choices in truthful["mc1_choices"])  # enough for notebook 10's 4 options
-    assert all(row["correct_answers"] and row["incorrect_answers"] for row in truthful)  # what notebook 09 scores
+    assert all(len(choices) >= 4 for choices in truthful["mc1_choices"])  # enough for notebook 11's 4 options
+    assert all(row["correct_answers"] and row["incorrect_answers"] for row in truthful)  # what notebook 10 scores
     selfaware = load_selfaware(source="sample")
     assert set(selfaware["answerable"]) == {True, False}
     assert all(bool(row["answers"]) == row["answerable"] for row in selfaware)

@@ -71,13 +71,15 @@ WRONG_ANSWERS = {
     ),
     "07.1": (lambda c, r, beta: -math.log(1 / (1 + math.exp(-(c - r)))), "β is missing"),
     "07.2": (lambda rewards: [x - sum(rewards) / len(rewards) for x in rewards], "leave it out"),
-    "08.1": (lambda true_positives, false_positives, false_negatives: 0.675, "harmonic mean"),
-    "08.2": (lambda text: (1996, 12, 9) if "12.09" in text else None, "swapped"),
-    "08.3": (lambda lp, ok, t: (((lp < t) & ~ok).sum() / len(lp), ((lp < t) & ok).sum() / len(lp)), "within its class"),
-    "09.1": (lambda probs, alpha: probs >= alpha, "relative"),
-    "09.2": (lambda final, premature, alpha: final - premature, "must score −inf"),
-    "10.1": (lambda confidences, correct: 0.3, "Expected ECE"),
-    "10.2": (
+    "08.1": (lambda n: math.log(n) if n > 1 else 0.0, "subtract (n − 1)/n"),
+    "08.2": (lambda scores: sum(max(a, b) for a in scores for b in scores) / len(scores) ** 2, "without replacement"),
+    "09.1": (lambda true_positives, false_positives, false_negatives: 0.675, "harmonic mean"),
+    "09.2": (lambda text: (1996, 12, 9) if "12.09" in text else None, "swapped"),
+    "09.3": (lambda lp, ok, t: (((lp < t) & ~ok).sum() / len(lp), ((lp < t) & ok).sum() / len(lp)), "within its class"),
+    "10.1": (lambda probs, alpha: probs >= alpha, "relative"),
+    "10.2": (lambda final, premature, alpha: final - premature, "must score −inf"),
+    "11.1": (lambda confidences, correct: 0.3, "Expected ECE"),
+    "11.2": (
         lambda confidences, correct, resamples, seed: __import__("playbook.calibration").calibration.ece_interval(
             np.random.default_rng(seed).permutation(confidences), correct, resamples=resamples, seed=seed
         ),

@@ -114,9 +114,10 @@ COURSE = {
     "05": "reward_model",
     "06": "ppo_rlhf",
     "07": "beyond_ppo",
-    "08": "hallucination",
-    "09": "dola",
-    "10": "calibration",
+    "08": "evaluation",
+    "09": "hallucination",
+    "10": "dola",
+    "11": "calibration",
 }
 # What a sentence names when it says whose model it means: each must point at the notebook that makes it.
 MEANT = {
