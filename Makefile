@@ -54,7 +54,7 @@ TEST_ENV = HF_HUB_OFFLINE=1 $(if $(TEST_THREADS),OMP_NUM_THREADS=$(TEST_THREADS)
 TEST_RUNS := $(abspath build/test-runs)
 
 unit: setup
-	$(TEST_ENV) PLAYBOOK_RUNS=$(TEST_RUNS)/unit $(BIN)/pytest -q -rs tests
+	$(TEST_ENV) PLAYBOOK_RUNS=$(TEST_RUNS)/unit $(BIN)/pytest -q -rs --durations=15 tests
 
 # The unit tests that need no model: seconds, for a quick check while editing.
 unit-fast: setup
@@ -62,7 +62,7 @@ unit-fast: setup
 
 notebooks: setup
 	$(TEST_ENV) PLAYBOOK_RUNS=$(TEST_RUNS)/notebooks PLAYBOOK_PROFILE=smoke \
-		$(BIN)/pytest -q --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
+		$(BIN)/pytest -q --nbval-lax --nbval-current-env -p no:cacheprovider --durations=15 notebooks
 
 # For maintainers: re-run every notebook in the default profile and write the outputs back for committing.
 refresh-notebooks: setup
