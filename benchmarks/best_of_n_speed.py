@@ -20,6 +20,7 @@ from playbook.data import hh_rlhf_split
 from playbook.environment import median_seconds
 from playbook.evaluation import sample_replies
 from playbook.models import generate_replies, load_model
+from playbook.overoptimization import last_user_turns
 
 
 def main() -> None:
@@ -32,7 +33,7 @@ def main() -> None:
 
     reward_model = course_reward_model()
     policy, tokenizer = load_model(course_sft_model())
-    prompts = [row["prompt"] for row in hh_rlhf_split(get_profile("cpu"))["test"].select(range(args.prompts))]
+    prompts = last_user_turns(hh_rlhf_split(get_profile("cpu"))["test"], args.prompts)  # as notebook 08 samples
     replies = sample_replies(policy, tokenizer, prompts, args.samples, max_new_tokens=args.tokens)
     flat_prompts = [p for p in prompts for _ in range(args.samples)]
     flat_replies = [r for group in replies for r in group]

@@ -28,6 +28,7 @@ from playbook.overoptimization import (
     best_of_n_overoptimization,
     fit_functional_form,
     gold_peak,
+    last_user_turns,
     reply_features,
     train_gold_and_proxies,
 )
@@ -43,7 +44,7 @@ def sampled_features(prompts, samples: int, tokens: int, reward_model) -> torch.
         return torch.load(saved)
     policy, tokenizer = load_model(course_sft_model())
     start = time.perf_counter()
-    replies = sample_replies(policy, tokenizer, prompts, samples, max_new_tokens=tokens)
+    replies = sample_replies(policy, tokenizer, prompts, samples, max_new_tokens=tokens, temperature=0.7)
     sampled = time.perf_counter() - start
     features = reply_features(reward_model, prompts, replies)
     print(
@@ -79,7 +80,7 @@ def main() -> None:
     )
     print(heads.agreement.round(3).to_string())
 
-    prompts = [row["prompt"] for row in split["test"].select(range(args.prompts))]
+    prompts = last_user_turns(split["test"], args.prompts)
     features = sampled_features(prompts, args.samples, args.tokens, reward_model)
     ns = [n for n in (1, 2, 4, 8, 16, 32, 64, 128, 256) if n <= args.samples]
     curve = best_of_n_overoptimization(features, heads.gold, heads.proxies, ns=ns, seed=args.seed)
