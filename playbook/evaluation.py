@@ -27,7 +27,7 @@ from scipy.special import gammaln
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from playbook.io import Messages
-from playbook.stats import bootstrap_mean_interval, proportion_interval
+from playbook.stats import proportion_interval
 
 # ----------------------------------------------------------------------------------------------------------------
 # Win rates
@@ -96,17 +96,22 @@ def win_rate(
     tie_margin: float = 0.0,
     confidence: float = 0.95,
 ) -> WinRate:
-    """The win rate of A over B from their judge scores on the same prompts, with a bootstrap interval over prompts.
+    """The win rate of A over B from their judge scores on the same prompts (ties counted half), with an interval.
 
-    Without ties the rate is a proportion and its interval the Wilson interval; with ties each prompt counts 0, ½ or
-    1 and the interval is the bootstrap (BCa) of that mean.
+    The interval is the Wilson interval of A's share of the decisive prompts (wins and losses), mapped onto the
+    rate with the ties held at ½: rate = ½ + (decisive / n)·(share − ½). Without ties it is the plain Wilson interval
+    of the rate. Ties carry no evidence either way (the sign test's view), so three decisive prompts among many ties
+    stay within the noise; a bootstrap of the 0/½/1 outcomes would call them beyond it, since most resamples keep at
+    least one of the three.
     """
     outcomes = pairwise_outcomes(scores_a, scores_b, tie_margin=tie_margin)
     wins, ties = int((outcomes == 1).sum()), int((outcomes == 0.5).sum())
-    if ties:
-        low, high = bootstrap_mean_interval(outcomes, confidence=confidence)
+    decisive = len(outcomes) - ties
+    if decisive:
+        share_low, share_high = proportion_interval(wins, decisive, confidence=confidence)
+        low, high = (0.5 + decisive / len(outcomes) * (share - 0.5) for share in (share_low, share_high))
     else:
-        low, high = proportion_interval(wins, len(outcomes), confidence=confidence)
+        low = high = 0.5
     return WinRate(
         names[0], names[1], wins, ties, len(outcomes) - wins - ties, float(outcomes.mean()), low, high, confidence
     )

@@ -159,7 +159,8 @@ def reply_features(
     batch_size: int = 16,
 ) -> torch.Tensor:
     """The features the heads read, ``[prompts, samples, hidden]``, for ``replies[i]`` (samples of equal number)
-    to ``prompts[i]``: one pass of the reward model's backbone serves the gold head and every proxy."""
+    to ``prompts[i]``: one pass of the reward model's backbone serves the gold head and every proxy. A progress bar
+    shows only for more than 64 replies (not for each PPO rollout)."""
     counts = {len(group) for group in replies}
     if len(replies) != len(prompts) or len(counts) != 1:
         raise ValueError("replies must hold the same number of samples for every prompt, one group per prompt")
@@ -169,7 +170,9 @@ def reply_features(
         for prompt, group in zip(prompts, replies, strict=True)
         for reply in group
     ]
-    features = backbone_features(reward_model.model, encoded, tokenizer.pad_token_id, batch_size=batch_size)
+    features = backbone_features(
+        reward_model.model, encoded, tokenizer.pad_token_id, batch_size=batch_size, progress=len(encoded) > 64
+    )
     return features.reshape(len(prompts), counts.pop(), -1)
 
 

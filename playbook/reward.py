@@ -384,6 +384,7 @@ def backbone_features(
     batch_size: int,
     cache_dir: Path | None = None,
     description: str = "features",
+    progress: bool = True,
 ) -> torch.Tensor:
     """The vector the head reads (last real token after the final norm) for every encoded conversation.
 
@@ -398,7 +399,7 @@ def backbone_features(
     chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     features = torch.zeros(len(encoded), model.config.hidden_size)
     mine = [n for n in range(len(chunks)) if n % state.num_processes == state.process_index]
-    for number in tqdm(mine, desc=description, unit="batch", disable=not state.is_main_process):
+    for number in tqdm(mine, desc=description, unit="batch", disable=not (progress and state.is_main_process)):
         rows = chunks[number]
         saved = cache_dir / f"{description}-{number:05d}.pt" if cache_dir else None
         if saved is not None and saved.is_file():

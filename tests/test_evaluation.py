@@ -40,10 +40,16 @@ def test_win_rate_without_ties_is_a_proportion_with_its_wilson_interval():
     assert lopsided.excludes_even and "PPO is preferred beyond the noise" in lopsided.describe()
 
 
-def test_win_rate_with_ties_uses_the_bootstrap_of_the_half_counts():
+def test_win_rate_with_ties_reads_the_decisive_prompts():
     result = win_rate([1, 1, 0, 0, 0.5, 0.5, 1, 0], [0, 0, 1, 1, 0.5, 0.5, 0, 1])
     assert (result.wins, result.ties, result.losses) == (3, 2, 3)
     assert result.rate == 0.5 and result.low < 0.5 < result.high
+    share_low, share_high = proportion_interval(3, 6)
+    assert (result.low, result.high) == pytest.approx((0.5 + 0.75 * (share_low - 0.5), 0.5 + 0.75 * (share_high - 0.5)))
+    # three losses among 21 ties: a sign test gives p = 0.25, so this is within the noise
+    few_decisive = win_rate([0.0] * 21 + [0.0] * 3, [0.0] * 21 + [1.0] * 3)
+    assert few_decisive.rate == pytest.approx(21 / 48) and not few_decisive.excludes_even
+    assert win_rate([1.0] * 5, [1.0] * 5).low == win_rate([1.0] * 5, [1.0] * 5).high == 0.5
 
 
 def test_win_rate_table_has_each_pair_once_in_order():
