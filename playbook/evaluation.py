@@ -209,7 +209,8 @@ class LanguageModelJudge:
 
 def best_of_n_kl(n: int) -> float:
     """KL(best-of-n ‖ policy) in nats by the closed form log n − (n − 1)/n (Gao et al. 2022, appendix; Stiennon et
-    al. 2020). Exact when the reward has no ties; otherwise an upper bound (Beirami et al. 2024)."""
+    al. 2020). An upper bound (Beirami et al. 2024), approached when every single reply is unlikely: with a reply of
+    probability p at the top, best-of-n can never be more than −log p from the policy."""
     if n < 1:
         raise ValueError(f"n must be 1 or more, got {n}")
     return math.log(n) - (n - 1) / n
