@@ -40,6 +40,10 @@ VARIANTS = {
     "16 replies, 2 epochs": {"batch_size": 16, "mini_batch_size": 8, "ppo_epochs": 2},
     "16 replies, 4 epochs": {"batch_size": 16, "mini_batch_size": 8},
     "16 replies, 4 epochs, lr 2e-5": {"batch_size": 16, "mini_batch_size": 8, "learning_rate": 2e-5},
+    "lr 5e-5": {"learning_rate": 5e-5},
+    "lr 5e-5, 2 epochs": {"learning_rate": 5e-5, "ppo_epochs": 2},
+    "lr 5e-5, replies of <= 16 tokens": {"learning_rate": 5e-5, "response_length": 16},
+    "scale from the first rollout (8 replies)": {"scale_samples": 0},
 }
 
 
@@ -48,9 +52,12 @@ def main() -> None:
     parser.add_argument("--checkpoints", type=int, nargs="+", default=[20, 30], help="step counts to measure at")
     parser.add_argument("--held-out", type=int, default=150)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--only", nargs="*", help="names of the variants to run (default: all)")
+    parser.add_argument("--only", nargs="*", help="names of the variants to run, in this order (default: all)")
     parser.add_argument("--start", choices=["sft", "embedded"], default="sft", help="the policy PPO starts from")
     args = parser.parse_args()
+    unknown = set(args.only or []) - set(VARIANTS)
+    if unknown:
+        parser.error(f"--only: no variant named {sorted(unknown)}; the variants are {list(VARIANTS)}")
     start = course_sft_model() if args.start == "sft" else None  # None: the embedded model
     split = hh_rlhf_split("cpu")
     train_prompts = [row["prompt"] for row in split["train"]]
@@ -58,9 +65,8 @@ def main() -> None:
     reward_model = course_reward_model()
     _, reference, tokenizer = load_policy_and_reference(start)
     runs, baseline = [], None
-    for name, change in VARIANTS.items():
-        if args.only and name not in args.only:
-            continue
+    for name in args.only or VARIANTS:  # in the order asked for
+        change = VARIANTS[name]
         for seed in args.seeds:
             policy, _ = load_model(start)
             config = PPOConfig.from_profile("cpu", **change, steps=max(args.checkpoints), seed=seed)

@@ -28,7 +28,15 @@ from playbook.io import Messages
 from playbook.models import generate_replies, write_model_atomically
 from playbook.ppo import score_spread
 from playbook.reward import RewardModel
-from playbook.training import HistoryCallback, TrainResult, quiet_trl_renames, timed, trl_cpu_safe_args
+from playbook.training import (
+    MAX_PASSES,
+    HistoryCallback,
+    TrainResult,
+    capped_steps,
+    quiet_trl_renames,
+    timed,
+    trl_cpu_safe_args,
+)
 
 
 @dataclass(frozen=True)
@@ -37,6 +45,7 @@ class DPOConfig(TrainerConfig):
     into TRL's ``trl.DPOConfig`` by :func:`train_dpo`."""
 
     steps: int = 20  # optimisation steps (profile: rl_steps)
+    max_passes: int = MAX_PASSES  # passes over the pairs at most (the gpu profile's steps assume all of hh-rlhf)
     batch_size: int = 8  # preference pairs per step (profile: ppo_batch_size)
     max_length: int = 128  # tokens of prompt + reply; TRL cuts what exceeds it (profile: rm_max_length)
     learning_rate: float = 2e-5  # (profile: rl_learning_rate; Rafailov et al. 2023: 1e-6 with every layer)
@@ -56,7 +65,9 @@ class DPOConfig(TrainerConfig):
         }
 
     def __post_init__(self) -> None:
-        self.require_positive("steps", "batch_size", "max_length", "learning_rate", "beta", "prompt_messages")
+        self.require_positive(
+            "steps", "max_passes", "batch_size", "max_length", "learning_rate", "beta", "prompt_messages"
+        )
         self.require_layer_count("trainable_layers")
 
 
@@ -116,7 +127,8 @@ def train_dpo(
     callbacks: Sequence[TrainerCallback] = (),
 ) -> TrainResult:
     """Direct preference optimisation with TRL's `DPOTrainer` on conversational pairs (`prompt` / `chosen` /
-    `rejected` message lists, as `playbook.data.load_hh_rlhf` gives them), saved to `output_dir` when given."""
+    `rejected` message lists, as `playbook.data.load_hh_rlhf` gives them), saved to `output_dir` when given; at most
+    `config.max_passes` passes over `pairs`."""
     config = config or DPOConfig.from_profile()
     for column in ("prompt", "chosen", "rejected"):
         if column not in pairs.column_names:
@@ -127,7 +139,7 @@ def train_dpo(
     with quiet_trl_renames():
         args = trl.DPOConfig(
             output_dir=tempfile.mkdtemp(prefix="playbook-dpo-"),  # TRL wants a folder; nothing is written mid-run
-            max_steps=config.steps,
+            max_steps=capped_steps(config.steps, config.batch_size, len(pairs), "DPO", config.max_passes),
             per_device_train_batch_size=config.batch_size,
             learning_rate=config.learning_rate,
             beta=config.beta,

@@ -59,6 +59,8 @@ class Profile:
     ppo_steps: int
     ppo_response_length: int
     ppo_learning_rate: float
+    # PPO: replies sampled from the start policy before the first step to fix its score normalisation
+    ppo_scale_samples: int
     # DPO and RLOO (07): optimisation steps of ppo_batch_size pairs or replies, and the learning rate.
     rl_steps: int
     rl_learning_rate: float
@@ -101,6 +103,7 @@ PROFILES: dict[str, Profile] = {
         ppo_steps=2,
         ppo_response_length=8,
         ppo_learning_rate=3e-5,
+        ppo_scale_samples=2,
         rl_steps=2,
         rl_learning_rate=2e-5,
         eval_questions=8,
@@ -135,6 +138,7 @@ PROFILES: dict[str, Profile] = {
         ppo_steps=30,
         ppo_response_length=24,
         ppo_learning_rate=3e-5,
+        ppo_scale_samples=64,
         rl_steps=20,
         rl_learning_rate=2e-5,
         eval_questions=150,
@@ -171,6 +175,7 @@ PROFILES: dict[str, Profile] = {
         ppo_steps=200,
         ppo_response_length=64,
         ppo_learning_rate=1e-5,
+        ppo_scale_samples=256,
         rl_steps=200,
         rl_learning_rate=5e-6,
         eval_questions=817,

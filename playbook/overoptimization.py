@@ -300,17 +300,18 @@ def ppo_overoptimization(
 
     Gains are measured from the sampling policy's mean on ``baseline`` (features ``[prompts, samples, hidden]`` of
     its replies to the prompts PPO trains on, as :func:`reply_features` gives) in that baseline's standard
-    deviations: the units :func:`best_of_n_overoptimization` uses, so both halves share the figure's axes.
+    deviations: the units :func:`best_of_n_overoptimization` uses, so both halves share the figure's axes. The
+    rollouts recorded before the run's steps (the start policy's replies that fix PPO's score scale) are skipped.
     """
-    if len(reward.gold_scores) != len(history):
+    if len(reward.gold_scores) < len(history):
         raise ValueError(
             f"{len(history)} PPO steps but {len(reward.gold_scores)} rollouts recorded: pass the history of the "
             "run that used this reward, from its first step"
         )
     curve = pd.DataFrame({"step": history["step"].to_numpy(), "kl": history["kl"].to_numpy()})
     for name, head, recorded in (
-        ("proxy", reward.proxy, reward.proxy_scores),
-        ("gold", reward.gold, reward.gold_scores),
+        ("proxy", reward.proxy, reward.proxy_scores[len(reward.proxy_scores) - len(history) :]),
+        ("gold", reward.gold, reward.gold_scores[len(reward.gold_scores) - len(history) :]),
     ):
         reference = (baseline @ head).numpy()
         curve[f"{name} gain"] = (np.array([np.mean(r) for r in recorded]) - reference.mean()) / reference.std()

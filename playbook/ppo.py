@@ -89,8 +89,12 @@ class PPOConfig(TrainerConfig):
     value_coef: float = 0.1  # weight of the value loss (Huang et al.: 0.1)
     missing_eos_penalty: float = 0.0  # subtracted from the score of a reply that did not end (in raw score units)
     max_grad_norm: float = 1.0
-    normalize_scores: bool = True  # standardise scores by the mean and spread of the first rollout (the start policy's)
-    calibrate_value: bool = True  # shift the value model so its first-rollout mean is the mean (normalised) score
+    normalize_scores: bool = True  # standardise scores by the mean and spread of the start policy's replies
+    calibrate_value: bool = True  # shift the value model so its mean on those replies is their mean (normalised) score
+    # replies sampled from the start policy (one batch, per process) before the first step to fix both maps (0: the
+    # first rollout's replies). A spread from n scores is off by about 1/sqrt(2(n-1)): 27% at n = 8, 9% at n = 64;
+    # β's effective size moves with it.
+    scale_samples: int = 64  # (profile: ppo_scale_samples)
     policy_trainable_layers: int | None = 6  # train the top k decoder layers (None: all; never the embeddings)
     value_trainable_layers: int | None = 2  # same for the value model; its head always trains
     seed: int = 0
@@ -104,6 +108,7 @@ class PPOConfig(TrainerConfig):
             "response_length": profile.ppo_response_length,
             "max_prompt_length": profile.prompt_length,
             "learning_rate": profile.ppo_learning_rate,
+            "scale_samples": profile.ppo_scale_samples,
             "policy_trainable_layers": profile.policy_trainable_layers,
             "value_trainable_layers": profile.value_trainable_layers,
         }
@@ -114,7 +119,7 @@ class PPOConfig(TrainerConfig):
             "batch_size", "mini_batch_size", "ppo_epochs", "response_length", "max_prompt_length", "temperature"
         )
         self.require_positive("learning_rate", "value_learning_rate", "clip_range", "clip_range_value", "max_grad_norm")
-        for name in ("kl_coef", "value_coef", "missing_eos_penalty"):
+        for name in ("kl_coef", "value_coef", "missing_eos_penalty", "scale_samples"):
             self.require(getattr(self, name) >= 0, name, "must be 0 or more")
         self.require(0 < self.gamma <= 1, "gamma", "must be in (0, 1]")
         self.require(0 <= self.lam <= 1, "lam", "must be in [0, 1]")
@@ -186,7 +191,7 @@ def kl_shaped_rewards(
     rewards = -kl_coef * (logprobs - ref_logprobs) * mask
     last = (mask.sum(1).long() - 1).clamp(min=0)
     has_token = mask.sum(1) > 0
-    rows = torch.arange(len(scores))[has_token]
+    rows = torch.arange(len(scores), device=scores.device)[has_token]
     rewards[rows, last[has_token]] += scores[has_token].to(rewards.dtype)
     return rewards
 
@@ -332,6 +337,22 @@ class ScoreScale:
 
 
 @dataclass
+class SampledReplies:
+    """Replies sampled for one batch of prompts, with their scores and the model inputs of prompt + reply."""
+
+    query: torch.Tensor  # [batch, Lq], left-padded
+    query_mask: torch.Tensor
+    response: torch.Tensor  # [batch, T], padded after the first end token
+    mask: torch.Tensor
+    texts: list[str]
+    scores: torch.Tensor  # [batch], raw units
+    ids: torch.Tensor  # [batch, Lq + T]
+    attention: torch.Tensor
+    positions: torch.Tensor
+    seconds: dict[str, float]
+
+
+@dataclass
 class Rollout:
     """One batch of sampled replies and everything PPO needs to learn from it (``[batch, T]`` unless noted)."""
 
@@ -425,7 +446,7 @@ class PPOTrainer:
         self._order = np.random.default_rng(self.config.seed).permutation(len(self.prompts))
         self._cursor = 0
         self.steps_done = 0  # over every call of train()
-        self.scale: ScoreScale | None = None  # fixed on the first rollout
+        self.scale: ScoreScale | None = None  # fixed once, on the start policy's replies
 
     # ---- model calls
 
@@ -478,24 +499,36 @@ class PPOTrainer:
         values = self.value_upper(hidden, attention, positions, response.shape[1] + 1)[:, :-1].squeeze(-1).float()
         return values if self.scale is None else self.scale.values(values)
 
-    def _fix_scale(self, scores: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> ScoreScale:
-        """Score normalisation and value calibration from the first rollout. A value model copied from the reward
+    def _fix_scale(self, scores: torch.Tensor, value_sum: torch.Tensor, tokens: torch.Tensor) -> ScoreScale:
+        """Score normalisation and value calibration from the start policy's replies (their raw scores, and the sum of
+        the value model's raw estimates over their ``tokens`` reply tokens). A value model copied from the reward
         model reads its head mid-reply, where the reward model was never trained (it scores whole conversations):
         its estimates sit far from the scores (about +10 here). Uncorrected, every reply's last-token error is the
         same large negative number, and GAE turns it into advantages that favour early tokens over late ones
         whatever the reply said (the value-initialisation bias of Yuan et al. 2025, "What's Behind PPO's Collapse
         in Long-CoT?")."""
         all_scores = self.accelerator.gather(scores)
-        value_sum = self.accelerator.gather((values * mask).sum().reshape(1)).sum()
-        value_mean = (value_sum / self.accelerator.gather(mask.sum().reshape(1)).sum().clamp(min=1)).item()
+        value_sum = self.accelerator.gather(value_sum.reshape(1)).sum()
+        value_mean = (value_sum / self.accelerator.gather(tokens.reshape(1)).sum().clamp(min=1)).item()
         mean, spread = all_scores.mean().item(), all_scores.std().item() if len(all_scores) > 1 else 0.0
         shift, scale = (mean, spread if spread > 1e-6 else 1.0) if self.config.normalize_scores else (0.0, 1.0)
         value_shift = value_mean - mean + shift if self.config.calibrate_value else 0.0
         return ScoreScale(shift, scale, value_shift)
 
-    def _next_prompts(self) -> list[Messages]:
+    @torch.no_grad()
+    def _scale_from_start_policy(self) -> ScoreScale:
+        """Sample ``scale_samples`` replies from the untrained policy, in one batch, on the next training prompts, and
+        fix the scale from their scores and the value model's estimates; nothing trains. One batch of 64 costs about
+        what one rollout of 8 does on a CPU, where sampling is bound by reading the weights, once per token."""
+        sample = self._sample_and_score(self._next_prompts(self.config.scale_samples))
+        hidden = self.trunk(sample.ids, sample.attention, sample.positions)
+        values = self._values(hidden["value"], sample.attention, sample.positions, sample.response)
+        return self._fix_scale(sample.scores, (values * sample.mask).sum(), sample.mask.sum())
+
+    def _next_prompts(self, count: int | None = None) -> list[Messages]:
+        """The next ``count`` (default ``batch_size``) training prompts, in the seed's order, cycling."""
         batch = []
-        for _ in range(self.config.batch_size):
+        for _ in range(count or self.config.batch_size):
             if self._cursor == len(self._order):
                 self._cursor = 0
             batch.append(self.prompts[self._order[self._cursor]])
@@ -504,9 +537,9 @@ class PPOTrainer:
 
     # ---- one PPO step
 
-    @torch.no_grad()
-    def rollout(self, prompts: Sequence[Messages]) -> Rollout:
-        """Sample replies to ``prompts`` and compute scores, log-probs, values, rewards and advantages."""
+    def _sample_and_score(self, prompts: Sequence[Messages]) -> SampledReplies:
+        """Sample one reply per prompt, cut it after its first end token, and score it (raw units, minus
+        ``missing_eos_penalty`` for a reply that never ended)."""
         started = time.perf_counter()
         query, query_mask = self._encode_prompts(prompts)
         response, mask, has_eos = truncate_after_eos(self._sample(query, query_mask).cpu(), self.eos_id, self.pad_id)
@@ -515,20 +548,31 @@ class PPOTrainer:
         sampled = time.perf_counter()
         scores = checked_scores(self.score_fn(prompts, texts), len(texts))
         scores = (scores - self.config.missing_eos_penalty * (~has_eos).float()).to(query.device)
-        scored = time.perf_counter()
         ids, attention, positions = self._inputs(query, query_mask, response, mask)
-        hidden = self.trunk(ids, attention, positions)
+        seconds = {"seconds_generate": sampled - started, "seconds_score": time.perf_counter() - sampled}
+        return SampledReplies(query, query_mask, response, mask, texts, scores, ids, attention, positions, seconds)
+
+    @torch.no_grad()
+    def rollout(self, prompts: Sequence[Messages]) -> Rollout:
+        """Sample replies to ``prompts`` and compute scores, log-probs, values, rewards and advantages."""
+        if self.scale is None and self.config.scale_samples > 0:
+            self.scale = self._scale_from_start_policy()
+        sample = self._sample_and_score(prompts)
+        scored = time.perf_counter()
+        response, mask, scores = sample.response, sample.mask, sample.scores
+        attention, positions = sample.attention, sample.positions
+        hidden = self.trunk(sample.ids, attention, positions)
         logprobs, _ = self._logprobs(self.policy_upper, hidden["policy"], attention, positions, response)
         ref_logprobs, _ = self._logprobs(self.reference_upper, hidden["reference"], attention, positions, response)
         values = self._values(hidden["value"], attention, positions, response)
-        if self.scale is None:
-            self.scale = self._fix_scale(scores, values, mask)
+        if self.scale is None:  # scale_samples = 0: this rollout's replies fix it
+            self.scale = self._fix_scale(scores, (values * mask).sum(), mask.sum())
             values = self.scale.values(values)
         rewards = kl_shaped_rewards(logprobs, ref_logprobs, mask, self.scale.scores(scores), self.config.kl_coef)
         advantages, returns = compute_gae(rewards, values, mask, self.config.gamma, self.config.lam)
         return Rollout(
-            query=query,
-            query_mask=query_mask,
+            query=sample.query,
+            query_mask=sample.query_mask,
             response=response,
             mask=mask,
             policy_hidden=hidden["policy"],
@@ -539,12 +583,8 @@ class PPOTrainer:
             scores=scores,
             advantages=masked_whiten(advantages, mask),
             returns=returns,
-            texts=texts,
-            seconds={
-                "seconds_generate": sampled - started,
-                "seconds_score": scored - sampled,
-                "seconds_forward": time.perf_counter() - scored,
-            },
+            texts=sample.texts,
+            seconds=sample.seconds | {"seconds_forward": time.perf_counter() - scored},
         )
 
     def update(self, batch: Rollout) -> dict[str, float]:

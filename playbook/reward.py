@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import pickle
 import time
@@ -48,8 +47,10 @@ from playbook.models import load_model, saved_tensor_names, sweep_abandoned_copi
 from playbook.stats import proportion_interval
 from playbook.tensors import pad_sequences
 from playbook.training import (
+    MAX_PASSES,
     HistoryCallback,
     TrainResult,
+    capped_steps,
     claim_checkpoint_dir,
     process_state,
     quiet_trl_renames,
@@ -59,7 +60,6 @@ from playbook.training import (
 Method = Literal["head", "lora", "full"]
 REQUIRED_COLUMNS = ("prompt", "chosen", "rejected")
 L2_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
-MAX_TRL_EPOCHS = 3  # passes over the training pairs at most for "lora" / "full": more only memorises a small set
 SETTINGS_FILE = "reward_settings.json"
 logger = logging.getLogger(__name__)
 
@@ -540,21 +540,10 @@ def choose_l2(chosen: torch.Tensor, rejected: torch.Tensor, *, seed: int = 0, gr
 # ---- methods "lora" and "full": TRL's RewardTrainer
 
 
-def trl_steps(config: RewardConfig, pairs: int, max_epochs: int = MAX_TRL_EPOCHS) -> int:
+def trl_steps(config: RewardConfig, pairs: int, max_epochs: int = MAX_PASSES) -> int:
     """Optimisation steps for ``"lora"`` / ``"full"``: ``config.steps``, capped at ``max_epochs`` passes over
     ``pairs`` training pairs (the ``gpu`` profile's 2,000 steps of 32 would be ~48 passes over 1,346 pairs)."""
-    cap = max_epochs * math.ceil(pairs / config.batch_size)
-    if config.steps > cap:
-        logger.warning(
-            "reward model: %d steps of %d pairs would be %.0f passes over %d pairs; training %d steps (%d passes).",
-            config.steps,
-            config.batch_size,
-            config.steps * config.batch_size / pairs,
-            pairs,
-            cap,
-            max_epochs,
-        )
-    return min(config.steps, cap)
+    return capped_steps(config.steps, config.batch_size, pairs, "reward model", max_epochs)
 
 
 def _train_with_trl(model, tokenizer, train, evaluation, config: RewardConfig, checkpoints: Path):

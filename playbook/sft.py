@@ -42,8 +42,10 @@ from playbook.io import Messages
 from playbook.models import load_model, write_model_atomically
 from playbook.tensors import logprobs_from_logits, pad_sequences
 from playbook.training import (
+    MAX_PASSES,
     HistoryCallback,
     TrainResult,
+    capped_steps,
     claim_checkpoint_dir,
     process_state,
     quiet_trl_renames,
@@ -66,6 +68,7 @@ class SFTConfig(TrainerConfig):
     sizes. Turned into TRL's ``trl.SFTConfig`` by :func:`train_sft`."""
 
     steps: int = 20  # optimisation steps (profile: sft_steps); about 5 minutes on 2 cores (benchmarks/sft_cpu.py)
+    max_passes: int = MAX_PASSES  # passes over the data at most (the gpu profile's steps assume all of hh-rlhf)
     batch_size: int = 8  # conversations per step (profile: ppo_batch_size)
     max_length: int = 128  # tokens of prompt + reply, kept from the start; TRL drops a prompt that fills them all
     learning_rate: float = 2e-5  # (profile: sft_learning_rate)
@@ -85,7 +88,7 @@ class SFTConfig(TrainerConfig):
         }
 
     def __post_init__(self) -> None:
-        self.require_positive("steps", "batch_size", "max_length", "learning_rate", "prompt_messages")
+        self.require_positive("steps", "max_passes", "batch_size", "max_length", "learning_rate", "prompt_messages")
         self.require_layer_count("trainable_layers")
 
 
@@ -250,7 +253,7 @@ def train_sft(
     ``<output_dir>-checkpoints`` so that, with ``resume``, an interrupted run of the same settings, model and data
     continues from its last checkpoint (another run's checkpoints are set aside, never deleted). The result's
     ``details`` say how many examples trained (TRL drops those whose prompt fills ``max_length``) and at which step
-    a resumed run picked up (0 for a fresh one).
+    a resumed run picked up (0 for a fresh one). At most ``config.max_passes`` passes over ``data``.
     """
     config = config or SFTConfig.from_profile()
     for column in ("prompt", "completion"):
@@ -259,12 +262,13 @@ def train_sft(
     data = data.map(lambda row: {"prompt": row["prompt"][-config.prompt_messages :]})
     saved = Path(output_dir) if output_dir is not None else None
     checkpoints = saved.with_name(f"{saved.name}-checkpoints") if saved is not None else None
-    checkpointing = {"save_strategy": "steps", "save_steps": max(1, config.steps // 4), "save_total_limit": 1}
+    steps = capped_steps(config.steps, config.batch_size, len(data), "SFT", config.max_passes)
+    checkpointing = {"save_strategy": "steps", "save_steps": max(1, steps // 4), "save_total_limit": 1}
     args = _trl_args(
         config.max_length,
         config.seed,
         str(checkpoints) if checkpoints else tempfile.mkdtemp(prefix="playbook-sft-"),
-        max_steps=config.steps,
+        max_steps=steps,
         per_device_train_batch_size=config.batch_size,
         learning_rate=config.learning_rate,
         **(checkpointing if checkpoints else {}),

@@ -32,7 +32,7 @@ def test_dpo_raises_the_chosen_over_rejected_margin_and_trains_only_the_top_laye
         reference,
         tokenizer,
         Dataset.from_list(PAIRS),
-        DPOConfig(steps=6, batch_size=4, learning_rate=5e-2, trainable_layers=1),
+        DPOConfig(steps=6, max_passes=6, batch_size=4, learning_rate=5e-2, trainable_layers=1),
         output_dir=tmp_path / "dpo",
     )
     assert run.seconds > 0 and run.output_dir == tmp_path / "dpo"

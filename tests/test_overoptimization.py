@@ -177,11 +177,18 @@ def test_a_ppo_run_against_a_proxy_gives_one_gold_record_per_step(tiny_causal_lm
     reward = ProxyReward(tiny_reward_model, torch.ones(hidden), -torch.ones(hidden))
     prompts = [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "Name a colour, please."}]]
     config = PPOConfig(
-        batch_size=2, mini_batch_size=1, response_length=4, steps=2, policy_trainable_layers=1, value_trainable_layers=1
+        batch_size=2,
+        mini_batch_size=1,
+        response_length=4,
+        steps=2,
+        scale_samples=2,
+        policy_trainable_layers=1,
+        value_trainable_layers=1,
     )
     history = PPOTrainer(policy, reference, tokenizer, prompts, reward, config).train().history
-    assert len(reward.gold_scores) == 2 and all(len(scores) == 2 for scores in reward.gold_scores)
-    assert np.allclose(history["score"], [np.mean(scores) for scores in reward.proxy_scores])
+    # one rollout of the start policy fixes the score scale, then one per step
+    assert len(reward.gold_scores) == 3 and all(len(scores) == 2 for scores in reward.gold_scores)
+    assert np.allclose(history["score"], [np.mean(scores) for scores in reward.proxy_scores[1:]])
     baseline = reply_features(tiny_reward_model, prompts, [["Red.", "Blue."], ["Hello.", "Green."]])
     curve = ppo_overoptimization(history, reward, baseline)
     # gold is minus the proxy here, so gold's gain is minus the proxy's, in the units of each

@@ -185,6 +185,7 @@ def test_ppo_raises_a_programmatic_reward_on_the_embedded_model():
         value_learning_rate=1e-4,
         kl_coef=0.02,
         missing_eos_penalty=0.0,
+        scale_samples=0,
         policy_trainable_layers=6,
     )
     trainer = PPOTrainer(policy, reference, tokenizer, prompts, commas, config, value_model=value)
@@ -204,7 +205,12 @@ def test_trainer_runs_frozen_layers_once_with_the_same_numbers(tiny_causal_lm, t
     reference, policy = copies(tiny_causal_lm, 2)
     value = value_model_like(tiny_causal_lm)
     config = PPOConfig(
-        batch_size=2, mini_batch_size=1, response_length=4, policy_trainable_layers=1, value_trainable_layers=1
+        batch_size=2,
+        mini_batch_size=1,
+        response_length=4,
+        scale_samples=0,
+        policy_trainable_layers=1,
+        value_trainable_layers=1,
     )
     prompts = [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "Name a colour, please."}]]
     trainer = PPOTrainer(policy, reference, tokenizer, prompts, lambda p, r: [1.0] * len(r), config, value_model=value)
@@ -241,6 +247,7 @@ def test_first_rollout_fixes_the_score_and_value_scale(tiny_causal_lm, tokenizer
             mini_batch_size=1,
             response_length=4,
             normalize_scores=normalize,
+            scale_samples=0,
             policy_trainable_layers=None,
             value_trainable_layers=None,
         )
@@ -257,6 +264,34 @@ def test_first_rollout_fixes_the_score_and_value_scale(tiny_causal_lm, tokenizer
         stats = trainer.step()  # the logged objective weighs KL by β on the normalised scale: β·σ in raw units
         assert stats["score"] == pytest.approx(2.0)
         assert stats["rlhf_reward"] == pytest.approx(2.0 - config.kl_coef * first.scale * stats["kl"])
+
+
+def test_start_policy_replies_fix_the_scale_before_the_first_step(tiny_causal_lm, tokenizer):
+    prompts = [[{"role": "user", "content": f"Say {word}."}] for word in ("one", "two", "three", "four", "five")]
+    reference, policy = copies(tiny_causal_lm, 2)
+    scores = iter([1.0, 2.0, 3.0, 4.0, 9.0, 0.0, 0.0, 7.0, 7.0])  # 5 warm-up replies, a rollout, a step
+    seen = []
+
+    def score(prompts, replies):
+        seen.append([p[0]["content"] for p in prompts])
+        return [next(scores) for _ in replies]
+
+    config = PPOConfig(
+        batch_size=2,
+        mini_batch_size=1,
+        response_length=4,
+        scale_samples=5,
+        policy_trainable_layers=1,
+        value_trainable_layers=1,
+    )
+    trainer = PPOTrainer(policy, reference, tokenizer, prompts, score, config, value_model=value_model_like(policy))
+    batch = trainer.rollout(prompts[:2])
+    warm_up = torch.tensor([1.0, 2.0, 3.0, 4.0, 9.0])
+    assert trainer.scale.shift == pytest.approx(warm_up.mean().item())
+    assert trainer.scale.scale == pytest.approx(warm_up.std().item())  # from the 5 replies, not this rollout's 2
+    assert batch.scores.tolist() == [0.0, 0.0] and [len(prompts) for prompts in seen] == [5, 2]
+    assert seen[0] == [prompts[i][0]["content"] for i in trainer._order]  # the next training prompts, in one batch
+    assert trainer.step()["score"] == pytest.approx(7.0)
 
 
 def test_score_scale_maps_by_hand():

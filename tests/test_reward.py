@@ -306,9 +306,9 @@ def test_reward_config_from_profile():
 
 def test_trl_steps_cap_the_passes_over_the_training_pairs(caplog):
     gpu = RewardConfig(method="lora", batch_size=32, steps=2_000)
-    with caplog.at_level("WARNING", logger="playbook.reward"):
+    with caplog.at_level("WARNING", logger="playbook.training"):
         assert trl_steps(gpu, 1_346) == 3 * 43  # ceil(1346 / 32) = 43 steps per pass
-    assert "48 passes over 1346 pairs" in caplog.text
+    assert "reward model: 2000 steps of 32 would be 48 passes over 1346 examples" in caplog.text
     assert trl_steps(RewardConfig(method="lora", batch_size=8, steps=100), 1_346) == 100
     assert trl_steps(gpu, 100, max_epochs=1) == 4
 

@@ -96,7 +96,7 @@ def test_sft_steps_lower_the_loss_and_change_only_the_top_layer(tiny_causal_lm, 
     )
     before = copy.deepcopy(tiny_causal_lm.state_dict())
     nll_before = reply_nll(tiny_causal_lm, tokenizer, [r["prompt"] + r["completion"] for r in data])
-    config = SFTConfig(steps=12, batch_size=4, max_length=64, learning_rate=1e-2, trainable_layers=1)
+    config = SFTConfig(steps=12, max_passes=12, batch_size=4, max_length=64, learning_rate=1e-2, trainable_layers=1)
     result = train_sft(tiny_causal_lm, tokenizer, data, config, output_dir=tmp_path / "sft")
 
     assert result.history["loss"].iloc[-1] < result.history["loss"].iloc[0]
@@ -116,6 +116,26 @@ def test_sft_steps_lower_the_loss_and_change_only_the_top_layer(tiny_causal_lm, 
     assert all(torch.equal(resumed.model.state_dict()[name], after[name]) for name in after)
     assert resumed.history.empty  # no step logged: it did not train again
     assert resumed.details["resumed_at_step"] == 12  # and says where it picked up
+
+
+def test_sft_stops_after_max_passes_over_the_data(tiny_causal_lm, tokenizer, caplog):
+    data = sft_conversations(
+        Dataset.from_list(
+            [
+                {
+                    "prompt": [{"role": "user", "content": f"Say {word}."}],
+                    "chosen": [{"role": "assistant", "content": word}],
+                    "rejected": [{"role": "assistant", "content": "No."}],
+                }
+                for word in ("apple", "river", "cloud")
+            ]
+        )
+    )
+    config = SFTConfig(steps=50, max_passes=2, batch_size=2, max_length=64, trainable_layers=1)
+    with caplog.at_level("WARNING", logger="playbook.training"):
+        history = train_sft(tiny_causal_lm, tokenizer, data, config).history
+    assert history["step"].max() == 4  # 2 passes of ceil(3 / 2) = 2 steps, not 50
+    assert "SFT: 50 steps of 2 would be 33 passes over 3 examples; training 4 steps (2 passes)" in caplog.text
 
 
 def test_prompts_are_cut_to_their_last_messages_so_long_histories_still_train(tiny_causal_lm, tokenizer):
