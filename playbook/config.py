@@ -149,7 +149,8 @@ PROFILES: dict[str, Profile] = {
         overopt_samples=16,
         overopt_ppo_steps=12,
     ),
-    # Sized for one GPU from the published reproductions, not measured by the course: every layer trains, so the
+    # Sized for one GPU from the published reproductions (SFT, reward and PPO's step time measured on one H200 with
+    # the course's data: benchmarks/README.md, "The gpu profile"); every layer trains, so the
     # learning rates are those of full fine-tuning (Huang et al. 2024 used 3e-6 for PPO on 1B-6.9B models;
     # InstructGPT about 1e-5 for its 1.3B policy), with larger batches and longer replies.
     "gpu": Profile(
