@@ -82,6 +82,7 @@ class RLOOConfig(TrainerConfig):
     max_completion_length: int = 24  # tokens per sampled reply (profile: ppo_response_length)
     learning_rate: float = 2e-5  # (profile: rl_learning_rate)
     beta: float = 0.1  # KL penalty to the frozen start policy
+    prompt_messages: int = 3  # prompt messages kept, from the end, as DPO keeps them (TRL's RLOO cuts none)
     trainable_layers: int | None = 6  # top decoder layers that train (profile: policy_trainable_layers)
     seed: int = 0
 
@@ -98,7 +99,7 @@ class RLOOConfig(TrainerConfig):
         }
 
     def __post_init__(self) -> None:
-        self.require_positive("steps", "prompts_per_step", "max_completion_length", "learning_rate")
+        self.require_positive("steps", "prompts_per_step", "max_completion_length", "learning_rate", "prompt_messages")
         self.require(self.generations >= 2, "generations", "needs at least 2 (the baseline is the mean of the others)")
         self.require(self.beta >= 0, "beta", "must be 0 or more")
         self.require_layer_count("trainable_layers")
@@ -181,9 +182,9 @@ def train_rloo(
 ) -> TrainResult:
     """REINFORCE leave-one-out with TRL's `RLOOTrainer`: `generations` sampled replies per prompt, scored by our
     reward model (or any TRL reward function), each baselined by the mean of the others; a KL penalty of `beta` to
-    the frozen start. TRL builds that reference itself from the policy's folder (`config._name_or_path`), so
-    `reference` must be `None` or a model loaded from that same folder (checked), and the policy must come from
-    disk, as `playbook.models.load_model` gives it."""
+    the frozen start; each prompt cut to its last `prompt_messages` messages. TRL builds that reference itself from
+    the policy's folder (`config._name_or_path`), so `reference` must be `None` or a model loaded from that same
+    folder (checked), and the policy must come from disk, as `playbook.models.load_model` gives it."""
     config = config or RLOOConfig.from_profile()
     if reference is not None and reference.config._name_or_path != policy.config._name_or_path:
         raise ValueError(
@@ -207,7 +208,7 @@ def train_rloo(
             model=policy,
             reward_funcs=reward_function(reward_model) if isinstance(reward_model, RewardModel) else reward_model,
             args=args,
-            train_dataset=Dataset.from_dict({"prompt": list(prompts)}),
+            train_dataset=Dataset.from_dict({"prompt": [list(p)[-config.prompt_messages :] for p in prompts]}),
             processing_class=tokenizer,
             callbacks=[history, *callbacks],
         )

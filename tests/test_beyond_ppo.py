@@ -61,17 +61,20 @@ def test_rloo_runs_the_requested_steps_with_our_reward_interface(tiny_causal_lm,
     seen = []
 
     def length_reward(prompts, completions, **_):
-        seen.append(len(completions))
+        seen.append([len(prompt) for prompt in prompts])
         return [float(len(c[-1]["content"])) for c in completions]
 
-    prompts = [row["prompt"] for row in PAIRS]
+    earlier = [{"role": "user", "content": "Hello."}, {"role": "assistant", "content": "Hi."}]
+    prompts = [earlier + row["prompt"] for row in PAIRS]
     before = {name: p.detach().clone() for name, p in policy.named_parameters()}
-    config = RLOOConfig(steps=2, prompts_per_step=2, generations=2, max_completion_length=6, trainable_layers=1)
+    config = RLOOConfig(
+        steps=2, prompts_per_step=2, generations=2, max_completion_length=6, prompt_messages=1, trainable_layers=1
+    )
     run = train_rloo(policy, None, tokenizer, prompts, length_reward, config)
     assert run.output_dir is None
     assert run.history["step"].max() == 2
     assert "reward" in run.history.columns
-    assert seen and all(n == 4 for n in seen)
+    assert seen and all(lengths == [1, 1, 1, 1] for lengths in seen)  # 4 replies a step, each to the last message
     assert top_layer_changed_and_bottom_frozen(policy, before)
     with pytest.raises(ValueError, match="RLOOConfig.generations=1: needs at least 2"):
         RLOOConfig(generations=1)
