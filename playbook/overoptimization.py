@@ -271,7 +271,8 @@ class ProxyReward:
     same replies, the proxy's and the ``gold`` head's scores (one backbone pass serves both; PPO never sees gold).
 
     ``model`` is the reward model with the proxy head in place, so the trainer's value model starts from it as it
-    does from notebook 05's reward model. ``proxy_scores`` and ``gold_scores`` hold one list per call (one rollout).
+    does from notebook 05's reward model. ``proxy_scores`` and ``gold_scores`` hold one list per call: the start
+    policy's replies that fix PPO's score scale, then one per rollout.
     """
 
     reward_model: RewardModel
