@@ -72,6 +72,21 @@ def tiny_base(tiny_causal_lm, tokenizer, tmp_path) -> Path:
     return folder
 
 
+@pytest.fixture
+def tiny_ppo_config():
+    """A factory of the smallest PPO settings the tiny model trains with (two replies of ≤ 4 tokens per step, one
+    trainable layer each), changed by keyword."""
+    from playbook.ppo import PPOConfig
+
+    def build(**changes):
+        settings = dict(
+            batch_size=2, mini_batch_size=1, response_length=4, policy_trainable_layers=1, value_trainable_layers=1
+        )
+        return PPOConfig(**(settings | changes))
+
+    return build
+
+
 def copies(model, count: int) -> list:
     """``count`` independent deep copies of ``model``."""
     import copy

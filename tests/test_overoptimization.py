@@ -19,7 +19,7 @@ from playbook.overoptimization import (
     reply_features,
     train_gold_and_proxies,
 )
-from playbook.ppo import PPOConfig, PPOTrainer
+from playbook.ppo import PPOTrainer
 from playbook.reward import RewardModel, give_distinct_pad_token
 
 
@@ -171,20 +171,14 @@ def test_ppo_curve_measures_gains_in_the_baseline_units(tiny_reward_model):
         ppo_overoptimization(pd.DataFrame({"step": [1, 2, 3], "kl": [0, 0, 0]}), reward, baseline)
 
 
-def test_a_ppo_run_against_a_proxy_gives_one_gold_record_per_step(tiny_causal_lm, tokenizer, tiny_reward_model):
+def test_a_ppo_run_against_a_proxy_gives_one_gold_record_per_step(
+    tiny_causal_lm, tokenizer, tiny_reward_model, tiny_ppo_config
+):
     reference, policy = copies(tiny_causal_lm, 2)
     hidden = tiny_reward_model.model.config.hidden_size
     reward = ProxyReward(tiny_reward_model, torch.ones(hidden), -torch.ones(hidden))
     prompts = [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "Name a colour, please."}]]
-    config = PPOConfig(
-        batch_size=2,
-        mini_batch_size=1,
-        response_length=4,
-        steps=2,
-        scale_samples=2,
-        policy_trainable_layers=1,
-        value_trainable_layers=1,
-    )
+    config = tiny_ppo_config(steps=2, scale_samples=2)
     history = PPOTrainer(policy, reference, tokenizer, prompts, reward, config).train().history
     # one rollout of the start policy fixes the score scale, then one per step
     assert len(reward.gold_scores) == 3 and all(len(scores) == 2 for scores in reward.gold_scores)

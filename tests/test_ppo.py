@@ -201,17 +201,10 @@ def test_ppo_raises_a_programmatic_reward_on_the_embedded_model():
     assert set(history.columns) >= {"score", "kl", "kl_k3", "policy_loss", "value_loss", "policy_clipfrac", "entropy"}
 
 
-def test_trainer_runs_frozen_layers_once_with_the_same_numbers(tiny_causal_lm, tokenizer):
+def test_trainer_runs_frozen_layers_once_with_the_same_numbers(tiny_causal_lm, tokenizer, tiny_ppo_config):
     reference, policy = copies(tiny_causal_lm, 2)
     value = value_model_like(tiny_causal_lm)
-    config = PPOConfig(
-        batch_size=2,
-        mini_batch_size=1,
-        response_length=4,
-        scale_samples=0,
-        policy_trainable_layers=1,
-        value_trainable_layers=1,
-    )
+    config = tiny_ppo_config(scale_samples=0)
     prompts = [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "Name a colour, please."}]]
     trainer = PPOTrainer(policy, reference, tokenizer, prompts, lambda p, r: [1.0] * len(r), config, value_model=value)
     assert trainer.trunk.starts == {"policy": 1, "reference": 1, "value": 1}
@@ -266,7 +259,7 @@ def test_first_rollout_fixes_the_score_and_value_scale(tiny_causal_lm, tokenizer
         assert stats["rlhf_reward"] == pytest.approx(2.0 - config.kl_coef * first.scale * stats["kl"])
 
 
-def test_start_policy_replies_fix_the_scale_before_the_first_step(tiny_causal_lm, tokenizer):
+def test_start_policy_replies_fix_the_scale_before_the_first_step(tiny_causal_lm, tokenizer, tiny_ppo_config):
     prompts = [[{"role": "user", "content": f"Say {word}."}] for word in ("one", "two", "three", "four", "five")]
     reference, policy = copies(tiny_causal_lm, 2)
     scores = iter([1.0, 2.0, 3.0, 4.0, 9.0, 0.0, 0.0, 7.0, 7.0])  # 5 warm-up replies, a rollout, a step
@@ -276,14 +269,7 @@ def test_start_policy_replies_fix_the_scale_before_the_first_step(tiny_causal_lm
         seen.append([p[0]["content"] for p in prompts])
         return [next(scores) for _ in replies]
 
-    config = PPOConfig(
-        batch_size=2,
-        mini_batch_size=1,
-        response_length=4,
-        scale_samples=5,
-        policy_trainable_layers=1,
-        value_trainable_layers=1,
-    )
+    config = tiny_ppo_config(scale_samples=5)
     trainer = PPOTrainer(policy, reference, tokenizer, prompts, score, config, value_model=value_model_like(policy))
     batch = trainer.rollout(prompts[:2])
     warm_up = torch.tensor([1.0, 2.0, 3.0, 4.0, 9.0])
