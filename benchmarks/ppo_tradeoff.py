@@ -44,6 +44,8 @@ VARIANTS = {
     "lr 5e-5, 2 epochs": {"learning_rate": 5e-5, "ppo_epochs": 2},
     "lr 5e-5, replies of <= 16 tokens": {"learning_rate": 5e-5, "response_length": 16},
     "scale from the first rollout (8 replies)": {"scale_samples": 0},
+    "missing-end penalty 1.0": {"missing_eos_penalty": 1.0},
+    "top 12 layers trained": {"policy_trainable_layers": 12},
 }
 
 
@@ -85,6 +87,7 @@ def main() -> None:
                         "seed": seed,
                         "gain": (mean_after - baseline[0]) / baseline[1],
                         "kl": history["kl"].tail(5).mean(),
+                        "ended": history["ended"].tail(5).mean(),
                         "minutes": history["seconds"].sum() / 60,
                     }
                 )

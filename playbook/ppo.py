@@ -652,6 +652,8 @@ class PPOTrainer:
             "kl": self.accelerator.gather(kl).mean().item(),
             "kl_k3": self.accelerator.gather(k3).mean().item(),
             "response_length": self.accelerator.gather(batch.mask.sum(1).float()).mean().item(),
+            # share of replies that ended with the end token (the others were cut off at response_length)
+            "ended": self.accelerator.gather((batch.response == self.eos_id).any(1).float()).mean().item(),
             "replies": len(gathered_scores),
         }
         # the objective PPO maximises, in the reward model's units: β weighs KL against normalised scores

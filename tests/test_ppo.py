@@ -196,6 +196,9 @@ def test_ppo_raises_a_programmatic_reward_on_the_embedded_model():
     assert after >= before + 2, (before, after)  # seeds 0-3 gain 5, 2, 5 and 4 commas
     assert history["score"].tail(2).mean() > history["score"].iloc[0]  # sampled replies too
     assert history["kl"].iloc[-1] > 0 and (history["response_length"] <= 12).all()
+    cut_off_only = history["ended"] == 0  # a step whose replies all ran to the limit has the limit as mean length
+    assert history["ended"].between(0, 1).all() and (history.loc[cut_off_only, "response_length"] == 12).all()
+    assert (history.loc[history["response_length"] < 12, "ended"] > 0).all()
     phases = history[["seconds_generate", "seconds_score", "seconds_forward", "seconds_update"]]
     assert (phases > 0).all().all() and (phases.sum(axis=1) <= history["seconds"]).all()
     assert set(history.columns) >= {"score", "kl", "kl_k3", "policy_loss", "value_loss", "policy_clipfrac", "entropy"}
