@@ -77,6 +77,8 @@ class Profile:
     overopt_prompts: int
     overopt_samples: int
     overopt_ppo_steps: int
+    # Timed checks (00's doctor, 10's DoLa speed): repeats of each timed step, whose median is reported.
+    timing_repeats: int
 
 
 PROFILES: dict[str, Profile] = {
@@ -113,6 +115,7 @@ PROFILES: dict[str, Profile] = {
         overopt_prompts=2,
         overopt_samples=4,
         overopt_ppo_steps=2,
+        timing_repeats=1,
     ),
     # The course's measured run on a 2-core laptop CPU (README, benchmarks/README.md).
     "cpu": Profile(
@@ -142,12 +145,13 @@ PROFILES: dict[str, Profile] = {
         rl_steps=20,
         rl_learning_rate=2e-5,
         eval_questions=150,
-        mc_questions=100,
+        mc_questions=90,
         calibration_texts=60,
         overopt_proxy_pairs=(100, 300, 1_000),
         overopt_prompts=24,
         overopt_samples=16,
         overopt_ppo_steps=12,
+        timing_repeats=3,
     ),
     # Sized for one GPU from the published reproductions (SFT, reward and PPO's step time measured on one H200 with
     # the course's data: benchmarks/README.md, "The gpu profile"); every layer trains, so the
@@ -186,6 +190,7 @@ PROFILES: dict[str, Profile] = {
         overopt_prompts=256,
         overopt_samples=128,
         overopt_ppo_steps=100,
+        timing_repeats=3,
     ),
 }
 

@@ -133,7 +133,8 @@ def data_checks() -> list[Check]:
 def micro_benchmarks(model, tokenizer) -> dict[str, float]:
     """Seconds for three small steps that stand for the course's work: 16 greedy tokens for 4 prompts
     (generate), a forward pass over 8 × 128 tokens (score) and a training step of the top 6 layers on
-    4 × 128 tokens (train)."""
+    4 × 128 tokens (train). Each is the median of the profile's ``timing_repeats`` runs after one warm-up run."""
+    repeats = get_profile().timing_repeats
     torch.manual_seed(0)
     prompts = torch.randint(100, 1000, (4, 32))
     tokens = torch.randint(100, 1000, (8, 128))
@@ -145,7 +146,8 @@ def micro_benchmarks(model, tokenizer) -> dict[str, float]:
             min_new_tokens=16,
             do_sample=False,
             pad_token_id=tokenizer.pad_token_id,
-        )
+        ),
+        repeats,
     )
 
     def score():
@@ -166,7 +168,7 @@ def micro_benchmarks(model, tokenizer) -> dict[str, float]:
             p.grad = None
             p.requires_grad_(False)
 
-    return {"generate": generate, "score": median_seconds(score), "train": median_seconds(train)}
+    return {"generate": generate, "score": median_seconds(score, repeats), "train": median_seconds(train, repeats)}
 
 
 def notebook_seconds(notebook: Path) -> float | None:

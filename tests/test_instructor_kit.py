@@ -79,7 +79,8 @@ def test_notebook_times_come_from_the_committed_execution_records():
 
 
 @pytest.mark.slow
-def test_doctor_on_this_machine_passes_and_estimates_every_notebook(capsys):
+def test_doctor_on_this_machine_passes_and_estimates_every_notebook(capsys, monkeypatch):
+    monkeypatch.setenv("PLAYBOOK_PROFILE", "smoke")  # one timed run per micro-step instead of the cpu profile's 3
     assert doctor.main([]) == 0
     out = capsys.readouterr().out
     assert "embedded model" in out and "estimated minutes here" in out
