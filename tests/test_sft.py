@@ -165,7 +165,7 @@ def test_sft_lowers_the_reply_nll_of_the_embedded_model(shared_data):
     assert len(data) == 16
     conversations = [row["prompt"][-1:] + row["completion"] for row in data]  # as train_sft trims them
     before = reply_nll(policy, tokenizer, conversations)
-    config = SFTConfig(steps=6, batch_size=4, max_length=128, learning_rate=5e-5, prompt_messages=1)
+    config = SFTConfig(steps=3, batch_size=4, max_length=128, learning_rate=5e-5, prompt_messages=1)
     result = train_sft(policy, tokenizer, data, config)
     after = reply_nll(result.model, tokenizer, conversations)
-    assert after.mean() < before.mean() - 0.05
+    assert after.mean() < before.mean() - 0.05  # 3 steps lowered it by 0.12 nats/token, 6 steps by 0.21
