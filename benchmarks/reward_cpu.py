@@ -5,8 +5,9 @@
 
 Speed: pairs per second of one training step (8 pairs, 128 tokens) for TRL RewardTrainer with full fine-tuning
 and with LoRA, of the frozen-head method's one-off feature pass, and of scoring; with ratios to full fine-tuning.
-Trade-off: features of every layer are read in one pass; for each layer the head is fitted on the first N−300
-pairs and evaluated on the last 300, with the time the head method would take at that depth.
+Trade-off: features of every layer are read in one pass (``reward_features.read_features``, which also pools over
+the reply; ``reward_features.py`` compares more features on the course split); for each layer the head is fitted on
+the first N−300 pairs and evaluated on the last 300, with the time the head method would take at that depth.
 Needs PLAYBOOK_DATA_DIR (the real hh-rlhf); falls back to the bundled sample otherwise.
 """
 
@@ -17,7 +18,7 @@ import tempfile
 import time
 
 import numpy as np
-import torch
+from reward_features import read_features
 
 from playbook.data import load_hh_rlhf
 from playbook.models import load_model
@@ -31,7 +32,6 @@ from playbook.reward import (
     tokenize_pairs,
     train_reward_model,
 )
-from playbook.tensors import pad_sequences
 
 PAIRS_PER_STEP = 8
 MAX_LENGTH = 128
@@ -74,27 +74,17 @@ def speed(steps: int) -> None:
         print(f"{name:<40}{rate:>9.2f}{rate / baseline:>8.1f}x")
 
 
-@torch.no_grad()
 def tradeoff(pairs_total: int) -> None:
     data = load_hh_rlhf().shuffle(seed=0).select(range(pairs_total))
     model, tokenizer = load_model(task="reward", device="cpu")
     give_distinct_pad_token(tokenizer, model)
-    encoded = tokenize_pairs(data, tokenizer, MAX_LENGTH)
     layers = (6, 12, 18, 24, 30)
-    features = {}
-    start = time.perf_counter()
-    for side in ("chosen", "rejected"):
-        rows = list(encoded[f"{side}_ids"])
-        collected = {layer: torch.zeros(len(rows), model.config.hidden_size) for layer in layers}
-        for first in range(0, len(rows), 16):
-            ids, mask = pad_sequences(rows[first : first + 16], tokenizer.pad_token_id)
-            output = model.base_model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
-            last = mask.sum(1) - 1
-            for layer in layers:  # what a reward model cut at this layer reads: the final norm of that layer's output
-                is_top = layer == model.config.num_hidden_layers
-                normed = output.last_hidden_state if is_top else model.base_model.norm(output.hidden_states[layer])
-                collected[layer][first : first + len(ids)] = normed[torch.arange(len(ids)), last]
-        features[side] = collected
+    start = time.perf_counter()  # what a reward model cut at each layer reads: the final norm of that layer's output
+    features = {
+        side: {layer: read[("last", layer)] for layer in layers}
+        for side in ("chosen", "rejected")
+        for read in [read_features(model, tokenizer, data, side, layers, MAX_LENGTH, batch_size=16)]
+    }
     seconds_all = time.perf_counter() - start
     cut = pairs_total - 300
     print(f"{pairs_total - 300} training pairs, 300 held-out, {MAX_LENGTH} tokens")

@@ -115,9 +115,8 @@ def main() -> None:
     rows, correct = [], {}
     settings = [("last", (layer,)) for layer in args.layers] + [("mean", (layer,)) for layer in args.layers]
     settings += [("last", (12, 18, 24)), ("last", tuple(args.layers))]
-    for data in ("harmless", "harmless + helpful"):
+    for data, names in {"harmless": ["harmless"], "harmless + helpful": ["harmless", "helpful"]}.items():
         for pool, layers in settings:
-            names = ["harmless"] + (["helpful"] if data != "harmless" else [])
             chosen = torch.cat([stacked(n, "chosen", pool, layers) for n in names])
             rejected = torch.cat([stacked(n, "rejected", pool, layers) for n in names])
             l2 = choose_l2(chosen, rejected)
