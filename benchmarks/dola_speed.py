@@ -4,6 +4,11 @@
 
 Every decoder is forced to generate exactly --tokens new tokens (no early stop at EOS), from the same prompts; the
 median of --repeats runs is reported. Greedy is `model.generate` of the installed transformers.
+
+A second table splits one decoding step (the last position of the first prompt) into the pieces DoLa adds: the output
+head's product for greedy's one row against DoLa's 1 + L rows, and the contrast (layer divergence, plausibility
+filter). The head's extra rows are arithmetic DoLa cannot skip: every candidate layer's full distribution enters the
+divergence. Their cost over one greedy token is the floor of DoLa's ratio on this machine.
 """
 
 from __future__ import annotations
@@ -12,7 +17,12 @@ import argparse
 
 import torch
 
-from playbook.dola import dola_generate
+from playbook.dola import (
+    _final_and_early_exit_logits,
+    _layers_for,
+    contrast,
+    dola_generate,
+)
 from playbook.environment import median_seconds
 from playbook.models import load_model
 
@@ -62,6 +72,33 @@ def main() -> None:
     print(f"{'decoder':<26}{'ms/token':>10}{'vs greedy':>11}")
     for name, value in seconds.items():
         print(f"{name:<26}{1000 * value:>10.1f}{value / greedy:>10.2f}x")
+    step_pieces(model, prompts[0], args.repeats * 5, greedy)
+
+
+@torch.no_grad()
+def step_pieces(model, prompt: torch.Tensor, repeats: int, greedy_seconds: float) -> None:
+    """Time the pieces of one DoLa step on the last position of `prompt` and print them beside a greedy token."""
+    layers = _layers_for(model, "high")
+    outputs = model.base_model(input_ids=prompt, output_hidden_states=True)
+    head = model.get_output_embeddings()
+    last = outputs.last_hidden_state[:, -1:, :]
+    final, premature = _final_and_early_exit_logits(model, outputs.last_hidden_state, outputs.hidden_states, layers)
+    seconds = {
+        "head, 1 row (greedy)": median_seconds(lambda: head(last), repeats),
+        f"head, {1 + len(layers)} rows (DoLa high)": median_seconds(
+            lambda: _final_and_early_exit_logits(model, outputs.last_hidden_state, outputs.hidden_states, layers),
+            repeats,
+        ),
+        "contrast (DoLa high)": median_seconds(lambda: contrast(final, premature, layers), repeats),
+    }
+    print(f"\none step, median of {repeats} calls   ms")
+    for name, value in seconds.items():
+        print(f"{name:<34}{1000 * value:>6.1f}")
+    extra_rows = seconds[f"head, {1 + len(layers)} rows (DoLa high)"] - seconds["head, 1 row (greedy)"]
+    print(
+        f"the head's {len(layers)} extra rows alone: +{1000 * extra_rows:.1f} ms per token, "
+        f"{(greedy_seconds + extra_rows) / greedy_seconds:.2f}x greedy before any DoLa arithmetic"
+    )
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -117,8 +116,13 @@ def relative_top_filter(
     likely final token is always kept, so the kept set is never empty. ``relative_top`` must lie in (0, 1].
     """
     _check_relative_top(relative_top)
-    final_logprobs = final_logits.float().log_softmax(dim=-1)
-    base_logprobs = base_logits.float().log_softmax(dim=-1)
+    return _plausible(final_logits.float().log_softmax(dim=-1), base_logits.float().log_softmax(dim=-1), relative_top)
+
+
+def _plausible(
+    final_logprobs: torch.Tensor, base_logprobs: torch.Tensor, relative_top: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`relative_top_filter` on log-probs already computed."""
     threshold = final_logprobs.max(dim=-1, keepdim=True).values + math.log(relative_top)
     dropped = final_logprobs < threshold
     return (
@@ -127,19 +131,38 @@ def relative_top_filter(
     )
 
 
+_SMALLEST_EXPONENT = -86.0
+"""exp(x) of float32 underflows below about −87.3 (to subnormals, then 0), and CPU kernels take a slow scalar path
+there: with 8 candidate layers × 49,152 tokens, most early-exit log-probs sit below −87 and `exp` alone took
+longer than the rest of the divergence. Below this exponent a probability is set to exactly 0 instead; it
+contributed less than 1e-37 to M. `benchmarks/dola_speed.py` measures the effect; `tests/test_dola.py` checks the
+scores against the reference's formula."""
+
+
+def _probabilities(logprobs: torch.Tensor) -> torch.Tensor:
+    """exp(logprobs), with 0 for log-probs below `_SMALLEST_EXPONENT` (no subnormal results, see there)."""
+    return torch.where(logprobs > _SMALLEST_EXPONENT, logprobs.clamp(min=_SMALLEST_EXPONENT).exp(), 0.0)
+
+
 def layer_divergence(final_logits: torch.Tensor, premature_logits: torch.Tensor) -> torch.Tensor:
     """How far each premature layer's next-token distribution is from the final layer's: `[L, ...]` from
     `final [..., V]` and `premature [L, ..., V]`.
 
     This is the reference's score: with M = (p_final + p_premature) / 2, it is ½·(KL(M‖p_final) + KL(M‖p_premature))
     averaged (not summed) over the vocabulary. The KLs run from M, the reverse of the textbook Jensen–Shannon
-    divergence; DoLa only takes its argmax, and the reference's form is kept so the chosen layers match.
+    divergence; DoLa only takes its argmax, and the reference's form is kept so the chosen layers match. Each KL is
+    written out as `F.kl_div` computes it, M·log M − M·log p, with M·log M computed once for both.
     """
-    final_logprobs = final_logits.float().log_softmax(dim=-1).unsqueeze(0)
-    premature_logprobs = premature_logits.float().log_softmax(dim=-1)
-    mean = 0.5 * (final_logprobs.exp() + premature_logprobs.exp())
-    towards_final = F.kl_div(final_logprobs, mean, reduction="none").mean(-1)
-    towards_premature = F.kl_div(premature_logprobs, mean, reduction="none").mean(-1)
+    return _divergence(final_logits.float().log_softmax(dim=-1), premature_logits.float().log_softmax(dim=-1))
+
+
+def _divergence(final_logprobs: torch.Tensor, premature_logprobs: torch.Tensor) -> torch.Tensor:
+    """`layer_divergence` on log-probs already computed."""
+    final_logprobs = final_logprobs.unsqueeze(0)
+    mean = 0.5 * (_probabilities(final_logprobs) + _probabilities(premature_logprobs))
+    mean_log_mean = torch.xlogy(mean, mean)
+    towards_final = (mean_log_mean - mean * final_logprobs).mean(-1)
+    towards_premature = (mean_log_mean - mean * premature_logprobs).mean(-1)
     return 0.5 * (towards_final + towards_premature)
 
 
@@ -163,11 +186,14 @@ def contrast(
     per L."""
     if premature_logits.shape[0] != len(layers):
         raise ValueError(f"{premature_logits.shape[0]} premature logit rows for {len(layers)} layers")
-    divergences = layer_divergence(final_logits, premature_logits)
+    _check_relative_top(relative_top)
+    final_logprobs = final_logits.float().log_softmax(dim=-1)
+    premature_logprobs = premature_logits.float().log_softmax(dim=-1)
+    divergences = _divergence(final_logprobs, premature_logprobs)
     picked = divergences.argmax(dim=0) if len(layers) > 1 else torch.zeros(final_logits.shape[0], dtype=torch.long)
     rows = torch.arange(final_logits.shape[0], device=final_logits.device)
-    base_logits = premature_logits[picked.to(final_logits.device), rows]
-    final_logprobs, base_logprobs = relative_top_filter(final_logits, base_logits, relative_top)
+    base_logprobs = premature_logprobs[picked.to(final_logits.device), rows]
+    final_logprobs, base_logprobs = _plausible(final_logprobs, base_logprobs, relative_top)
     return Contrast(final_logprobs - base_logprobs, [layers[int(i)] for i in picked], divergences)
 
 

@@ -98,6 +98,23 @@ def test_layer_divergence_matches_the_hand_written_formula():
     assert got.argmax() == 2
 
 
+def test_layer_divergence_equals_kl_div_where_probabilities_underflow():
+    """Early exits put most of the vocabulary below log p = −87, where exp underflows; setting those probabilities to
+    0 (the fast path) gives exactly the numbers of the reference's `F.kl_div` form."""
+    generator = torch.Generator().manual_seed(0)
+    final = torch.randn(2, 4096, generator=generator) * 8
+    premature = torch.randn(5, 2, 4096, generator=generator) * 40
+    final_logprobs = final.log_softmax(-1).unsqueeze(0)
+    premature_logprobs = premature.log_softmax(-1)
+    assert (premature_logprobs < -87.3).float().mean() > 0.5
+    mean = 0.5 * (final_logprobs.exp() + premature_logprobs.exp())
+    reference = 0.5 * (
+        torch.nn.functional.kl_div(final_logprobs, mean, reduction="none").mean(-1)
+        + torch.nn.functional.kl_div(premature_logprobs, mean, reduction="none").mean(-1)
+    )
+    assert torch.equal(layer_divergence(final, premature), reference)
+
+
 def test_contrast_picks_a_layer_per_row_and_scores_log_ratio():
     final = torch.tensor([[3.0, 2.5, -5.0], [3.0, 2.5, -5.0]])
     premature = torch.stack(
