@@ -24,7 +24,8 @@ ifneq ($(wildcard $(SHARED_DATA)/hh-rlhf),)
 export PLAYBOOK_DATA_DIR ?= $(SHARED_DATA)
 endif
 
-.PHONY: setup lab course test lint unit unit-fast notebooks notebooks-training notebooks-other refresh-notebooks doctor bundle slides clean
+.PHONY: setup lab course test lint unit unit-fast unit-except-end-to-end notebooks notebooks-training notebooks-other \
+	notebooks-other-then-end-to-end refresh-notebooks doctor bundle slides clean
 
 setup: $(SETUP_STAMP)
 
@@ -52,9 +53,13 @@ course: setup
 TRAINING_NOTEBOOKS := $(addprefix notebooks/,04_sft.ipynb 05_reward_model.ipynb 06_ppo_rlhf.ipynb \
 	07_beyond_ppo.ipynb 08_evaluation.ipynb 11_calibration.ipynb)
 OTHER_NOTEBOOKS = $(filter-out $(TRAINING_NOTEBOOKS),$(sort $(wildcard notebooks/*.ipynb)))
+# The two end-to-end tests (the pipeline on two processes, JupyterLab in a browser) take about a quarter of the unit
+# tests' time; make test runs them after the shorter notebook session instead, so the three sessions end together.
+END_TO_END_TESTS := tests/test_pipeline.py tests/test_browser.py
 
 test: setup lint
-	$(MAKE) --no-print-directory -j3 --output-sync=target unit notebooks-training notebooks-other TEST_THREADS=1
+	$(MAKE) --no-print-directory -j3 --output-sync=target unit-except-end-to-end notebooks-training \
+		notebooks-other-then-end-to-end TEST_THREADS=1
 
 lint: setup
 	$(BIN)/ruff check .
@@ -65,8 +70,13 @@ TEST_THREADS ?=
 TEST_ENV = HF_HUB_OFFLINE=1 $(if $(TEST_THREADS),OMP_NUM_THREADS=$(TEST_THREADS) MKL_NUM_THREADS=$(TEST_THREADS),)
 TEST_RUNS := $(abspath build/test-runs)
 
+UNIT = $(BIN)/pytest -q -rs --durations=15
+
 unit: setup
-	$(TEST_ENV) PLAYBOOK_RUNS=$(TEST_RUNS)/unit $(BIN)/pytest -q -rs --durations=15 tests
+	$(TEST_ENV) PLAYBOOK_RUNS=$(TEST_RUNS)/unit $(UNIT) tests
+
+unit-except-end-to-end: setup
+	$(TEST_ENV) PLAYBOOK_RUNS=$(TEST_RUNS)/unit $(UNIT) tests $(addprefix --ignore=,$(END_TO_END_TESTS))
 
 # The unit tests that need no model: seconds, for a quick check while editing.
 unit-fast: setup
@@ -82,6 +92,9 @@ notebooks-training: setup
 
 notebooks-other: setup
 	$(TEST_ENV) PLAYBOOK_RUNS=$(TEST_RUNS)/notebooks-other PLAYBOOK_PROFILE=smoke $(NBVAL) $(OTHER_NOTEBOOKS)
+
+notebooks-other-then-end-to-end: notebooks-other
+	$(TEST_ENV) PLAYBOOK_RUNS=$(TEST_RUNS)/end-to-end $(UNIT) $(END_TO_END_TESTS)
 
 # For maintainers: re-run every notebook in the default profile and write the outputs back for committing.
 refresh-notebooks: setup

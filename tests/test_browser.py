@@ -1,7 +1,9 @@
 """What learners and instructors see, checked in a real browser: Debian's chromium driven by Playwright.
 
-One JupyterLab server on 127.0.0.1 (a free port, a token) serves copies of two notebooks from a temporary folder,
-with ``PLAYBOOK_RUNS`` pointing there too, so nothing is written into the checkout's ``runs/`` or ``notebooks/``.
+One JupyterLab server on 127.0.0.1 (a free port, a token) serves, from a temporary folder, a copy of a committed
+notebook and a two-cell notebook that shows notebook 02's annotation widget on fixed replies (the widget is what the
+browser checks; nbval runs notebook 02 itself, model and all). ``PLAYBOOK_RUNS`` points into that folder too, so
+nothing is written into the checkout's ``runs/`` or ``notebooks/``.
 Screenshots go to ``build/browser/`` for a person to look at. Without ``/usr/bin/chromium`` (``apt-get install
 chromium``) or the ``playwright`` package the test is skipped, and says why.
 """
@@ -21,6 +23,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import nbformat
 import pytest
 
 from conftest import REPO
@@ -39,7 +42,19 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
 ]
 SCREENSHOTS = REPO / "build" / "browser"
-ANNOTATION_NOTEBOOK = "02_feedback_types.ipynb"
+ANNOTATION_NOTEBOOK = "annotation_widget.ipynb"
+ANNOTATION_CELLS = [
+    """from playbook.annotation import AnnotationItem, AnnotationStore, annotation_widget, describe_form
+from playbook.config import runs_dir
+
+items = [
+    AnnotationItem("helpful-1", "What is the capital of Japan?", ["The capital of Japan is Tokyo.", "Kyoto."]),
+    AnnotationItem("honest-1", "What number am I thinking of?", ["Seven!", "I can't know that."]),
+]
+store = AnnotationStore(runs_dir() / "my_labels.jsonl")""",
+    """print(describe_form("pairwise"))
+annotation_widget(items, store, kind="pairwise")""",
+]
 VIEWED_NOTEBOOK = "03_hh_rlhf.ipynb"  # committed with the outputs of the course runner
 IDLE_KERNEL = ".jp-Notebook-ExecutionIndicator[data-status='idle']"
 FROZEN_BAR_TEXT = ("0%|", "| 0/")
@@ -70,7 +85,9 @@ def lab_request(base: str, token: str, path: str, method: str = "GET") -> dict |
 def lab(tmp_path_factory) -> Iterator[dict]:
     """A JupyterLab server on copies of the notebooks; stopped (kernels included) by its process id afterwards."""
     root = tmp_path_factory.mktemp("lab")
-    shutil.copy(NOTEBOOK_DIR / ANNOTATION_NOTEBOOK, root)
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in ANNOTATION_CELLS])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(notebook, root / ANNOTATION_NOTEBOOK)
     viewed = Path(shutil.copy(NOTEBOOK_DIR / VIEWED_NOTEBOOK, root))
     settings = root / ".jupyter" / "lab" / "user-settings"
     news = settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
@@ -160,7 +177,7 @@ def test_the_annotation_widget_saves_a_click_and_says_so(browser, lab):
     choice = page.get_by_role("button", name="A slightly better", exact=True)
     label_file = lab["root"] / "runs" / "smoke" / "my_labels.jsonl"
     try:
-        choice.wait_for(timeout=420_000)  # Run All: model load and replies first (minutes on a busy CPU)
+        choice.wait_for(timeout=240_000)  # Run All: the kernel imports the playbook first
         choice.click()
         confirmation = page.get_by_text("Saved the pairwise label for")
         confirmation.wait_for(timeout=10_000)
