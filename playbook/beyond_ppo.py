@@ -12,11 +12,11 @@ written mid-run) and, like our PPO, train only the top layers of the policy so a
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import trl
 from datasets import Dataset
@@ -28,12 +28,15 @@ from playbook.io import Messages
 from playbook.models import generate_replies, write_model_atomically
 from playbook.ppo import score_spread
 from playbook.reward import RewardModel
+from playbook.sft import reply_kl
+from playbook.stats import paired_difference
 from playbook.training import (
     MAX_PASSES,
     HistoryCallback,
     TrainResult,
     capped_steps,
     quiet_trl_renames,
+    scratch_dir,
     timed,
     trl_cpu_safe_args,
 )
@@ -139,7 +142,7 @@ def train_dpo(
     reference.requires_grad_(False)
     with quiet_trl_renames():
         args = trl.DPOConfig(
-            output_dir=tempfile.mkdtemp(prefix="playbook-dpo-"),  # TRL wants a folder; nothing is written mid-run
+            output_dir=scratch_dir("playbook-dpo-"),  # TRL wants a folder; nothing is written mid-run
             max_steps=capped_steps(config.steps, config.batch_size, len(pairs), "DPO", config.max_passes),
             per_device_train_batch_size=config.batch_size,
             learning_rate=config.learning_rate,
@@ -194,7 +197,7 @@ def train_rloo(
     train_top_layers(policy, config.trainable_layers)
     with quiet_trl_renames():
         args = trl.RLOOConfig(
-            output_dir=tempfile.mkdtemp(prefix="playbook-rloo-"),
+            output_dir=scratch_dir("playbook-rloo-"),
             max_steps=config.steps,
             per_device_train_batch_size=config.prompts_per_step * config.generations,
             num_generations=config.generations,
@@ -226,8 +229,10 @@ def evaluate_policies(
 ) -> tuple[pd.DataFrame, dict[str, list[str]]]:
     """Greedy replies of every policy to the same held-out prompts, scored by the reward model.
 
-    Returns a table (mean score, gain in standard deviations of the `baseline` policy's scores, mean reply length
-    in words) and the replies themselves.
+    Returns a table and the replies themselves. Per policy: mean score; gain in standard deviations of the
+    `baseline` policy's scores, with the 95% bootstrap interval of the paired per-prompt difference (same units)
+    and its Wilcoxon p-value; the KL from the baseline along the policy's own greedy replies (`reply_kl`, nats per
+    reply); mean reply length in words.
     """
     if baseline not in policies:
         raise ValueError(f"baseline {baseline!r} is not one of {list(policies)}")
@@ -240,9 +245,19 @@ def evaluate_policies(
     rows = {}
     for name, values in scores.items():
         mean, _ = score_spread(values)
+        change = paired_difference(values, scores[baseline]) if name != baseline else None
+        conversations = [
+            [*prompt, {"role": "assistant", "content": reply}]
+            for prompt, reply in zip(prompts, replies[name], strict=True)
+        ]
+        kl = reply_kl(policies[name], policies[baseline], tokenizer, conversations) if name != baseline else None
         rows[name] = {
             "mean RM score": mean,
             "gain (sd of baseline)": (mean - base_mean) / base_spread,
+            "gain 95% low": change.low / base_spread if change else np.nan,
+            "gain 95% high": change.high / base_spread if change else np.nan,
+            "Wilcoxon p": change.wilcoxon_p_value if change else np.nan,
+            "KL to baseline (nats/reply)": float(kl.mean()) if kl is not None else 0.0,
             "mean reply words": sum(len(r.split()) for r in replies[name]) / len(replies[name]),
         }
     return pd.DataFrame(rows).T, replies

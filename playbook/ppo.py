@@ -29,6 +29,7 @@ much.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import time
@@ -129,6 +130,19 @@ class PPOConfig(TrainerConfig):
             f"must divide batch_size {self.batch_size}",
         )
         self.require_layer_count("policy_trainable_layers", "value_trainable_layers")
+
+    @property
+    def optimizer_updates(self) -> int:
+        """Adam steps of the policy over the whole run: each step's batch, ppo_epochs times, in mini-batches."""
+        return self.steps * self.ppo_epochs * (self.batch_size // self.mini_batch_size)
+
+    @classmethod
+    def saved_with(cls, policy_dir: str | os.PathLike) -> PPOConfig:
+        """The settings a saved policy was trained with (its ``ppo_config.json``, see ``PPOTrainer.save_policy``)."""
+        settings = Path(policy_dir) / "ppo_config.json"
+        if not settings.is_file():
+            raise FileNotFoundError(f"{settings} is missing: is {policy_dir} a policy saved by PPOTrainer.save_policy?")
+        return cls(**json.loads(settings.read_text()))
 
 
 # ------------------------------------------------------------------------------------ pure functions
@@ -446,6 +460,7 @@ class PPOTrainer:
         self._order = np.random.default_rng(self.config.seed).permutation(len(self.prompts))
         self._cursor = 0
         self.steps_done = 0  # over every call of train()
+        self.history = pd.DataFrame()  # one row per step, over every call of train(); saved with the policy
         self.scale: ScoreScale | None = None  # fixed once, on the start policy's replies
 
     # ---- model calls
@@ -674,6 +689,7 @@ class PPOTrainer:
             rows.append({"step": self.steps_done, **self.step()})
             bar.set_postfix(score=f"{rows[-1]['score']:.2f}", kl=f"{rows[-1]['kl']:.2f}")
         history = pd.DataFrame(rows)
+        self.history = pd.concat([self.history, history], ignore_index=True) if len(self.history) else history
         seconds = float(history["seconds"].sum()) if rows else 0.0
         saved = self.save_policy(output_dir) if output_dir is not None else None
         return TrainResult(self.policy, history, seconds, saved, {"score_scale": self.scale})
@@ -691,7 +707,8 @@ class PPOTrainer:
         return replies
 
     def save_policy(self, path: str | os.PathLike | None = None) -> Path:
-        """Save the trained policy with its PPO settings, atomically (default :func:`default_policy_dir`)."""
+        """Save the trained policy with its PPO settings and its history so far (``ppo_config.json``,
+        ``history.csv``), atomically (default :func:`default_policy_dir`)."""
         folder = Path(path) if path is not None else default_policy_dir()
         if self.accelerator.is_main_process:
             settings = pd.Series(asdict(self.config)).to_json()
@@ -701,7 +718,7 @@ class PPOTrainer:
                 folder,
                 source="playbook.ppo",
                 replace=True,
-                extra_files={"ppo_config.json": settings},
+                extra_files={"ppo_config.json": settings, "history.csv": self.history.to_csv(index=False)},
             )
         self.accelerator.wait_for_everyone()
         return folder

@@ -49,6 +49,7 @@ from playbook.training import (
     claim_checkpoint_dir,
     process_state,
     quiet_trl_renames,
+    scratch_dir,
     timed,
     trl_cpu_safe_args,
 )
@@ -201,6 +202,25 @@ def token_nll_table(
 
 
 @torch.no_grad()
+def _reply_batches(
+    tokenizer: PreTrainedTokenizerBase, conversations: Sequence[Messages], batch_size: int, max_length: int | None
+) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Conversations tokenized as SFT trains on them, in batches of similar length: (row numbers, ids, attention
+    mask, mask of the tokens SFT trains on, aligned with the logits that predict them)."""
+    args = _trl_args(max_length, 0, tempfile.gettempdir())
+    prepared = tokenize_for_sft(tokenizer, Dataset.from_list([as_prompt_completion(c) for c in conversations]), args)
+    if len(prepared) != len(conversations):
+        raise ValueError(f"max_length={max_length}: some prompts fill it, leaving no reply token to score.")
+    encoded, labels = prepared["input_ids"], prepared["labels"]
+    order = np.argsort([len(ids) for ids in encoded], kind="stable")
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        ids, attention = pad_sequences([encoded[i] for i in rows], tokenizer.pad_token_id)
+        scored, _ = pad_sequences([[int(x != IGNORED_LABEL) for x in labels[i]] for i in rows], 0)
+        yield rows, ids, attention, scored[:, 1:].float()  # token t is predicted from the logits at t - 1
+
+
+@torch.no_grad()
 def reply_nll(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -212,25 +232,37 @@ def reply_nll(
     """Per conversation, the mean negative log-likelihood (nats per token) of the tokens SFT trains on (the
     assistant's last reply, its ``<|im_end|>`` and the template's newline after it: :func:`loss_mask`) given
     everything before them; ``max_length`` cuts as the trainer does (``None``: whole conversations)."""
-    args = _trl_args(max_length, 0, tempfile.gettempdir())
-    prepared = tokenize_for_sft(tokenizer, Dataset.from_list([as_prompt_completion(c) for c in conversations]), args)
-    if len(prepared) != len(conversations):
-        raise ValueError(f"max_length={max_length}: some prompts fill it, leaving no reply token to score.")
-    encoded, labels = prepared["input_ids"], prepared["labels"]
-    order = np.argsort([len(ids) for ids in encoded], kind="stable")
-    nll = np.zeros(len(encoded))
+    nll = np.zeros(len(conversations))
     was_training = model.training
     model.eval()
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        ids, attention = pad_sequences([encoded[i] for i in rows], tokenizer.pad_token_id)
-        scored, _ = pad_sequences([[int(x != IGNORED_LABEL) for x in labels[i]] for i in rows], 0)
+    for rows, ids, attention, mask in _reply_batches(tokenizer, conversations, batch_size, max_length):
         logits = model(input_ids=ids.to(model.device), attention_mask=attention.to(model.device)).logits
         logprobs = logprobs_from_logits(logits[:, :-1], ids[:, 1:].to(model.device)).cpu()
-        mask = scored[:, 1:].float()  # token t is predicted from the logits at t - 1
         nll[rows] = (-(logprobs * mask).sum(1) / mask.sum(1)).numpy()
     model.train(was_training)
     return nll
+
+
+@torch.no_grad()
+def reply_kl(
+    policy: PreTrainedModel,
+    reference: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: Sequence[Messages],
+    *,
+    batch_size: int = 8,
+) -> np.ndarray:
+    """Per conversation, Σ over the reply's tokens of KL(π(·|prefix) ‖ π_ref(·|prefix)), in nats per reply: how far
+    the policy's next-token distributions have moved from the reference's along that reply, every token of the
+    vocabulary counted (exact at each position, not a sampled estimate)."""
+    kl = np.zeros(len(conversations))
+    for rows, ids, attention, mask in _reply_batches(tokenizer, conversations, batch_size, None):
+        inputs = {"input_ids": ids.to(policy.device), "attention_mask": attention.to(policy.device)}
+        policy_logprobs = policy(**inputs).logits[:, :-1].float().log_softmax(-1)
+        reference_logprobs = reference(**inputs).logits[:, :-1].float().log_softmax(-1)
+        per_token = (policy_logprobs.exp() * (policy_logprobs - reference_logprobs)).sum(-1).cpu()
+        kl[rows] = (per_token * mask).sum(1).numpy()
+    return kl
 
 
 # -------------------------------------------------------------------------------------------- training
@@ -267,7 +299,7 @@ def train_sft(
     args = _trl_args(
         config.max_length,
         config.seed,
-        str(checkpoints) if checkpoints else tempfile.mkdtemp(prefix="playbook-sft-"),
+        str(checkpoints) if checkpoints else scratch_dir("playbook-sft-"),
         max_steps=steps,
         per_device_train_batch_size=config.batch_size,
         learning_rate=config.learning_rate,

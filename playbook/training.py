@@ -3,10 +3,13 @@ trainers (DPO, RLOO, the reward model's LoRA and full fine-tuning)."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import math
 import os
+import shutil
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -106,6 +109,14 @@ def timed(train: Callable[[], Any]) -> tuple[Any, float]:
     with quiet_trl_renames():
         result = train()
     return result, time.perf_counter() - started
+
+
+def scratch_dir(prefix: str) -> str:
+    """A temporary folder for a TRL trainer's ``output_dir`` (TRL requires one; the course saves its models itself),
+    removed when the Python process exits, so runs do not pile up empty folders in the system's temp directory."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def process_state() -> PartialState:

@@ -100,6 +100,9 @@ def test_evaluate_policies_reports_gain_against_the_baseline(tiny_causal_lm, tok
         policies, tokenizer, prompts, CountingRewardModel(), max_new_tokens=4, baseline="sft"
     )
     assert table["gain (sd of baseline)"].tolist() == pytest.approx([0.0, 1.0])
+    # every prompt scores exactly 1 higher: the paired interval has no width, and three of three up gives p = 2/8
+    assert table.loc["other", ["gain 95% low", "gain 95% high", "Wilcoxon p"]].tolist() == pytest.approx([1, 1, 0.25])
+    assert table["KL to baseline (nats/reply)"].tolist() == pytest.approx([0.0, 0.0], abs=1e-6)  # the same model
     assert table.loc["other", "mean RM score"] == pytest.approx(2.0)
     assert len(replies["sft"]) == 3 and replies["sft"] == replies["other"]
     with pytest.raises(ValueError, match="baseline"):

@@ -1,6 +1,7 @@
 import math
 import re
 
+import pandas as pd
 import pytest
 import torch
 
@@ -142,6 +143,22 @@ def test_reward_function_boundary_is_checked(scores, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         checked_scores(scores, 2)
     torch.testing.assert_close(checked_scores([1, 2], 2), t([1.0, 2.0]))
+
+
+def test_saved_policy_keeps_its_settings_and_history(tiny_causal_lm, tokenizer, tiny_ppo_config, tmp_path):
+    reference, policy = copies(tiny_causal_lm, 2)
+    config = tiny_ppo_config(scale_samples=0, steps=1)
+    prompts = [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "Name a colour, please."}]]
+    trainer = PPOTrainer(
+        policy, reference, tokenizer, prompts, lambda p, r: [1.0] * len(r), config, value_model=value_model_like(policy)
+    )
+    trainer.train()
+    trainer.train(output_dir=tmp_path / "policy")  # a second call numbers its steps on, and the file keeps both
+    assert PPOConfig.saved_with(tmp_path / "policy") == config
+    assert pd.read_csv(tmp_path / "policy" / "history.csv")["step"].tolist() == [1, 2]
+    assert config.optimizer_updates == 1 * config.ppo_epochs * 2 and PPOConfig().optimizer_updates == 30 * 4 * 2
+    with pytest.raises(FileNotFoundError, match="ppo_config.json"):
+        PPOConfig.saved_with(tmp_path)
 
 
 def test_config_defaults_are_the_measured_cpu_run():

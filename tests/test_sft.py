@@ -1,13 +1,15 @@
 """Supervised fine-tuning: which tokens train, what a few steps change, and the held-out reply NLL."""
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
 from datasets import Dataset
 
+from playbook import training
 from playbook.models import load_model
-from playbook.sft import SFTConfig, loss_mask, reply_nll, sft_conversations, train_sft
+from playbook.sft import SFTConfig, loss_mask, reply_kl, reply_nll, sft_conversations, train_sft
 
 TWO_TURNS = [
     {"role": "user", "content": "Hi there"},
@@ -68,6 +70,25 @@ def test_reply_nll_is_the_mean_nll_of_the_reply_tokens(tiny_causal_lm, tokenizer
 
     nll = reply_nll(tiny_causal_lm, tokenizer, [TWO_TURNS, short], batch_size=2)  # padded together in one batch
     assert nll == pytest.approx([by_hand(TWO_TURNS), by_hand(short)], rel=1e-5)
+
+
+def test_reply_kl_sums_the_exact_per_token_kl_over_the_reply(tiny_causal_lm, tokenizer):
+    short = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there, friend."}]
+    moved = copy.deepcopy(tiny_causal_lm)
+    with torch.no_grad():
+        moved.lm_head.weight.add_(0.5 * torch.randn_like(moved.lm_head.weight))
+
+    def by_hand(conversation):
+        ids = tokenizer.apply_chat_template(conversation, return_dict=False)
+        start = len(tokenizer.apply_chat_template(conversation[:-1], add_generation_prompt=True, return_dict=False))
+        with torch.no_grad():
+            p = moved(input_ids=torch.tensor([ids])).logits[0, start - 1 : -1].log_softmax(-1)
+            q = tiny_causal_lm(input_ids=torch.tensor([ids])).logits[0, start - 1 : -1].log_softmax(-1)
+        return (p.exp() * (p - q)).sum().item()
+
+    kl = reply_kl(moved, tiny_causal_lm, tokenizer, [TWO_TURNS, short], batch_size=2)
+    assert kl == pytest.approx([by_hand(TWO_TURNS), by_hand(short)], rel=1e-4) and (kl > 0).all()
+    assert reply_kl(tiny_causal_lm, tiny_causal_lm, tokenizer, [short]) == pytest.approx([0.0], abs=1e-6)
 
 
 def test_config_checks_name_the_field():
@@ -169,3 +190,14 @@ def test_sft_lowers_the_reply_nll_of_the_embedded_model(shared_data):
     result = train_sft(policy, tokenizer, data, config)
     after = reply_nll(result.model, tokenizer, conversations)
     assert after.mean() < before.mean() - 0.05  # 3 steps lowered it by 0.12 nats/token, 6 steps by 0.21
+
+
+def test_trainer_scratch_folders_are_removed_when_python_exits(monkeypatch):
+    """TRL needs an output_dir even when nothing is saved there; each one is registered for removal at exit."""
+    registered = []
+    monkeypatch.setattr(training.atexit, "register", lambda *call, **keywords: registered.append((call, keywords)))
+    folder = Path(training.scratch_dir("playbook-test-"))
+    assert folder.is_dir() and folder.name.startswith("playbook-test-")
+    ((function, *arguments), keywords) = registered[0]
+    function(*arguments, **keywords)
+    assert not folder.exists() and len(registered) == 1
