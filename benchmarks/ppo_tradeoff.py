@@ -40,6 +40,18 @@ VARIANTS = {
     "16 replies, 2 epochs": {"batch_size": 16, "mini_batch_size": 8, "ppo_epochs": 2},
     "16 replies, 4 epochs": {"batch_size": 16, "mini_batch_size": 8},
     "16 replies, 4 epochs, lr 2e-5": {"batch_size": 16, "mini_batch_size": 8, "learning_rate": 2e-5},
+    "16 replies, 4 epochs, lr 2e-5, β 0.2": {
+        "batch_size": 16,
+        "mini_batch_size": 8,
+        "learning_rate": 2e-5,
+        "kl_coef": 0.2,
+    },
+    "16 replies, 4 epochs, lr 2e-5, β 0.3": {
+        "batch_size": 16,
+        "mini_batch_size": 8,
+        "learning_rate": 2e-5,
+        "kl_coef": 0.3,
+    },
     "lr 5e-5": {"learning_rate": 5e-5},
     "lr 5e-5, 2 epochs": {"learning_rate": 5e-5, "ppo_epochs": 2},
     "lr 5e-5, replies of <= 16 tokens": {"learning_rate": 5e-5, "response_length": 16},
