@@ -245,19 +245,25 @@ def evaluate_policies(
     rows = {}
     for name, values in scores.items():
         mean, _ = score_spread(values)
-        change = paired_difference(values, scores[baseline]) if name != baseline else None
-        conversations = [
-            [*prompt, {"role": "assistant", "content": reply}]
-            for prompt, reply in zip(prompts, replies[name], strict=True)
-        ]
-        kl = reply_kl(policies[name], policies[baseline], tokenizer, conversations) if name != baseline else None
         rows[name] = {
             "mean RM score": mean,
             "gain (sd of baseline)": (mean - base_mean) / base_spread,
-            "gain 95% low": change.low / base_spread if change else np.nan,
-            "gain 95% high": change.high / base_spread if change else np.nan,
-            "Wilcoxon p": change.wilcoxon_p_value if change else np.nan,
-            "KL to baseline (nats/reply)": float(kl.mean()) if kl is not None else 0.0,
+            "gain 95% low": np.nan,
+            "gain 95% high": np.nan,
+            "Wilcoxon p": np.nan,
+            "KL to baseline (nats/reply)": 0.0,
             "mean reply words": sum(len(r.split()) for r in replies[name]) / len(replies[name]),
         }
+        if name != baseline:
+            change = paired_difference(values, scores[baseline])
+            conversations = [
+                [*p, {"role": "assistant", "content": r}] for p, r in zip(prompts, replies[name], strict=True)
+            ]
+            kl = reply_kl(policies[name], policies[baseline], tokenizer, conversations)
+            rows[name] |= {
+                "gain 95% low": change.low / base_spread,
+                "gain 95% high": change.high / base_spread,
+                "Wilcoxon p": change.wilcoxon_p_value,
+                "KL to baseline (nats/reply)": float(kl.mean()),
+            }
     return pd.DataFrame(rows).T, replies

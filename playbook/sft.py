@@ -201,7 +201,6 @@ def token_nll_table(
     )
 
 
-@torch.no_grad()
 def _reply_batches(
     tokenizer: PreTrainedTokenizerBase, conversations: Sequence[Messages], batch_size: int, max_length: int | None
 ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -258,11 +257,12 @@ def reply_kl(
     kl = np.zeros(len(conversations))
     for rows, ids, attention, mask in _reply_batches(tokenizer, conversations, batch_size, None):
         inputs = {"input_ids": ids.to(policy.device), "attention_mask": attention.to(policy.device)}
-        scored = mask.bool().to(policy.device)  # only the reply's positions: prompts are long, the vocabulary wide
-        policy_logprobs = policy(**inputs).logits[:, :-1][scored].float().log_softmax(-1)
-        reference_logprobs = reference(**inputs).logits[:, :-1][scored].float().log_softmax(-1)
+        scored = mask.bool()  # only the reply's positions: prompts are long, the vocabulary wide
+        on_device = scored.to(policy.device)
+        policy_logprobs = policy(**inputs).logits[:, :-1][on_device].float().log_softmax(-1)
+        reference_logprobs = reference(**inputs).logits[:, :-1][on_device].float().log_softmax(-1)
         per_token = (policy_logprobs.exp() * (policy_logprobs - reference_logprobs)).sum(-1).cpu()
-        row_of_token = torch.arange(len(rows))[:, None].expand_as(mask)[mask.bool()]
+        row_of_token = torch.arange(len(rows))[:, None].expand_as(scored)[scored]
         kl[rows] = torch.zeros(len(rows), dtype=per_token.dtype).index_add_(0, row_of_token, per_token).numpy()
     return kl
 
