@@ -53,9 +53,11 @@ class Profile:
     policy_trainable_layers: int | None
     value_trainable_layers: int | None
     prompt_length: int
-    # PPO (06): prompts per rollout and per gradient step, rollouts, tokens per sampled reply, learning rate.
+    # PPO (06): prompts per rollout and per gradient step, passes over each rollout, rollouts, tokens per sampled
+    # reply, learning rate.
     ppo_batch_size: int
     ppo_mini_batch_size: int
+    ppo_epochs: int
     ppo_steps: int
     ppo_response_length: int
     ppo_learning_rate: float
@@ -88,7 +90,7 @@ PROFILES: dict[str, Profile] = {
         probe_limit=3,
         hh_train_pairs=16,
         hh_eval_pairs=16,
-        eval_prompts=4,
+        eval_prompts=2,
         rm_method="head",
         rm_max_length=64,
         rm_batch_size=4,
@@ -102,6 +104,7 @@ PROFILES: dict[str, Profile] = {
         prompt_length=64,
         ppo_batch_size=2,
         ppo_mini_batch_size=1,
+        ppo_epochs=1,  # smoke checks that the code runs: one pass costs a quarter of four
         ppo_steps=2,
         ppo_response_length=8,
         ppo_learning_rate=3e-5,
@@ -138,6 +141,7 @@ PROFILES: dict[str, Profile] = {
         prompt_length=64,
         ppo_batch_size=8,
         ppo_mini_batch_size=4,
+        ppo_epochs=4,
         ppo_steps=30,
         ppo_response_length=24,
         ppo_learning_rate=3e-5,
@@ -177,6 +181,7 @@ PROFILES: dict[str, Profile] = {
         prompt_length=256,
         ppo_batch_size=64,
         ppo_mini_batch_size=16,
+        ppo_epochs=4,
         ppo_steps=200,
         ppo_response_length=64,
         ppo_learning_rate=1e-5,

@@ -76,7 +76,7 @@ class PPOConfig(TrainerConfig):
     steps: int = 30  # rollout-and-update rounds (profile: ppo_steps)
     batch_size: int = 8  # prompts per rollout, one reply each (profile: ppo_batch_size; Huang et al.: 512)
     mini_batch_size: int = 4  # replies per gradient step (profile: ppo_mini_batch_size)
-    ppo_epochs: int = 4  # passes over each rollout batch (Huang et al.: 4)
+    ppo_epochs: int = 4  # passes over each rollout batch (profile: ppo_epochs; Huang et al.: 4)
     response_length: int = 24  # tokens sampled per reply at most (profile: ppo_response_length; Huang et al.: 53)
     max_prompt_length: int = 64  # prompt tokens kept, from the end (profile: prompt_length)
     temperature: float = 0.7  # sampling temperature; log-probs are computed at the same temperature (Huang: 0.7)
@@ -106,6 +106,7 @@ class PPOConfig(TrainerConfig):
             "steps": profile.ppo_steps,
             "batch_size": profile.ppo_batch_size,
             "mini_batch_size": profile.ppo_mini_batch_size,
+            "ppo_epochs": profile.ppo_epochs,
             "response_length": profile.ppo_response_length,
             "max_prompt_length": profile.prompt_length,
             "learning_rate": profile.ppo_learning_rate,
