@@ -17,36 +17,50 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import pandas as pd
 from common import course_reward_model, course_sft_model
+from datasets import DatasetDict
+from transformers import PreTrainedModel
 
 from playbook.beyond_ppo import DPOConfig, RLOOConfig, evaluate_policies, train_dpo, train_rloo
 from playbook.data import hh_rlhf_split
 from playbook.models import load_model, load_policy_and_reference
 from playbook.ppo import PPOConfig, PPOTrainer
+from playbook.reward import RewardModel
+
+PPO_UPDATES_PER_STEP = PPOConfig.from_profile("cpu").optimizer_updates // PPOConfig.from_profile("cpu").steps
 
 
-def train(method: str, updates: int, seed: int, split, reward_model, start) -> tuple[object, float, dict]:
-    """One run of `method` for `updates` optimizer updates: the trained policy, its minutes and a last logged value."""
+def ends(history: pd.DataFrame, column: str, window: int = 20) -> dict[str, float]:
+    """The mean of a logged column over the first and the last `window` steps: how far training moved it."""
+    values = history[column].astype(float)
+    return {
+        f"{column} first {window}": values.head(window).mean(),
+        f"{column} last {window}": values.tail(window).mean(),
+    }
+
+
+def train(
+    method: str, updates: int, seed: int, split: DatasetDict, reward_model: RewardModel, start: Path
+) -> tuple[PreTrainedModel, float, dict[str, float]]:
+    """One run of `method` for `updates` optimizer updates: the trained policy, its minutes and its logged curve's
+    ends (DPO's loss, RLOO's sampled-reply reward, PPO's KL per reply)."""
     policy, reference, tokenizer = load_policy_and_reference(start)
     prompts = [row["prompt"] for row in split["train"]]
     if method == "dpo":
         config = DPOConfig.from_profile("cpu", steps=updates, seed=seed)
         result = train_dpo(policy, reference, tokenizer, split["train"].shuffle(seed=seed), config)
-        return result.model, result.seconds / 60, {"last loss": float(result.history["loss"].iloc[-1])}
+        return result.model, result.seconds / 60, ends(result.history, "loss")
     if method == "rloo":
         del reference  # TRL's RLOO builds its reference from the policy's folder
         config = RLOOConfig.from_profile("cpu", steps=updates, seed=seed)
         result = train_rloo(policy, None, tokenizer, prompts, reward_model, config)
-        return result.model, result.seconds / 60, {"last reward": float(result.history["reward"].tail(10).mean())}
-    per_step = PPOConfig.from_profile("cpu").optimizer_updates // PPOConfig.from_profile("cpu").steps
-    if updates % per_step:
-        raise SystemExit(f"--updates {updates}: PPO takes {per_step} updates per rollout step; pick a multiple")
-    config = PPOConfig.from_profile("cpu", steps=updates // per_step, seed=seed)
-    trainer = PPOTrainer(policy, reference, tokenizer, prompts, reward_model, config)
-    history = trainer.train(config.steps).history
-    return trainer.policy, history["seconds"].sum() / 60, {"last kl": float(history["kl"].tail(5).mean())}
+        return result.model, result.seconds / 60, ends(result.history, "reward")
+    config = PPOConfig.from_profile("cpu", steps=updates // PPO_UPDATES_PER_STEP, seed=seed)
+    result = PPOTrainer(policy, reference, tokenizer, prompts, reward_model, config).train()
+    return result.model, result.history["seconds"].sum() / 60, ends(result.history, "kl", window=5)
 
 
 def main() -> None:
@@ -56,6 +70,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--held-out", type=int, default=150, help="held-out prompts scored (notebook 07: 32)")
     args = parser.parse_args()
+    if "ppo" in args.methods and any(updates % PPO_UPDATES_PER_STEP for updates in args.updates):
+        parser.error(f"--updates: PPO takes {PPO_UPDATES_PER_STEP} updates per rollout step; give multiples of it")
     start = course_sft_model()
     split = hh_rlhf_split("cpu")
     held_out = [row["prompt"] for row in split["test"]][: args.held_out]

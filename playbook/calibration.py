@@ -339,7 +339,7 @@ def split_by_answer(answers, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
     Taking every second question instead would put all A and C answers in one half and all B and D in the other
     for a file whose right letters cycle. Written with numpy rather than scikit-learn's ``train_test_split(...,
-    stratify=...)``: that one raises when a letter has a single question (the smoke profile's 6 to 8 questions).
+    stratify=...)``: that one raises when a letter has a single question (the smoke profile's handful of questions).
     """
     answers = np.asarray(answers).ravel()
     if len(answers) < 2:
