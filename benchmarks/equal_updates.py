@@ -1,6 +1,6 @@
 """DPO, RLOO and PPO at equal numbers of optimizer updates: held-out gain with its interval, KL and minutes.
 
-.venv/bin/python benchmarks/equal_updates.py [--methods dpo rloo ppo] [--updates 20 240] [--seeds 0]
+.venv/bin/python benchmarks/equal_updates.py [--methods dpo rloo ppo] [--updates 240] [--seeds 0]
                                              [--held-out 150]
 
 Notebook 07 compares notebook 06's PPO policy, 240 Adam updates (30 steps x 4 epochs x 2 minibatches), with DPO and
@@ -66,7 +66,7 @@ def train(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", choices=["dpo", "rloo", "ppo"], default=["dpo", "rloo", "ppo"])
-    parser.add_argument("--updates", type=int, nargs="+", default=[20, 240], help="optimizer updates per run")
+    parser.add_argument("--updates", type=int, nargs="+", default=[240], help="optimizer updates per run (PPO: a multiple of its updates per step)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--held-out", type=int, default=150, help="held-out prompts scored (notebook 07: 32)")
     args = parser.parse_args()
