@@ -66,7 +66,13 @@ def train(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", choices=["dpo", "rloo", "ppo"], default=["dpo", "rloo", "ppo"])
-    parser.add_argument("--updates", type=int, nargs="+", default=[240], help="optimizer updates per run (PPO: a multiple of its updates per step)")
+    parser.add_argument(
+        "--updates",
+        type=int,
+        nargs="+",
+        default=[240],
+        help="optimizer updates per run (PPO: a multiple of its updates per step)",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--held-out", type=int, default=150, help="held-out prompts scored (notebook 07: 32)")
     args = parser.parse_args()
