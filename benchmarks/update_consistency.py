@@ -1,15 +1,16 @@
 """How far DPO's and RLOO's optimizer updates carry the policy: step sizes, net displacement and their ratio.
 
-.venv/bin/python benchmarks/update_consistency.py [--methods dpo rloo] [--steps 20] [--seed 0]
+.venv/bin/python benchmarks/update_consistency.py [--methods dpo rloo] [--steps 20] [--seed 0] [--kl-prompts 32]
 
 Notebook 07 trains DPO and RLOO for the same 20 Adam updates at the same learning rate and schedule, on the same top
-6 layers of notebook 04's SFT model (trained as the notebook trains it, into build/benchmarks/). Adam divides each
-gradient by a running estimate of its own scale, so a smaller gradient (after clipping to `max_grad_norm`, say)
-does not by itself make a smaller step. What decides how far the policy gets is whether the steps point the same
-way. After every update this records the step's length ||θ_t − θ_(t−1)|| over the trainable weights and the
-distance from the start ||θ_t − θ_0||; their ratio at the end, net distance / path length, is 1 when every step
-points the same way and about 1/√t for steps in independent random directions (a random walk). Also printed: the
-gradient norm TRL logs before clipping, and the KL that notebook 07 measures along greedy replies.
+6 layers of notebook 04's SFT model (trained as the notebook trains it, into build/benchmarks/). Adam divides the
+running mean of each weight's gradient by a running estimate of its scale, so a gradient scaled down (by clipping to
+`max_grad_norm`, say) does not by itself make a smaller step. What decides how far the policy gets is whether the
+steps point the same way. After every update this records the step's length ||θ_t − θ_(t−1)|| over the trainable
+weights and the distance from the start ||θ_t − θ_0||; their ratio at the end, net distance / path length, is 1 when
+every step points the same way and √(Σ step²) / Σ step for the same steps in independent random directions (a random
+walk). Also printed: the gradient norm TRL logs before clipping, and the KL that notebook 07 measures along greedy
+replies.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def main() -> None:
             "path length": last["path length"],
             "distance from start": last["distance"],
             "distance / path": last["distance"] / last["path length"],
-            "random walk 1/sqrt(t)": 1 / math.sqrt(len(steps)),
+            "same steps, random directions": math.sqrt((steps["step length"] ** 2).sum()) / last["path length"],
             "grad norm before clipping (mean)": result.history["grad_norm"].astype(float).mean(),
             "KL to start along greedy replies (nats/reply)": kl,
         }
