@@ -23,13 +23,11 @@ import torch
 from common import course_reward_model, course_sft_model
 from transformers import TrainerCallback
 
-from playbook.beyond_ppo import DPOConfig, RLOOConfig, train_dpo, train_rloo
+from playbook.beyond_ppo import DPOConfig, RLOOConfig, evaluate_policies, train_dpo, train_rloo
 from playbook.data import hh_rlhf_split
 from playbook.frozen_layers import train_top_layers
-from playbook.models import generate_replies, load_policy_and_reference
-from playbook.sft import reply_kl
-
-REPLY_TOKENS = RLOOConfig.from_profile("cpu").max_completion_length  # notebook 07's greedy replies
+from playbook.models import load_policy_and_reference
+from playbook.ppo import PPOConfig
 
 
 class StepLengths(TrainerCallback):
@@ -78,9 +76,14 @@ def main() -> None:
             prompts = [row["prompt"] for row in split["train"]]
             result = train_rloo(policy, None, tokenizer, prompts, reward_model, config, callbacks=[lengths])
         steps = pd.DataFrame(lengths.rows)
-        replies = generate_replies(result.model, tokenizer, held_out, max_new_tokens=REPLY_TOKENS)
-        conversations = [[*p, {"role": "assistant", "content": r}] for p, r in zip(held_out, replies, strict=True)]
-        kl = float(reply_kl(result.model, reference, tokenizer, conversations).mean())
+        table, _ = evaluate_policies(  # notebook 07's table: greedy replies, KL to the start along them
+            {"SFT": reference, method: result.model},
+            tokenizer,
+            held_out,
+            reward_model,
+            max_new_tokens=PPOConfig.from_profile("cpu").response_length,
+            baseline="SFT",
+        )
         last = steps.iloc[-1]
         summary[method] = {
             "updates": len(steps),
@@ -90,7 +93,7 @@ def main() -> None:
             "distance / path": last["distance"] / last["path length"],
             "same steps, random directions": math.sqrt((steps["step length"] ** 2).sum()) / last["path length"],
             "grad norm before clipping (mean)": result.history["grad_norm"].astype(float).mean(),
-            "KL to start along greedy replies (nats/reply)": kl,
+            "KL to start along greedy replies (nats/reply)": table.loc[method, "KL to baseline (nats/reply)"],
         }
         print(method, steps.round(5).to_string(index=False), sep="\n", flush=True)
     print(pd.DataFrame(summary).round(4).to_string())
