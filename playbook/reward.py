@@ -398,6 +398,8 @@ def backbone_features(
     order = np.argsort([len(e) for e in encoded], kind="stable")
     chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     features = torch.zeros(len(encoded), model.config.hidden_size)
+    if cache_dir is not None:  # e.g. a reward model whose checkpoints folder was deleted: its chunks are made anew
+        cache_dir.mkdir(parents=True, exist_ok=True)
     mine = [n for n in range(len(chunks)) if n % state.num_processes == state.process_index]
     for number in tqdm(mine, desc=description, unit="batch", disable=not (progress and state.is_main_process)):
         rows = chunks[number]
@@ -407,13 +409,14 @@ def backbone_features(
             if chunk is not None:
                 features[rows] = chunk
                 continue
-        ids, mask = pad_sequences([encoded[i] for i in rows], pad_id)
+        ids, mask = (tensor.to(model.device) for tensor in pad_sequences([encoded[i] for i in rows], pad_id))
         hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
-        chunk = hidden[torch.arange(len(rows)), mask.sum(1) - 1].float()
+        chunk = hidden[torch.arange(len(rows), device=model.device), mask.sum(1) - 1].float().cpu()
         features[rows] = chunk
         if saved is not None:
-            torch.save(chunk, saved.with_suffix(".tmp"))
-            saved.with_suffix(".tmp").rename(saved)
+            partial = saved.with_suffix(f".{os.getpid()}.tmp")  # per process: runs that share a cache never collide
+            torch.save(chunk, partial)
+            partial.rename(saved)
     if state.num_processes > 1:
         state.wait_for_everyone()
         for number in sorted(set(range(len(chunks))) - set(mine)):

@@ -283,6 +283,16 @@ def test_a_damaged_feature_chunk_is_named_and_computed_again(tiny_reward_model, 
     assert torch.load(damaged).shape == (2, model.config.hidden_size)  # repaired for the next resume
 
 
+def test_a_deleted_feature_cache_folder_is_made_again(tiny_reward_model, tmp_path):
+    # notebook 05 invites deleting the checkpoints folder to time a whole run; notebook 08 reads the features from it
+    model, tokenizer = tiny_reward_model.model, tiny_reward_model.tokenizer
+    encoded = [tokenizer(f"text number {i}").input_ids for i in range(5)]
+    cache = tmp_path / "reward_model-checkpoints"
+    cached = backbone_features(model, encoded, tokenizer.pad_token_id, batch_size=2, cache_dir=cache)
+    assert sorted(path.name for path in cache.iterdir()) == [f"features-{n:05d}.pt" for n in range(3)]
+    assert torch.equal(cached, backbone_features(model, encoded, tokenizer.pad_token_id, batch_size=2))
+
+
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
