@@ -209,7 +209,12 @@ def ece_with_uncertainty(
 
 
 def describe_ece(confidences, correct, *, n_bins: int = 10, level: float = 0.95, seed: int = 0) -> str:
-    """One line: "0.127 [95% CI 0.081, 0.254]; a perfectly calibrated predictor at this n would show ≈ 0.140"."""
+    """One line: "0.127 [95% CI 0.081, 0.254]; a perfectly calibrated predictor at this n would show ≈ 0.140". A
+    single item (the bundled sample's few held-out pairs, split in two) has no interval, and the line says so."""
+    items = len(_check(confidences, correct)[0])
+    if items < 2:
+        ece = expected_calibration_error(confidences, correct, n_bins)
+        return f"{ece:.3f} (from {items} item: too few to resample for an interval)"
     ece, (low, high), floor = ece_with_uncertainty(confidences, correct, n_bins=n_bins, level=level, seed=seed)
     return (
         f"{ece:.3f} [{level:.0%} CI {low:.3f}, {high:.3f}]; "

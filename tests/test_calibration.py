@@ -400,3 +400,8 @@ def test_next_token_predictions_match_a_plain_forward_pass(embedded):
         expected = (probabilities[scored].argmax(-1).numpy() == np.array(ids[1:])[scored]).astype(int)
         assert rows["correct"].tolist() == expected.tolist()
     assert table["document"].tolist() == sorted(table["document"])
+
+
+def test_describe_ece_of_one_item_says_there_is_no_interval():
+    # confidence 0.8 in a right answer: |0.8 − 1| = 0.2 in its one bin
+    assert describe_ece([0.8], [True]) == "0.200 (from 1 item: too few to resample for an interval)"
