@@ -1,7 +1,8 @@
 """PPO settings vs held-out gain and KL on this CPU: fresh runs per setting and seed, printed as one table.
 
 .venv/bin/python benchmarks/ppo_tradeoff.py [--checkpoints 20 30] [--held-out 150] [--seeds 0 1 2] [--only NAME ...]
-                                          [--start sft|embedded]
+                                          [--start sft|embedded] [--column-ranges]
+                                          [--steps-csv PATH]
 
 Each run starts from notebook 04's SFT model (trained as notebook 04 does, into build/benchmarks/; ``--start
 embedded``: from the embedded model, as the course did before it had an SFT notebook) with notebook 06's settings
@@ -58,7 +59,13 @@ VARIANTS = {
     "scale from the first rollout (8 replies)": {"scale_samples": 0},
     "missing-end penalty 1.0": {"missing_eos_penalty": 1.0},
     "top 12 layers trained": {"policy_trainable_layers": 12},
+    # notebook 06's "break it" switches
+    "no KL penalty (β 0)": {"kl_coef": 0.0},
+    "lr 3e-4 (notebook 06's × 10)": {"learning_rate": 3e-4},
+    "value model not calibrated": {"calibrate_value": False},
 }
+# the logged columns notebook 06 reads a run by ("How to read a run")
+LOGGED = ["score", "kl", "kl_k3", "approx_kl", "policy_clipfrac", "value_loss", "entropy", "response_length", "ended"]
 
 
 def main() -> None:
@@ -68,6 +75,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--only", nargs="*", help="names of the variants to run, in this order (default: all)")
     parser.add_argument("--start", choices=["sft", "embedded"], default="sft", help="the policy PPO starts from")
+    parser.add_argument(
+        "--column-ranges", action="store_true", help="also print each setting's logged columns over all its steps"
+    )
+    parser.add_argument("--steps-csv", help="also write every step's logged columns (setting, seed, step) to this CSV")
     args = parser.parse_args()
     unknown = set(args.only or []) - set(VARIANTS)
     if unknown:
@@ -78,7 +89,7 @@ def main() -> None:
     held_out = [row["prompt"] for row in split["test"]][: args.held_out]
     reward_model = course_reward_model()
     _, reference, tokenizer = load_policy_and_reference(start)
-    runs, baseline = [], None
+    runs, baseline, logged = [], None, []
     for name in args.only or VARIANTS:  # in the order asked for
         change = VARIANTS[name]
         for seed in args.seeds:
@@ -104,6 +115,7 @@ def main() -> None:
                     }
                 )
                 print(runs[-1], flush=True)
+            logged.append(history[["step", *LOGGED]].assign(setting=name, seed=seed))
     table = pd.DataFrame(runs).groupby(["setting", "steps"], sort=False)
     summary = pd.DataFrame(
         {
@@ -119,6 +131,13 @@ def main() -> None:
         f"{baseline[0]:.3f}, sd {baseline[1]:.3f})"
     )
     print(summary.round(2).to_string())
+    if args.steps_csv:
+        pd.concat(logged).to_csv(args.steps_csv, index=False)
+    if args.column_ranges:  # the healthy (or broken) range of each column, over every step of every seed
+        steps = pd.concat(logged).groupby("setting", sort=False)
+        for name, rows in steps:
+            print(f"\n{name}: {len(rows)} steps over seeds {args.seeds}")
+            print(rows[LOGGED].describe(percentiles=[0.1, 0.5, 0.9]).T[["min", "10%", "50%", "90%", "max"]].round(3))
 
 
 if __name__ == "__main__":
