@@ -519,10 +519,10 @@ class PPOTrainer:
         """Score normalisation and value calibration from the start policy's replies (their raw scores, and the sum of
         the value model's raw estimates over their ``tokens`` reply tokens). A value model copied from the reward
         model reads its head mid-reply, where the reward model was never trained (it scores whole conversations):
-        its estimates sit far from the scores (about +10 here). Uncorrected, every reply's last-token error is the
-        same large negative number, and GAE turns it into advantages that favour early tokens over late ones
-        whatever the reply said (the value-initialisation bias of Yuan et al. 2025, "What's Behind PPO's Collapse
-        in Long-CoT?")."""
+        its estimates can sit far from the scores (notebook 06 prints the shift). Uncorrected, every reply's last-token
+        error is then the same large number, and GAE turns it into advantages that tilt credit towards early or late
+        tokens (by the error's sign) whatever the reply said (the value-initialisation bias of Yuan et al. 2025,
+        "What's Behind PPO's Collapse in Long-CoT?")."""
         all_scores = self.accelerator.gather(scores)
         value_sum = self.accelerator.gather(value_sum.reshape(1)).sum()
         value_mean = (value_sum / self.accelerator.gather(tokens.reshape(1)).sum().clamp(min=1)).item()
@@ -745,6 +745,33 @@ def score_spread(scores: Sequence[float]) -> tuple[float, float]:
     """Mean and standard deviation of a list of scores (the unit in which PPO's gain is reported)."""
     values = np.asarray(scores, dtype=float)
     return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else math.nan
+
+
+def compare_runs(
+    reference: pd.DataFrame,
+    others: dict[str, pd.DataFrame],
+    columns: Sequence[str],
+    *,
+    reference_name: str = "reference",
+) -> tuple[pd.DataFrame, list[str]]:
+    """Each run's logged ``columns`` averaged over its steps, next to a reference run's over the same number of first
+    steps (the row ``reference_name``), and one line per other run naming the columns whose mean left the range of
+    the reference run's per-step values over those steps. One seed and a few steps: a column inside that range is
+    not evidence that a change is harmless, only that these steps do not show it."""
+    steps = min(len(history) for history in others.values())
+    first = reference.head(steps)
+    means = {reference_name: first[list(columns)].mean()}
+    means |= {name: history.head(steps)[list(columns)].mean() for name, history in others.items()}
+    lines = []
+    for name in others:
+        left = []
+        for column in columns:
+            low, high, mean = first[column].min(), first[column].max(), means[name][column]
+            if mean > high or mean < low:
+                side = "above" if mean > high else "below"
+                left.append(f"{column} {mean:.3g} ({side} {low:.3g} to {high:.3g})")
+        lines.append(f"{name}: " + ("; ".join(left) if left else "none"))
+    return pd.DataFrame(means).T, lines
 
 
 def plot_history(history: pd.DataFrame, *, title: str = "PPO", score_label: str = "reward-model score (mean)"):

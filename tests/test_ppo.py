@@ -13,6 +13,7 @@ from playbook.ppo import (
     advantage_table,
     checked_scores,
     clipping_table,
+    compare_runs,
     compute_gae,
     kl_shaped_rewards,
     policy_loss,
@@ -349,3 +350,19 @@ def test_word_count_reward_peaks_at_the_target():
     assert reward([[]] * 4, ["one two three", "one", "a b c d e", ""]) == [0.0, -2.0, -2.0, -3.0]
     with pytest.raises(ValueError, match="target_words"):
         word_count_reward(0)
+
+
+def test_compare_runs_names_the_columns_that_left_the_reference_range():
+    reference = pd.DataFrame({"kl": [0.0, 0.2, 0.4, 9.0], "value_loss": [1.0, 2.0, 1.5, 9.0]})
+    others = {
+        "lr × 10": pd.DataFrame({"kl": [0.0, 2.0, 4.0], "value_loss": [1.0, 1.2, 1.4]}),
+        "β = 0": pd.DataFrame({"kl": [0.0, 0.3, 0.3, 5.0], "value_loss": [0.1, 0.2, 0.3, 0.4]}),
+    }
+    table, lines = compare_runs(reference, others, ["kl", "value_loss"], reference_name="training run")
+    # three steps each (the shortest run): the reference run's 4th step is left out of its means and its range
+    assert table.loc["training run", "kl"] == pytest.approx(0.2)
+    assert table.loc["β = 0", "kl"] == pytest.approx(0.2)
+    assert lines[0] == "lr × 10: kl 2 (above 0 to 0.4)"
+    assert lines[1] == "β = 0: value_loss 0.2 (below 1 to 2)"
+    _, quiet = compare_runs(reference, {"same": reference.head(3)}, ["kl"])
+    assert quiet == ["same: none"]
