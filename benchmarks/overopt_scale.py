@@ -25,7 +25,6 @@ from common import BENCHMARK_DIR, course_sft_model
 
 from playbook.config import get_profile
 from playbook.data import hh_rlhf_split
-from playbook.evaluation import sample_replies
 from playbook.models import load_model
 from playbook.overoptimization import (
     ProxyReward,
@@ -35,8 +34,8 @@ from playbook.overoptimization import (
     gold_peak,
     last_user_turns,
     ppo_against_proxy,
-    reply_features,
     sample_sizes,
+    sampled_reply_features,
     train_gold_and_proxies,
 )
 from playbook.ppo import PPOConfig
@@ -63,16 +62,16 @@ def main() -> None:
     config = PPOConfig.from_profile(profile, steps=args.ppo_steps)
     policy, tokenizer = load_model(sft)
     start = time.perf_counter()
-    replies = sample_replies(
+    _, sampled = sampled_reply_features(
         policy,
         tokenizer,
+        features.backbone,
         prompts,
         args.samples,
         max_new_tokens=config.response_length,
         temperature=config.temperature,
         batch_size=128,
     )
-    sampled = reply_features(features.backbone, prompts, replies, batch_size=64)
     print(f"{len(prompts)} prompts x {args.samples} replies sampled and read in {time.perf_counter() - start:.0f} s")
     if not args.no_best_of_n:
         best_of_n = best_of_n_overoptimization(sampled, heads.gold, heads.proxies, ns=sample_sizes(args.samples))

@@ -332,12 +332,20 @@ def sampled_reply_features(
     max_new_tokens: int,
     temperature: float,
     seed: int = 0,
+    batch_size: int = 32,
 ) -> tuple[list[list[str]], torch.Tensor]:
     """``samples`` sampled replies per prompt and their features ``[prompts, samples, hidden]``: the one set that
     best-of-n re-uses for every n and every head. Sample at PPO's temperature, so best-of-n's KL and PPO's are taken
-    from the same distribution."""
+    from the same distribution; ``batch_size`` replies are generated together (a GPU takes many more than a CPU)."""
     replies = sample_replies(
-        policy, tokenizer, prompts, samples, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed
+        policy,
+        tokenizer,
+        prompts,
+        samples,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        seed=seed,
+        batch_size=batch_size,
     )
     return replies, reply_features(backbone, prompts, replies)
 
