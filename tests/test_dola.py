@@ -186,21 +186,35 @@ def test_reference_fixture_was_made_by_old_transformers_with_dola():
 
 @pytest.mark.slow
 def test_greedy_dola_is_token_identical_to_transformers_4_52(embedded):
-    model, _ = embedded
+    """The recorded cases of each setting decode as one left-padded batch (one call per setting, not one per case,
+    which also holds the padded path to the reference)."""
+    model, tokenizer = embedded
     max_new_tokens, _, cases = reference_cases()
     dola_cases = [c for c in cases if c["dola_layers"] is not None][::3]  # 11 of 32: every setting, every prompt
-    assert {json.dumps(c["dola_layers"]) for c in dola_cases} == {'"high"', '"low"', "[20]", "[4, 10, 16, 22]"}
+    settings: dict[str, list[dict]] = {}
     for case in dola_cases:
-        prompt = torch.tensor([case["prompt_ids"]])
+        settings.setdefault(json.dumps([case["dola_layers"], case["repetition_penalty"]]), []).append(case)
+    assert {json.dumps(c["dola_layers"]) for c in dola_cases} == {'"high"', '"low"', "[20]", "[4, 10, 16, 22]"}
+    pad = tokenizer.pad_token_id
+    for setting, group in settings.items():
+        width = max(len(c["prompt_ids"]) for c in group)
+        padding = [width - len(c["prompt_ids"]) for c in group]
+        prompts = torch.tensor([[pad] * n + c["prompt_ids"] for n, c in zip(padding, group, strict=True)])
+        mask = torch.tensor([[0] * n + [1] * (width - n) for n in padding])
         output = dola_generate(
             model,
-            prompt,
-            dola_layers=case["dola_layers"],
+            prompts,
+            attention_mask=mask,
+            dola_layers=group[0]["dola_layers"],
             max_new_tokens=max_new_tokens,
-            repetition_penalty=case["repetition_penalty"],
+            repetition_penalty=group[0]["repetition_penalty"],
         )
         assert output.dtype == torch.long
-        assert output[0].tolist() == case["output_ids"], case["dola_layers"]
+        for row, case in zip(output.tolist(), group, strict=True):
+            expected = case["output_ids"][len(case["prompt_ids"]) :]
+            new_tokens = row[width:]
+            assert new_tokens[: len(expected)] == expected, setting
+            assert set(new_tokens[len(expected) :]) <= {pad}, setting  # a row that ended is padded to the others
 
 
 @pytest.mark.slow

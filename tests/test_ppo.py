@@ -197,9 +197,9 @@ def test_ppo_raises_a_programmatic_reward_on_the_embedded_model():
         steps=4,
         batch_size=4,
         mini_batch_size=2,
-        ppo_epochs=4,
+        ppo_epochs=2,
         response_length=12,
-        learning_rate=1e-4,
+        learning_rate=2e-4,
         value_learning_rate=1e-4,
         kl_coef=0.02,
         missing_eos_penalty=0.0,
@@ -211,7 +211,7 @@ def test_ppo_raises_a_programmatic_reward_on_the_embedded_model():
     before = sum(commas(prompts, trainer.respond(prompts)))
     history = trainer.train().history
     after = sum(commas(prompts, trainer.respond(prompts)))
-    assert after >= before + 2, (before, after)  # seeds 0-3 gain 5, 2, 5 and 4 commas
+    assert after >= before + 2, (before, after)  # seeds 0-3 gain 4, 4, 5 and 7 commas
     assert history["score"].tail(2).mean() > history["score"].iloc[0]  # sampled replies too
     assert history["kl"].iloc[-1] > 0 and (history["response_length"] <= 12).all()
     cut_off_only = history["ended"] == 0  # a step whose replies all ran to the limit has the limit as mean length
