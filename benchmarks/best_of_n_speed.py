@@ -44,12 +44,28 @@ def main() -> None:
     sampled = median_seconds(
         lambda: sample_replies(policy, tokenizer, prompts, args.samples, max_new_tokens=args.tokens), args.repeats
     )
+    # the same samples from a batch of each prompt repeated, which reads the prompt once per row (sample_replies
+    # reads it once and copies its cache)
+    repeated = median_seconds(
+        lambda: generate_replies(
+            policy,
+            tokenizer,
+            flat_prompts,
+            max_new_tokens=args.tokens,
+            batch_size=args.samples,
+            do_sample=True,
+            top_k=0,
+            top_p=1.0,
+        ),
+        args.repeats,
+    )
     scored = median_seconds(lambda: reward_model.score_batch(flat_prompts, flat_replies), args.repeats)
 
     greedy_rate = args.prompts / greedy
     rates = {
         "greedy replies": greedy_rate,
         "sampled replies (best-of-N)": len(flat_replies) / sampled,
+        "… prompt read once per row": len(flat_replies) / repeated,
         "reward-model scores": len(flat_replies) / scored,
     }
     print(f"{args.prompts} prompts, {args.samples} samples each, {args.tokens} new tokens")

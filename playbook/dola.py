@@ -24,7 +24,6 @@ projection of the last position, reusing the KV cache (`benchmarks/dola_speed.py
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from playbook.models import chat_batches, decode_new_tokens
+from playbook.models import cache_keyword, chat_batches, decode_new_tokens, returned_cache
 
 DolaLayers = str | int | Sequence[int]
 """``"low"``, ``"high"``, one premature layer index, or a list of them."""
@@ -46,18 +45,6 @@ RELATIVE_TOP = 0.1
 
 _FILTERED_BASE_VALUE = -1e-3
 """What the reference wrote into the premature log-probs of filtered tokens (their score is −inf anyway)."""
-
-
-def cache_keyword(model: PreTrainedModel) -> str:
-    """The name under which ``model.base_model`` takes its key-value cache: transformers 5.24 renamed
-    ``past_key_values`` to ``cache`` (the old name still works there, with a deprecation warning)."""
-    return "cache" if "cache" in inspect.signature(model.base_model.forward).parameters else "past_key_values"
-
-
-def returned_cache(outputs):
-    """The key-value cache a forward pass returned, under either name (see :func:`cache_keyword`)."""
-    cache = getattr(outputs, "cache", None)
-    return outputs.past_key_values if cache is None else cache
 
 
 def candidate_layers(num_layers: int, dola_layers: DolaLayers, *, tie_word_embeddings: bool) -> list[int]:

@@ -291,6 +291,7 @@ def best_of_n_curve(
     return pd.DataFrame(rows)
 
 
+@torch.no_grad()
 def sample_replies(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -303,21 +304,36 @@ def sample_replies(
     batch_size: int = 32,
 ) -> list[list[str]]:
     """``samples`` sampled replies per prompt (top-k and top-p off: best-of-n's KL assumes the policy's own
-    distribution), repeatable for a seed; the cache best-of-n re-uses for every n. ``batch_size`` replies are
-    generated together (32 samples 1.7 times as many replies per second as 8 on the 2-core CPU, short prompts)."""
-    from playbook.models import generate_replies
+    distribution), repeatable for a seed; the cache best-of-n re-uses for every n.
+
+    Each prompt is read once: its key-value cache is copied to every row of a batch of up to ``batch_size`` of its
+    replies. A batch of the prompt repeated would read it once per row, and a chat prompt is often longer than the
+    reply (``benchmarks/best_of_n_speed.py`` times both ways)."""
+    from playbook.models import cache_keyword, chat_batches, decode_new_tokens, returned_cache
 
     torch.manual_seed(seed)
-    repeated = [list(p) for p in prompts for _ in range(samples)]
-    flat = generate_replies(
-        model,
-        tokenizer,
-        repeated,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        do_sample=True,
-        temperature=temperature,
-        top_k=0,
-        top_p=1.0,
-    )
-    return [flat[i * samples : (i + 1) * samples] for i in range(len(prompts))]
+    replies = []
+    for conversation in prompts:
+        _, encoded = next(chat_batches(tokenizer, [conversation], batch_size=1, device=model.device))
+        prompt = encoded["input_ids"]
+        own: list[str] = []
+        for start in range(0, samples, batch_size):
+            rows = min(batch_size, samples - start)
+            # the prompt but its last token, once; generate reads that token and samples from it
+            cache = returned_cache(model.base_model(prompt[:, :-1], use_cache=True))
+            cache.batch_repeat_interleave(rows)
+            ids = prompt.expand(rows, -1)
+            output = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=max_new_tokens,
+                do_sample=True,
+                temperature=temperature,
+                top_k=0,
+                top_p=1.0,
+                pad_token_id=tokenizer.pad_token_id,
+                **{cache_keyword(model): cache},
+            )
+            own += decode_new_tokens(tokenizer, output, prompt.shape[1])
+        replies.append(own)
+    return replies

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import inspect
 import json
 import logging
 import os
@@ -378,6 +379,18 @@ def chat_batches(
 def decode_new_tokens(tokenizer: PreTrainedTokenizerBase, output: torch.Tensor, prompt_length: int) -> list[str]:
     """The text each row generated after its (left-padded) prompt, special tokens removed, stripped."""
     return [t.strip() for t in tokenizer.batch_decode(output[:, prompt_length:], skip_special_tokens=True)]
+
+
+def cache_keyword(model: PreTrainedModel) -> str:
+    """The name under which ``model.base_model`` takes its key-value cache: transformers 5.24 renamed
+    ``past_key_values`` to ``cache`` (the old name still works there, with a deprecation warning)."""
+    return "cache" if "cache" in inspect.signature(model.base_model.forward).parameters else "past_key_values"
+
+
+def returned_cache(outputs):
+    """The key-value cache a forward pass returned, under either name (see :func:`cache_keyword`)."""
+    cache = getattr(outputs, "cache", None)
+    return outputs.past_key_values if cache is None else cache
 
 
 @torch.no_grad()

@@ -20,7 +20,7 @@ from playbook.evaluation import (
     win_rate,
     win_rate_table,
 )
-from playbook.models import load_model
+from playbook.models import generate_replies, load_model
 from playbook.stats import proportion_interval
 
 
@@ -149,3 +149,17 @@ def test_sampled_replies_are_repeatable_for_a_seed(embedded):
     first = sample_replies(model, tokenizer, prompts, 3, max_new_tokens=4, seed=5)
     assert [len(r) for r in first] == [3, 3]
     assert sample_replies(model, tokenizer, prompts, 3, max_new_tokens=4, seed=5) == first
+
+
+@pytest.mark.slow
+def test_sampling_from_the_prompts_cache_continues_the_prompt_as_greedy_does(embedded):
+    """Each prompt is read once and its cache copied to every row: at a temperature near 0 each row's reply is the
+    greedy reply, also when the samples span more than one batch."""
+    model, tokenizer = embedded
+    prompts = [
+        [{"role": "user", "content": "Name a fruit."}],
+        [{"role": "user", "content": "What is the capital of France?"}],
+    ]
+    greedy = generate_replies(model, tokenizer, prompts, max_new_tokens=6)
+    cold = sample_replies(model, tokenizer, prompts, 3, max_new_tokens=6, temperature=1e-3, batch_size=2)
+    assert cold == [[reply] * 3 for reply in greedy]
