@@ -146,7 +146,8 @@ def course_texts() -> dict[str, str]:
         "playbook/*.py",
         "benchmarks/*.py",
         "benchmarks/README.md",
-        "solutions/*",
+        "solutions/*.py",
+        "solutions/*.md",
         "tests/*.py",
     ):
         for path in REPO.glob(pattern):
