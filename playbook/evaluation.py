@@ -13,6 +13,7 @@ one set of samples, which is what makes a curve over N affordable on a laptop.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 from collections.abc import Mapping, Sequence
@@ -306,34 +307,44 @@ def sample_replies(
     """``samples`` sampled replies per prompt (top-k and top-p off: best-of-n's KL assumes the policy's own
     distribution), repeatable for a seed; the cache best-of-n re-uses for every n.
 
-    Each prompt is read once: its key-value cache is copied to every row of a batch of up to ``batch_size`` of its
-    replies. A batch of the prompt repeated would read it once per row, and a chat prompt is often longer than the
-    reply (``benchmarks/best_of_n_speed.py`` times both ways)."""
-    from playbook.models import cache_keyword, chat_batches, decode_new_tokens, returned_cache
+    Each prompt is read once: its key-value cache is copied to each of its rows. A batch of the prompt repeated
+    would read it once per row, and a chat prompt is often longer than the reply (``benchmarks/best_of_n_speed.py``
+    times both ways). A batch holds up to ``batch_size`` rows: the replies of several prompts (left-padded) when
+    ``samples`` is smaller, else ``batch_size`` replies of one prompt. A model whose generation config names its own
+    cache class (``cache_implementation``) gets each prompt repeated instead."""
+    from playbook.models import cache_keyword, chat_batches, decode_new_tokens, generate_replies, returned_cache
 
     torch.manual_seed(seed)
-    replies = []
-    for conversation in prompts:
-        _, encoded = next(chat_batches(tokenizer, [conversation], batch_size=1, device=model.device))
-        prompt = encoded["input_ids"]
-        own: list[str] = []
-        for start in range(0, samples, batch_size):
-            rows = min(batch_size, samples - start)
-            # the prompt but its last token, once; generate reads that token and samples from it
-            cache = returned_cache(model.base_model(prompt[:, :-1], use_cache=True))
+    options = dict(max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
+    if model.generation_config.cache_implementation is not None:
+        repeated = [list(p) for p in prompts for _ in range(samples)]
+        flat = generate_replies(model, tokenizer, repeated, batch_size=batch_size, **options)
+        return [flat[i * samples : (i + 1) * samples] for i in range(len(prompts))]
+    rows_per_prompt = min(samples, batch_size)
+    replies: list[list[str]] = []
+    for _, encoded in chat_batches(
+        tokenizer, list(prompts), batch_size=batch_size // rows_per_prompt, device=model.device
+    ):
+        ids, mask = encoded["input_ids"], encoded["attention_mask"]
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as generate numbers left-padded rows
+        # every prompt but its last token, once; generate reads that token and samples from it
+        prefix = returned_cache(
+            model.base_model(ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1], use_cache=True)
+        )
+        group: list[list[str]] = [[] for _ in range(len(ids))]
+        for start in range(0, samples, rows_per_prompt):
+            rows = min(rows_per_prompt, samples - start)
+            cache = copy.deepcopy(prefix) if rows_per_prompt < samples else prefix
             cache.batch_repeat_interleave(rows)
-            ids = prompt.expand(rows, -1)
             output = model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=max_new_tokens,
-                do_sample=True,
-                temperature=temperature,
-                top_k=0,
-                top_p=1.0,
+                input_ids=ids.repeat_interleave(rows, dim=0),
+                attention_mask=mask.repeat_interleave(rows, dim=0),
                 pad_token_id=tokenizer.pad_token_id,
+                **options,
                 **{cache_keyword(model): cache},
             )
-            own += decode_new_tokens(tokenizer, output, prompt.shape[1])
-        replies.append(own)
+            texts = decode_new_tokens(tokenizer, output, ids.shape[1])
+            for i, own in enumerate(group):
+                own += texts[i * rows : (i + 1) * rows]
+        replies += group
     return replies

@@ -336,7 +336,8 @@ def sampled_reply_features(
 ) -> tuple[list[list[str]], torch.Tensor]:
     """``samples`` sampled replies per prompt and their features ``[prompts, samples, hidden]``: the one set that
     best-of-n re-uses for every n and every head. Sample at PPO's temperature, so best-of-n's KL and PPO's are taken
-    from the same distribution; ``batch_size`` replies are generated together (a GPU takes many more than a CPU)."""
+    from the same distribution; up to ``batch_size`` replies of one prompt are generated together (a GPU takes
+    many more than a CPU)."""
     replies = sample_replies(
         policy,
         tokenizer,

@@ -208,6 +208,7 @@ def test_greedy_dola_is_token_identical_to_transformers_4_52(embedded):
             dola_layers=group[0]["dola_layers"],
             max_new_tokens=max_new_tokens,
             repetition_penalty=group[0]["repetition_penalty"],
+            pad_token_id=pad,
         )
         assert output.dtype == torch.long
         for row, case in zip(output.tolist(), group, strict=True):

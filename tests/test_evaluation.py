@@ -154,7 +154,7 @@ def test_sampled_replies_are_repeatable_for_a_seed(embedded):
 @pytest.mark.slow
 def test_sampling_from_the_prompts_cache_continues_the_prompt_as_greedy_does(embedded):
     """Each prompt is read once and its cache copied to every row: at a temperature near 0 each row's reply is the
-    greedy reply, also when the samples span more than one batch."""
+    greedy reply, also when the samples span more than one batch or a batch holds several prompts."""
     model, tokenizer = embedded
     prompts = [
         [{"role": "user", "content": "Name a fruit."}],
@@ -163,3 +163,11 @@ def test_sampling_from_the_prompts_cache_continues_the_prompt_as_greedy_does(emb
     greedy = generate_replies(model, tokenizer, prompts, max_new_tokens=6)
     cold = sample_replies(model, tokenizer, prompts, 3, max_new_tokens=6, temperature=1e-3, batch_size=2)
     assert cold == [[reply] * 3 for reply in greedy]
+    # both prompts in one batch, the shorter one left-padded
+    assert sample_replies(model, tokenizer, prompts, 3, max_new_tokens=6, temperature=1e-3, batch_size=8) == cold
+    model.generation_config.cache_implementation = "dynamic"  # a model that names its cache: the prompt repeated
+    try:
+        repeated = sample_replies(model, tokenizer, prompts, 3, max_new_tokens=6, temperature=1e-3, batch_size=2)
+    finally:
+        model.generation_config.cache_implementation = None
+    assert repeated == cold
