@@ -52,7 +52,7 @@ def main() -> None:
             tokenizer,
             flat_prompts,
             max_new_tokens=args.tokens,
-            batch_size=args.samples,
+            batch_size=32,  # sample_replies' default
             do_sample=True,
             top_k=0,
             top_p=1.0,

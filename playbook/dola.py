@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from playbook.models import cache_keyword, chat_batches, decode_new_tokens, returned_cache
+from playbook.tensors import positions_from_mask
 
 DolaLayers = str | int | Sequence[int]
 """``"low"``, ``"high"``, one premature layer index, or a list of them."""
@@ -369,7 +370,7 @@ def dola_generate(
     traces = [DolaTrace([], layers, np.zeros((0, len(layers))), []) for _ in range(batch)]
     steps_divergence: list[torch.Tensor] = []
     past, cache_name = None, cache_keyword(model)
-    step_input, position_ids = sequences, (mask.long().cumsum(-1) - 1).clamp(min=0)
+    step_input, position_ids = sequences, positions_from_mask(mask)
     for _ in range(max_new_tokens):
         outputs = model.base_model(
             input_ids=step_input,

@@ -29,6 +29,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from playbook.io import Messages
 from playbook.stats import proportion_interval
+from playbook.tensors import positions_from_mask
 
 # ----------------------------------------------------------------------------------------------------------------
 # Win rates
@@ -326,7 +327,7 @@ def sample_replies(
         tokenizer, list(prompts), batch_size=batch_size // rows_per_prompt, device=model.device
     ):
         ids, mask = encoded["input_ids"], encoded["attention_mask"]
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as generate numbers left-padded rows
+        positions = positions_from_mask(mask)
         # every prompt but its last token, once; generate reads that token and samples from it
         prefix = returned_cache(
             model.base_model(ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1], use_cache=True)

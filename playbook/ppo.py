@@ -55,7 +55,14 @@ from playbook.frozen_layers import (
 )
 from playbook.io import Messages
 from playbook.models import write_model_atomically
-from playbook.tensors import entropy_from_logits, logprobs_from_logits, masked_mean, masked_whiten, pad_sequences
+from playbook.tensors import (
+    entropy_from_logits,
+    logprobs_from_logits,
+    masked_mean,
+    masked_whiten,
+    pad_sequences,
+    positions_from_mask,
+)
 from playbook.training import TrainResult
 
 RewardFunction = Callable[[Sequence[Messages], Sequence[str]], Sequence[float]]
@@ -501,7 +508,7 @@ class PPOTrainer:
     def _inputs(query, query_mask, response, mask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Token ids, attention mask and position ids of the concatenated (left-padded) query and response."""
         attention = torch.cat([query_mask, mask], dim=1)
-        return torch.cat([query, response], dim=1), attention, (attention.cumsum(1) - 1).clamp(min=0)
+        return torch.cat([query, response], dim=1), attention, positions_from_mask(attention)
 
     def _logprobs(self, upper, hidden, attention, positions, response) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-reply-token log-probs and entropies at the sampling temperature; only the positions that predict

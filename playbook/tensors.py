@@ -30,6 +30,12 @@ def pad_sequences(
     return ids, mask
 
 
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids of left-padded rows, as ``generate`` numbers them: 0 at each row's first real token (padding
+    gets 0 too; it is masked out)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
 def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     """Mean of ``values`` where ``mask`` is 1 (over everything, or along ``dim``); 0 where nothing is valid."""
     mask = mask.to(values.dtype)

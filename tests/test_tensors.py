@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from playbook.tensors import entropy_from_logits, logprobs_from_logits, pad_sequences
+from playbook.tensors import entropy_from_logits, logprobs_from_logits, pad_sequences, positions_from_mask
 
 
 def test_pad_sequences_on_either_side():
@@ -24,3 +24,8 @@ def test_logprobs_and_entropy_at_a_temperature():
     assert got.item() == pytest.approx(math.log(probabilities[0].item()), abs=1e-6)
     expected_entropy = -(probabilities * probabilities.log()).sum().item()
     assert entropy_from_logits(logits, temperature=2.0).item() == pytest.approx(expected_entropy, abs=1e-6)
+
+
+def test_positions_from_mask_start_at_each_rows_first_real_token():
+    mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    assert positions_from_mask(mask).tolist() == [[0, 0, 0, 1], [0, 1, 2, 3]]
