@@ -34,6 +34,7 @@ from playbook.training import (
     MAX_PASSES,
     HistoryCallback,
     TrainResult,
+    batch_arguments,
     capped_steps,
     quiet_trl_renames,
     scratch_dir,
@@ -56,6 +57,7 @@ class DPOConfig(TrainerConfig):
     prompt_messages: int = 3  # prompt messages kept, from the end (hh-rlhf's earlier turns rarely matter)
     trainable_layers: int | None = 6  # top decoder layers that train (profile: policy_trainable_layers)
     seed: int = 0
+    micro_batch_size: int | None = None  # pairs per pass, accumulated to batch_size (profile: same name)
 
     @classmethod
     def profile_values(cls, profile: Profile) -> dict:
@@ -65,6 +67,7 @@ class DPOConfig(TrainerConfig):
             "max_length": profile.rm_max_length,
             "learning_rate": profile.rl_learning_rate,
             "trainable_layers": profile.policy_trainable_layers,
+            "micro_batch_size": profile.micro_batch_size,
         }
 
     def __post_init__(self) -> None:
@@ -72,6 +75,7 @@ class DPOConfig(TrainerConfig):
             "steps", "max_passes", "batch_size", "max_length", "learning_rate", "beta", "prompt_messages"
         )
         self.require_layer_count("trainable_layers")
+        self.require_micro_batch()
 
 
 @dataclass(frozen=True)
@@ -144,7 +148,7 @@ def train_dpo(
         args = trl.DPOConfig(
             output_dir=scratch_dir("playbook-dpo-"),  # TRL wants a folder; nothing is written mid-run
             max_steps=capped_steps(config.steps, config.batch_size, len(pairs), "DPO", config.max_passes),
-            per_device_train_batch_size=config.batch_size,
+            **batch_arguments(config.batch_size, config.micro_batch_size),
             learning_rate=config.learning_rate,
             beta=config.beta,
             max_length=config.max_length,

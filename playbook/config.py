@@ -81,6 +81,11 @@ class Profile:
     overopt_ppo_steps: int
     # Timed checks (00's doctor, 10's DoLa speed): repeats of each timed step, whose median is reported.
     timing_repeats: int
+    # Examples per forward and backward pass of the TRL trainers (reward model, SFT, DPO) on one device; a step's
+    # batch is reached by gradient accumulation. None: a step's whole batch in one pass. Bounds a GPU's memory: on an
+    # H200 the gpu profile's DPO step (64 pairs of <= 512 tokens) peaked at 70 GiB in one pass, 11 GiB in passes of
+    # 8, with the same losses (benchmarks/README.md, session 17).
+    micro_batch_size: int | None = None
 
 
 PROFILES: dict[str, Profile] = {
@@ -196,6 +201,7 @@ PROFILES: dict[str, Profile] = {
         overopt_samples=128,
         overopt_ppo_steps=100,
         timing_repeats=3,
+        micro_batch_size=8,
     ),
 }
 
@@ -264,6 +270,15 @@ class TrainerConfig:
     def require_positive(self, *names: str) -> None:
         for name in names:
             self.require(getattr(self, name) > 0, name, "must be positive")
+
+    def require_micro_batch(self) -> None:
+        """``micro_batch_size``: ``None``, or a positive number that divides ``batch_size``."""
+        micro = self.micro_batch_size
+        self.require(
+            micro is None or (micro > 0 and self.batch_size % micro == 0),
+            "micro_batch_size",
+            f"must be None, or positive and divide batch_size={self.batch_size}",
+        )
 
     def require_layer_count(self, *names: str) -> None:
         """A number of top decoder layers to train: positive, or ``None`` for every layer."""

@@ -50,6 +50,7 @@ from playbook.training import (
     MAX_PASSES,
     HistoryCallback,
     TrainResult,
+    batch_arguments,
     capped_steps,
     claim_checkpoint_dir,
     process_state,
@@ -80,6 +81,7 @@ class RewardConfig(TrainerConfig):
     steps: int = 200  # optimisation steps
     layers: int = 18  # decoder layers of the backbone kept (the head reads the top one)
     lora_rank: int = 8  # LoRA rank for method "lora" (alpha = 2 x rank)
+    micro_batch_size: int | None = None  # pairs per pass ("lora", "full"), accumulated to batch_size (profile)
     seed: int = 0
 
     @classmethod
@@ -91,11 +93,13 @@ class RewardConfig(TrainerConfig):
             "steps": profile.rm_steps,
             "layers": profile.rm_layers,
             "lora_rank": profile.rm_lora_rank,
+            "micro_batch_size": profile.micro_batch_size,
         }
 
     def __post_init__(self) -> None:
         self.require(self.method in ("head", "lora", "full"), "method", "use 'head', 'lora' or 'full'")
         self.require_positive("max_length", "batch_size", "steps", "layers", "lora_rank")
+        self.require_micro_batch()
 
 
 # ------------------------------------------------------------------------------------------ encoding
@@ -569,8 +573,8 @@ def _train_with_trl(model, tokenizer, train, evaluation, config: RewardConfig, c
         args = trl.RewardConfig(
             output_dir=str(checkpoints),
             max_steps=steps,
-            per_device_train_batch_size=config.batch_size,
-            per_device_eval_batch_size=config.batch_size,
+            **batch_arguments(config.batch_size, config.micro_batch_size),
+            per_device_eval_batch_size=config.micro_batch_size or config.batch_size,
             learning_rate=1e-4 if config.method == "lora" else 1e-5,
             lr_scheduler_type="constant",
             max_length=None,  # already truncated from the front; TRL would drop longer pairs instead

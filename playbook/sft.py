@@ -45,6 +45,7 @@ from playbook.training import (
     MAX_PASSES,
     HistoryCallback,
     TrainResult,
+    batch_arguments,
     capped_steps,
     claim_checkpoint_dir,
     process_state,
@@ -77,6 +78,7 @@ class SFTConfig(TrainerConfig):
     # fill max_length: with 3 kept, 328 of the cpu split's 1,494 prompts do and TRL drops them; with 1, one does)
     trainable_layers: int | None = 6  # top decoder layers that train (profile: policy_trainable_layers)
     seed: int = 0
+    micro_batch_size: int | None = None  # conversations per pass, accumulated to batch_size (profile: same name)
 
     @classmethod
     def profile_values(cls, profile: Profile) -> dict:
@@ -86,11 +88,13 @@ class SFTConfig(TrainerConfig):
             "max_length": profile.rm_max_length,
             "learning_rate": profile.sft_learning_rate,
             "trainable_layers": profile.policy_trainable_layers,
+            "micro_batch_size": profile.micro_batch_size,
         }
 
     def __post_init__(self) -> None:
         self.require_positive("steps", "max_passes", "batch_size", "max_length", "learning_rate", "prompt_messages")
         self.require_layer_count("trainable_layers")
+        self.require_micro_batch()
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -303,7 +307,7 @@ def train_sft(
         config.seed,
         str(checkpoints) if checkpoints else scratch_dir("playbook-sft-"),
         max_steps=steps,
-        per_device_train_batch_size=config.batch_size,
+        **batch_arguments(config.batch_size, config.micro_batch_size),
         learning_rate=config.learning_rate,
         **(checkpointing if checkpoints else {}),
     )

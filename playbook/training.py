@@ -48,6 +48,15 @@ def capped_steps(steps: int, batch_size: int, examples: int, what: str, max_pass
     return min(steps, cap)
 
 
+def batch_arguments(batch_size: int, micro_batch_size: int | None) -> dict[str, int]:
+    """TRL's batch arguments for steps of ``batch_size`` examples taken ``micro_batch_size`` at a time (gradient
+    accumulation: the same mean gradient, less memory); ``None`` takes the whole batch in one pass."""
+    micro = batch_size if micro_batch_size is None else micro_batch_size
+    if micro <= 0 or batch_size % micro:
+        raise ValueError(f"micro_batch_size={micro_batch_size} must be positive and divide batch_size={batch_size}.")
+    return {"per_device_train_batch_size": micro, "gradient_accumulation_steps": batch_size // micro}
+
+
 @dataclass
 class TrainResult:
     """What every training entry point returns.

@@ -43,6 +43,22 @@ def test_dpo_raises_the_chosen_over_rejected_margin_and_trains_only_the_top_laye
     assert top_layer_changed_and_bottom_frozen(tiny_causal_lm, before)
 
 
+def test_dpo_in_micro_batches_takes_the_same_step_as_in_one_pass(tiny_causal_lm, tokenizer):
+    """Gradient accumulation (the gpu profile's micro_batch_size) bounds memory without changing the update."""
+    reference = type(tiny_causal_lm)(tiny_causal_lm.config).eval()
+    reference.load_state_dict(tiny_causal_lm.state_dict())
+    start = {name: p.detach().clone() for name, p in tiny_causal_lm.state_dict().items()}
+    trained = {}
+    for micro in (None, 1):
+        tiny_causal_lm.load_state_dict(start)
+        config = DPOConfig(steps=1, batch_size=4, learning_rate=1e-3, trainable_layers=1, micro_batch_size=micro)
+        model = train_dpo(tiny_causal_lm, reference, tokenizer, Dataset.from_list(PAIRS[:4]), config).model
+        trained[micro] = {name: p.detach().clone() for name, p in model.state_dict().items()}
+    moved = max((trained[None][name] - start[name]).abs().max() for name in start)
+    assert moved > 5e-4  # Adam's first step moves weights by about the learning rate
+    assert all(torch.allclose(trained[None][name], trained[1][name], atol=1e-6) for name in start)
+
+
 def test_dpo_names_a_missing_column(tiny_causal_lm, tokenizer, tmp_path):
     with pytest.raises(ValueError, match="'rejected'"):
         train_dpo(

@@ -52,3 +52,22 @@ def test_runs_folder_is_per_profile(monkeypatch, tmp_path):
     assert runs_dir("cpu") == tmp_path / "cpu" and runs_dir(PROFILES["gpu"]) == tmp_path / "gpu"
     monkeypatch.setenv("PLAYBOOK_PROFILE", "smoke")
     assert runs_dir() == tmp_path / "smoke"
+
+
+def test_micro_batches_divide_the_step_batch_and_only_the_gpu_profile_accumulates():
+    from playbook.beyond_ppo import DPOConfig
+    from playbook.reward import RewardConfig
+    from playbook.sft import SFTConfig
+    from playbook.training import batch_arguments
+
+    assert batch_arguments(64, 8) == {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 8}
+    assert batch_arguments(64, None) == {"per_device_train_batch_size": 64, "gradient_accumulation_steps": 1}
+    with pytest.raises(ValueError, match="micro_batch_size=5 must be positive and divide batch_size=64"):
+        batch_arguments(64, 5)
+    for config in (DPOConfig, SFTConfig, RewardConfig):
+        assert config.from_profile("gpu").micro_batch_size == 8
+        assert config.from_profile("cpu").micro_batch_size is None
+        with pytest.raises(ValueError, match=rf"{config.__name__}\.micro_batch_size=3: .*batch_size=8"):
+            config(batch_size=8, micro_batch_size=3)
+        with pytest.raises(ValueError, match=rf"{config.__name__}\.micro_batch_size=0"):
+            config(batch_size=8, micro_batch_size=0)

@@ -3,6 +3,7 @@
 import copy
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from datasets import Dataset
@@ -137,6 +138,41 @@ def test_sft_steps_lower_the_loss_and_change_only_the_top_layer(tiny_causal_lm, 
     assert all(torch.equal(resumed.model.state_dict()[name], after[name]) for name in after)
     assert resumed.history.empty  # no step logged: it did not train again
     assert resumed.details["resumed_at_step"] == 12  # and says where it picked up
+
+
+def test_sft_in_micro_batches_takes_the_same_steps_as_in_one_pass(tiny_causal_lm, tokenizer):
+    """Replies of different lengths: accumulated micro-batches must weigh every reply token as one pass does (the
+    same loss, and, over three Adam steps, the same weights)."""
+    data = sft_conversations(
+        Dataset.from_list(
+            [
+                {
+                    "prompt": [{"role": "user", "content": f"Say {word}."}],
+                    "chosen": [{"role": "assistant", "content": " ".join([word] * repeats)}],
+                    "rejected": [{"role": "assistant", "content": "No."}],
+                }
+                for word, repeats in (("apple", 1), ("river", 6), ("cloud", 2), ("stone", 9))
+            ]
+        )
+    )
+    start = copy.deepcopy(tiny_causal_lm.state_dict())
+    weights, losses = {}, {}
+    for micro in (None, 1):
+        tiny_causal_lm.load_state_dict(start)
+        config = SFTConfig(
+            steps=3,
+            max_passes=3,
+            batch_size=4,
+            max_length=64,
+            learning_rate=1e-3,
+            trainable_layers=1,
+            micro_batch_size=micro,
+        )
+        result = train_sft(tiny_causal_lm, tokenizer, data, config)
+        weights[micro], losses[micro] = copy.deepcopy(result.model.state_dict()), result.history["loss"].to_numpy()
+    assert max((weights[None][name] - start[name]).abs().max() for name in start) > 1e-3
+    assert all(torch.allclose(weights[None][name], weights[1][name], atol=1e-6) for name in start)
+    np.testing.assert_allclose(losses[1], losses[None], rtol=1e-5)
 
 
 def test_sft_stops_after_max_passes_over_the_data(tiny_causal_lm, tokenizer, caplog):
