@@ -341,6 +341,11 @@ def data_dir() -> Path | None:
 
 def _local_dir(name: str) -> Path | None:
     root = data_dir()
+    if root is not None and not root.is_dir():  # a typo would otherwise train on the bundled sample
+        raise DataNotFound(
+            f"{DATA_DIR_ENV}={root}: no such folder. Point it at a folder laid out like shared/data (see "
+            "data/README.md), or unset it to use the Hub or the small bundled sample."
+        )
     return root / name if root is not None and (root / name).is_dir() else None
 
 

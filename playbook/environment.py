@@ -48,7 +48,9 @@ def environment_report() -> pd.DataFrame:
     rows["device"] = str(pick_device())
     rows["profile"] = get_profile().name
     folder = data_dir()
-    rows["data dir (PLAYBOOK_DATA_DIR)"] = display_path(folder) if folder else "unset: bundled samples"
+    rows["data dir (PLAYBOOK_DATA_DIR)"] = (
+        "unset: bundled samples" if folder is None else display_path(folder) + ("" if folder.is_dir() else " (missing)")
+    )
     rows["model cache (PLAYBOOK_CACHE)"] = display_path(cache_root())
     return pd.DataFrame({"item": list(rows), "value": list(rows.values())})
 

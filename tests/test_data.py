@@ -132,6 +132,14 @@ def test_auto_falls_back_to_bundled_sample_with_a_notice(monkeypatch, tmp_path, 
     assert any("email" in row["prompt"][-1]["content"] for row in dataset)  # the chapter's example has a stand-in
 
 
+def test_a_data_folder_that_does_not_exist_stops_instead_of_falling_back_to_the_sample(monkeypatch, tmp_path):
+    monkeypatch.setenv("PLAYBOOK_DATA_DIR", str(tmp_path / "shared-dat"))  # a typo of the real folder
+    with pytest.raises(DataNotFound, match=r"PLAYBOOK_DATA_DIR=.*shared-dat: no such folder\. Point it at"):
+        load_hh_rlhf()
+    with pytest.raises(DataNotFound, match="no such folder"):
+        load_truthfulqa()
+
+
 def test_bundled_samples_load(monkeypatch):
     monkeypatch.delenv("PLAYBOOK_DATA_DIR", raising=False)
     truthful = load_truthfulqa(source="sample")

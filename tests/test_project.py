@@ -67,6 +67,9 @@ def test_environment_report_names_versions_and_shows_paths_without_the_home_fold
     assert display_path(Path.home() / ".cache" / "x") == "~/.cache/x"
     monkeypatch.chdir(tmp_path)
     assert display_path(tmp_path / "data") == "data"
+    monkeypatch.setenv("PLAYBOOK_DATA_DIR", str(tmp_path / "nowhere"))
+    report = dict(zip(*environment_report().to_dict("list").values(), strict=True))
+    assert report["data dir (PLAYBOOK_DATA_DIR)"] == "nowhere (missing)"
 
 
 def test_headline_comparison_reports_changed_outputs_only(tmp_path):
