@@ -171,9 +171,9 @@ def test_distinct_replies_are_different_and_repeatable(embedded):
 
     model, tokenizer = embedded
     conversation = [{"role": "user", "content": "What is the capital of Japan?"}]
-    replies = distinct_replies(model, tokenizer, conversation, 3, max_new_tokens=12, temperature=1.0)
+    replies = distinct_replies(model, tokenizer, conversation, 3, max_new_tokens=6, temperature=1.0)
     assert len(set(replies)) == 3
-    assert distinct_replies(model, tokenizer, conversation, 3, max_new_tokens=12, temperature=1.0) == replies
+    assert distinct_replies(model, tokenizer, conversation, 3, max_new_tokens=6, temperature=1.0) == replies
     with pytest.raises(RuntimeError, match="only 1 distinct replies in 2 samples"):
         distinct_replies(model, tokenizer, conversation, 3, max_tries=2, max_new_tokens=3, top_k=1)
 

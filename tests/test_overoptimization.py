@@ -188,23 +188,3 @@ def test_a_ppo_run_against_a_proxy_gives_one_gold_record_per_step(
     # gold is minus the proxy here, so gold's gain is minus the proxy's, in the units of each
     proxy_sd, gold_sd = float((baseline @ reward.proxy).std()), float((baseline @ reward.gold).std())
     assert np.allclose(curve["gold gain"] * gold_sd, -curve["proxy gain"] * proxy_sd, atol=1e-4)
-
-
-@pytest.mark.slow
-def test_pipeline_evaluate_writes_the_notebook_tables_as_csv(tmp_path, monkeypatch):
-    from playbook.pipeline import main
-
-    monkeypatch.setenv("PLAYBOOK_PROFILE", "smoke")
-    (result,) = main(["evaluate", "--profile", "smoke", "--out", str(tmp_path)])
-    folder = tmp_path / "evaluation"
-    proxies = pd.read_csv(folder / "proxies.csv", index_col="pairs")
-    assert list(proxies.index) == [4, 8] and proxies["agreement"].between(0, 1).all()
-    best_of_n = pd.read_csv(folder / "best_of_n.csv")
-    assert sorted(set(best_of_n["n"])) == [1, 2, 4]
-    assert np.allclose(best_of_n.loc[best_of_n["n"] == 1, ["proxy gain", "gold gain"]], 0, atol=1e-5)
-    ppo = pd.read_csv(folder / "ppo.csv")
-    assert sorted(set(ppo["kl_coef"])) == [0.01, 0.1] and len(ppo) == 2 * 2  # two steps per β in smoke
-    win_rates = pd.read_csv(folder / "win_rates.csv")
-    assert list(win_rates["policy"]) == ["SFT"] and win_rates["against"].iloc[0].startswith("best-of-4")
-    assert int(win_rates[["wins", "ties", "losses"]].sum(axis=1).iloc[0]) == 2  # the smoke profile's two prompts
-    assert (tmp_path / "evaluation" / "history.csv").is_file() and result.output_dir == folder

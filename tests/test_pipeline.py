@@ -1,9 +1,11 @@
-"""The pipeline command, on two processes as `accelerate launch` runs it (gloo on this CPU machine)."""
+"""The pipeline command, on two processes as `accelerate launch` runs it (gloo on this CPU machine), then its
+evaluate stage in one process on the models those trained."""
 
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -23,7 +25,7 @@ def launch(stages: list[str], out: Path) -> str:
 
 
 @pytest.mark.slow
-def test_reward_sft_then_ppo_on_two_processes(tmp_path):
+def test_reward_sft_then_ppo_on_two_processes_then_evaluate(tmp_path, monkeypatch):
     out = launch(["reward", "sft", "ppo"], tmp_path)  # one start-up for the three stages, as a user may run them
     assert "reward (smoke profile, 2 process(es))" in out
     reward_model = RewardModel.load(tmp_path / "reward_model")
@@ -44,3 +46,25 @@ def test_reward_sft_then_ppo_on_two_processes(tmp_path):
     assert policy.config.num_hidden_layers == 30 and tokenizer.eos_token == "<|im_end|>"
     assert isinstance(reward_model.score([{"role": "user", "content": "Hi"}], "Hello!"), float)
     assert (tmp_path / "ppo_policy" / "ppo_config.json").is_file()
+
+    # evaluate (one process) finds the SFT and PPO models, and writes notebook 08's tables as CSV
+    from playbook.pipeline import main
+
+    monkeypatch.setenv("PLAYBOOK_PROFILE", "smoke")
+    (result,) = main(["evaluate", "--profile", "smoke", "--out", str(tmp_path)])
+    folder = tmp_path / "evaluation"
+    proxies = pd.read_csv(folder / "proxies.csv", index_col="pairs")
+    assert list(proxies.index) == [4, 8] and proxies["agreement"].between(0, 1).all()
+    best_of_n = pd.read_csv(folder / "best_of_n.csv")
+    assert sorted(set(best_of_n["n"])) == [1, 2, 4]
+    assert np.allclose(best_of_n.loc[best_of_n["n"] == 1, ["proxy gain", "gold gain"]], 0, atol=1e-5)
+    ppo = pd.read_csv(folder / "ppo.csv")
+    assert sorted(set(ppo["kl_coef"])) == [0.01, 0.1] and len(ppo) == 2 * 2  # two steps per β in smoke
+    win_rates = pd.read_csv(folder / "win_rates.csv")
+    assert list(zip(win_rates["policy"], win_rates["against"].str[:9], strict=True)) == [
+        ("SFT", "PPO"),
+        ("SFT", "best-of-4"),
+        ("PPO", "best-of-4"),
+    ]
+    assert (win_rates[["wins", "ties", "losses"]].sum(axis=1) == 2).all()  # the smoke profile's two prompts
+    assert (folder / "history.csv").is_file() and result.output_dir == folder
