@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +57,9 @@ class DPOConfig(TrainerConfig):
     prompt_messages: int = 3  # prompt messages kept, from the end (hh-rlhf's earlier turns rarely matter)
     trainable_layers: int | None = 6  # top decoder layers that train (profile: policy_trainable_layers)
     seed: int = 0
-    micro_batch_size: int | None = None  # pairs per pass, accumulated to batch_size (profile: same name)
+    # pairs per pass, accumulated to batch_size (profile: micro_batch_size); not printed in the config's repr:
+    # it changes the memory a step needs, not the step
+    micro_batch_size: int | None = field(default=None, repr=False)
 
     @classmethod
     def profile_values(cls, profile: Profile) -> dict:

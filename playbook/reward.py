@@ -30,7 +30,7 @@ import pickle
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -81,7 +81,9 @@ class RewardConfig(TrainerConfig):
     steps: int = 200  # optimisation steps
     layers: int = 18  # decoder layers of the backbone kept (the head reads the top one)
     lora_rank: int = 8  # LoRA rank for method "lora" (alpha = 2 x rank)
-    micro_batch_size: int | None = None  # pairs per pass ("lora", "full"), accumulated to batch_size (profile)
+    # pairs per pass ("lora", "full"), accumulated to batch_size (profile: micro_batch_size); not printed in the
+    # config's repr: it changes the memory a step needs, not the step
+    micro_batch_size: int | None = field(default=None, repr=False)
     seed: int = 0
 
     @classmethod

@@ -21,7 +21,7 @@ import os
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -78,7 +78,9 @@ class SFTConfig(TrainerConfig):
     # fill max_length: with 3 kept, 328 of the cpu split's 1,494 prompts do and TRL drops them; with 1, one does)
     trainable_layers: int | None = 6  # top decoder layers that train (profile: policy_trainable_layers)
     seed: int = 0
-    micro_batch_size: int | None = None  # conversations per pass, accumulated to batch_size (profile: same name)
+    # conversations per pass, accumulated to batch_size (profile: micro_batch_size); not printed in the config's repr:
+    # it changes the memory a step needs, not the step
+    micro_batch_size: int | None = field(default=None, repr=False)
 
     @classmethod
     def profile_values(cls, profile: Profile) -> dict:
