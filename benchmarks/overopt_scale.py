@@ -47,7 +47,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=128, help="sampled replies per prompt (notebook 08: 16)")
     parser.add_argument("--proxies", type=int, nargs="+", default=[100, 300, 1_000], help="proxy sizes, in pairs")
     parser.add_argument("--kl-coefs", type=float, nargs="*", default=[0.1, 0.01], help="PPO's β values (none: no PPO)")
-    parser.add_argument("--ppo-steps", type=int, default=40, help="PPO steps per run (notebook 08: 12)")
+    parser.add_argument("--ppo-steps", type=int, default=40, help="PPO steps per run (notebook 08: 10)")
     parser.add_argument("--no-best-of-n", action="store_true", help="only the PPO runs")
     parser.add_argument("--tag", default="run", help="suffix of the CSV files written")
     args = parser.parse_args()

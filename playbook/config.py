@@ -159,7 +159,7 @@ PROFILES: dict[str, Profile] = {
         overopt_proxy_pairs=(100, 300, 1_000),
         overopt_prompts=24,
         overopt_samples=16,
-        overopt_ppo_steps=12,
+        overopt_ppo_steps=10,
         timing_repeats=3,
     ),
     # Sized for one GPU from the published reproductions (SFT, reward and PPO's step time measured on one H200 with
