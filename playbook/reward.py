@@ -571,12 +571,13 @@ def _train_with_trl(model, tokenizer, train, evaluation, config: RewardConfig, c
         )
         model = get_peft_model(model, adapters)
     steps = trl_steps(config, len(train))
+    batches = batch_arguments(config.batch_size, config.micro_batch_size)
     with quiet_trl_renames():
         args = trl.RewardConfig(
             output_dir=str(checkpoints),
             max_steps=steps,
-            **batch_arguments(config.batch_size, config.micro_batch_size),
-            per_device_eval_batch_size=config.micro_batch_size or config.batch_size,
+            **batches,
+            per_device_eval_batch_size=batches["per_device_train_batch_size"],  # evaluated in the same micro-batches
             learning_rate=1e-4 if config.method == "lora" else 1e-5,
             lr_scheduler_type="constant",
             max_length=None,  # already truncated from the front; TRL would drop longer pairs instead
