@@ -53,6 +53,8 @@ VARIANTS = {
         "learning_rate": 2e-5,
         "kl_coef": 0.3,
     },
+    "32 replies, 4 epochs, lr 2e-5": {"batch_size": 32, "mini_batch_size": 16, "learning_rate": 2e-5},
+    "32 replies, 4 epochs, lr 3e-5": {"batch_size": 32, "mini_batch_size": 16},
     "lr 5e-5": {"learning_rate": 5e-5},
     "lr 5e-5, 2 epochs": {"learning_rate": 5e-5, "ppo_epochs": 2},
     "lr 5e-5, replies of <= 16 tokens": {"learning_rate": 5e-5, "response_length": 16},
