@@ -222,9 +222,26 @@ def gold_change(
     """How the gold score of best-of-n (selected by ``proxy``) changes from ``from_n`` to ``to_n``, paired over
     prompts, in standard deviations of gold's scores over all samples, with its interval: a fall beyond the noise
     after gold's peak is over-optimisation, not a wobble."""
-    gold_scores, proxy_scores = (features @ gold).numpy(), (features @ proxy).numpy()
-    before, after = (expected_best_of_n(proxy_scores, gold_scores, n=n) / gold_scores.std() for n in (from_n, to_n))
+    before, after = (_gold_of_best_of_n(features, gold, proxy, n) for n in (from_n, to_n))
     return paired_difference(after, before)
+
+
+def gold_difference_between_proxies(
+    features: torch.Tensor, gold: torch.Tensor, larger: torch.Tensor, smaller: torch.Tensor, *, n: int
+) -> PairedDifference:
+    """Gold's score of best-of-n picked by the ``larger`` proxy minus picked by the ``smaller`` one, paired over
+    prompts (both pick among the same samples of the same prompts), in standard deviations of gold's scores. Two
+    proxies' separate intervals can overlap while this paired one excludes 0: the prompts' own difficulty, shared
+    by both, cancels in the difference."""
+    return paired_difference(
+        _gold_of_best_of_n(features, gold, larger, n), _gold_of_best_of_n(features, gold, smaller, n)
+    )
+
+
+def _gold_of_best_of_n(features: torch.Tensor, gold: torch.Tensor, proxy: torch.Tensor, n: int) -> np.ndarray:
+    """Per prompt: gold's expected score of the best of n samples by ``proxy``, in sd of gold's scores."""
+    gold_scores, proxy_scores = (features @ gold).numpy(), (features @ proxy).numpy()
+    return expected_best_of_n(proxy_scores, gold_scores, n=n) / gold_scores.std()
 
 
 def fit_functional_form(sqrt_kl: ArrayLike, gain: ArrayLike, *, form: str) -> tuple[float, float]:

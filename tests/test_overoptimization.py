@@ -13,6 +13,7 @@ from playbook.overoptimization import (
     best_of_n_overoptimization,
     fit_functional_form,
     gold_change,
+    gold_difference_between_proxies,
     gold_peak,
     gold_preferences,
     ppo_overoptimization,
@@ -90,6 +91,20 @@ def test_gold_change_is_the_paired_difference_of_the_curve_points():
     change = gold_change(features, TRUE_WEIGHT, proxy, from_n=2, to_n=16)
     assert change.mean == pytest.approx(curve.loc[16, "gold gain"] - curve.loc[2, "gold gain"], abs=1e-6)
     assert change.n == 30 and change.low <= change.mean <= change.high
+
+
+def test_gold_difference_between_proxies_is_paired_over_the_same_prompts():
+    features = torch.randn(30, 16, 8, generator=torch.Generator().manual_seed(3))
+    wrong = TRUE_WEIGHT + torch.tensor([0.0, 0.0, 0.0, 3.0, 0.0, 0.0, 0.0, 0.0])
+    curve = best_of_n_overoptimization(features, TRUE_WEIGHT, {1: TRUE_WEIGHT, 2: wrong}, ns=[8]).set_index(
+        "proxy pairs"
+    )
+    difference = gold_difference_between_proxies(features, TRUE_WEIGHT, TRUE_WEIGHT, wrong, n=8)
+    assert difference.mean == pytest.approx(curve.loc[1, "gold gain"] - curve.loc[2, "gold gain"], abs=1e-6)
+    # the proxy that is gold itself picks gold's best on every prompt: never worse, and better beyond the noise
+    assert difference.n == 30 and difference.low > 0
+    swapped = gold_difference_between_proxies(features, TRUE_WEIGHT, wrong, TRUE_WEIGHT, n=8)
+    assert swapped.mean == pytest.approx(-difference.mean)
 
 
 def test_functional_forms_recover_their_coefficients():
