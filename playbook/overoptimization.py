@@ -288,8 +288,8 @@ class ProxyReward:
     same replies, the proxy's and the ``gold`` head's scores (one backbone pass serves both; PPO never sees gold).
 
     ``model`` is the reward model with the proxy head in place, so the trainer's value model starts from it as it
-    does from notebook 05's reward model. ``proxy_scores`` and ``gold_scores`` hold one list per call: the start
-    policy's replies that fix PPO's score scale, then one per rollout.
+    does from notebook 05's reward model. ``proxy_scores``, ``gold_scores`` and ``prompts`` hold one list per call:
+    the start policy's replies that fix PPO's score scale, then one per rollout.
     """
 
     reward_model: RewardModel
@@ -297,6 +297,7 @@ class ProxyReward:
     gold: torch.Tensor
     proxy_scores: list[list[float]] = field(default_factory=list)
     gold_scores: list[list[float]] = field(default_factory=list)
+    prompts: list[list[Messages]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.model = copy.deepcopy(self.reward_model.model)
@@ -304,6 +305,7 @@ class ProxyReward:
 
     def score_batch(self, prompts: Sequence[Messages], replies: Sequence[str]) -> list[float]:
         features = reply_features(self.reward_model, prompts, [[reply] for reply in replies])[:, 0]
+        self.prompts.append(list(prompts))
         self.gold_scores.append((features @ self.gold).tolist())
         self.proxy_scores.append((features @ self.proxy).tolist())
         return self.proxy_scores[-1]
@@ -337,6 +339,25 @@ def ppo_overoptimization(
     smoothed["step"] = curve["step"]
     smoothed["sqrt_kl"] = np.sqrt(smoothed["kl"].clip(lower=0))
     return smoothed
+
+
+def paired_final_gains(
+    first: ProxyReward, second: ProxyReward, baseline: torch.Tensor, *, rollouts: int = 3
+) -> dict[str, PairedDifference]:
+    """Proxy and gold gain of ``first``'s run minus ``second``'s over their last ``rollouts`` rollouts, paired reply by
+    reply: two PPO runs with the same seed sample the same prompts at each step, so the prompts' own difficulty
+    cancels in the difference. In ``baseline``'s units, as :func:`ppo_overoptimization`'s curve."""
+    if first.prompts[-rollouts:] != second.prompts[-rollouts:]:
+        raise ValueError(
+            f"the two runs' last {rollouts} rollouts sampled different prompts: pair only runs with the same seed, "
+            "prompts and batch size"
+        )
+    differences = {}
+    for name in ("proxy", "gold"):
+        spread = (baseline @ getattr(first, name)).numpy().std()
+        scores = [np.concatenate(getattr(reward, f"{name}_scores")[-rollouts:]) / spread for reward in (first, second)]
+        differences[name] = paired_difference(*scores)
+    return differences
 
 
 def sampled_reply_features(

@@ -16,6 +16,7 @@ from playbook.overoptimization import (
     gold_difference_between_proxies,
     gold_peak,
     gold_preferences,
+    paired_final_gains,
     ppo_overoptimization,
     reply_features,
     train_gold_and_proxies,
@@ -184,6 +185,28 @@ def test_ppo_curve_measures_gains_in_the_baseline_units(tiny_reward_model):
     assert np.allclose(ppo_overoptimization(history, reward, baseline, window=2)["gold gain"], [0.0, 2.0])
     with pytest.raises(ValueError, match="3 PPO steps but 2 rollouts"):
         ppo_overoptimization(pd.DataFrame({"step": [1, 2, 3], "kl": [0, 0, 0]}), reward, baseline)
+
+
+def test_final_gains_of_two_runs_are_paired_reply_by_reply(tiny_reward_model):
+    hidden = tiny_reward_model.model.config.hidden_size
+    gold = torch.zeros(hidden)
+    gold[0] = 1.0
+    baseline = torch.zeros(1, 4, hidden)
+    baseline[0, :, 0] = torch.tensor([0.0, 1.0, 0.0, 1.0])  # gold sd 0.5, proxy (2 × gold) sd 1
+    prompts = [[[{"role": "user", "content": f"question {i}"}] for i in range(4)]] * 2
+    runs = []
+    for shift in (0.0, 0.25):
+        run = ProxyReward(tiny_reward_model, 2 * gold, gold, prompts=list(prompts))
+        # prompts differ a lot (0 to 3), the second run adds the same small shift to every reply
+        run.gold_scores = [[0.0 + shift, 1.0 + shift, 2.0 + shift, 3.0 + shift]] * 2
+        run.proxy_scores = [[2 * score for score in rollout] for rollout in run.gold_scores]
+        runs.append(run)
+    differences = paired_final_gains(runs[1], runs[0], baseline, rollouts=2)
+    assert differences["gold"].mean == pytest.approx(0.5) and differences["proxy"].mean == pytest.approx(0.5)
+    assert differences["gold"].low == pytest.approx(0.5)  # paired: the prompts' spread cancels exactly
+    runs[1].prompts = [prompts[0][::-1]] * 2
+    with pytest.raises(ValueError, match="different prompts"):
+        paired_final_gains(runs[1], runs[0], baseline, rollouts=2)
 
 
 def test_a_ppo_run_against_a_proxy_gives_one_gold_record_per_step(
