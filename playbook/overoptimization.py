@@ -227,14 +227,20 @@ def gold_change(
 
 
 def gold_difference_between_proxies(
-    features: torch.Tensor, gold: torch.Tensor, larger: torch.Tensor, smaller: torch.Tensor, *, n: int
+    features: torch.Tensor,
+    gold: torch.Tensor,
+    larger: torch.Tensor,
+    smaller: torch.Tensor,
+    *,
+    n: int,
+    confidence: float = 0.95,
 ) -> PairedDifference:
     """Gold's score of best-of-n picked by the ``larger`` proxy minus picked by the ``smaller`` one, paired over
     prompts (both pick among the same samples of the same prompts), in standard deviations of gold's scores. Two
     proxies' separate intervals can overlap while this paired one excludes 0: the prompts' own difficulty, shared
-    by both, cancels in the difference."""
+    by both, cancels in the difference. ``confidence``: of the interval (e.g. 1 − 0.05 / k for k comparisons)."""
     return paired_difference(
-        _gold_of_best_of_n(features, gold, larger, n), _gold_of_best_of_n(features, gold, smaller, n)
+        _gold_of_best_of_n(features, gold, larger, n), _gold_of_best_of_n(features, gold, smaller, n), confidence
     )
 
 
