@@ -359,10 +359,14 @@ def paired_final_gains(
             "prompts and batch size"
         )
     differences = {}
-    for name in ("proxy", "gold"):
-        spread = (baseline @ getattr(first, name)).numpy().std()
-        scores = [np.concatenate(getattr(reward, f"{name}_scores")[-rollouts:]) / spread for reward in (first, second)]
-        differences[name] = paired_difference(*scores)
+    for name, head, first_scores, second_scores in (
+        ("proxy", first.proxy, first.proxy_scores, second.proxy_scores),
+        ("gold", first.gold, first.gold_scores, second.gold_scores),
+    ):
+        spread = (baseline @ head).numpy().std()
+        differences[name] = paired_difference(
+            np.concatenate(first_scores[-rollouts:]) / spread, np.concatenate(second_scores[-rollouts:]) / spread
+        )
     return differences
 
 
