@@ -388,7 +388,9 @@ def dola_generate(
         scores = apply_repetition_penalty(step.scores, sequences, repetition_penalty, mask)
         if do_sample:
             probs = _sampling_scores(scores, temperature, top_k, top_p).softmax(dim=-1)
-            next_tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+            # drawn where the generator lives (a CPU generator seeds the same draws on any device)
+            on = probs if generator is None else probs.to(generator.device)
+            next_tokens = torch.multinomial(on, 1, generator=generator).squeeze(1).to(probs.device)
         else:
             next_tokens = scores.argmax(dim=-1)
         next_tokens = torch.where(unfinished, next_tokens, torch.full_like(next_tokens, pad))

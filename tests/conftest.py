@@ -101,3 +101,8 @@ def value_model_like(policy):
     value = LlamaForSequenceClassification(policy.config.__class__(**{**policy.config.to_dict(), "num_labels": 1}))
     value.model.load_state_dict(policy.model.state_dict())
     return value.eval()
+
+
+def cpu_state(model) -> dict[str, torch.Tensor]:
+    """A copy of ``model``'s weights on the CPU, to compare before and after training wherever a trainer put it."""
+    return {name: value.detach().cpu().clone() for name, value in model.state_dict().items()}

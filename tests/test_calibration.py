@@ -392,7 +392,8 @@ def test_next_token_predictions_match_a_plain_forward_pass(embedded):
     for document, conversation in enumerate(conversations):
         ids, mask = loss_mask(tokenizer, conversation, None)
         with torch.no_grad():
-            probabilities = torch.softmax(model(input_ids=torch.tensor([ids])).logits[0, :-1].float(), -1)
+            logits = model(input_ids=torch.tensor([ids], device=model.device)).logits[0, :-1].float().cpu()
+            probabilities = torch.softmax(logits, -1)
         scored = np.flatnonzero(mask[1:])  # positions whose next token is a reply token
         rows = table[table["document"] == document]
         assert len(rows) == sum(mask) - mask[0]

@@ -375,7 +375,7 @@ def test_answer_logprobs_match_a_plain_forward_pass(embedded):
         answer_ids = tokenizer(" " + answer, add_special_tokens=False, return_tensors="pt").input_ids
         full = torch.cat([prompt_ids, answer_ids], dim=1)
         with torch.no_grad():
-            outputs = model(full, output_hidden_states=True)
+            outputs = model(full.to(model.device), output_hidden_states=True)
         start = prompt_ids.shape[1]
         targets = full[0, start:]
         final = outputs.logits[0, start - 1 : -1].log_softmax(-1)

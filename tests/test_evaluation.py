@@ -119,7 +119,7 @@ def test_best_of_n_kl_on_the_model_s_next_token_distribution(embedded):
     )
     ids = ids["input_ids"] if not isinstance(ids, torch.Tensor) else ids
     with torch.no_grad():
-        p = torch.softmax(model(ids).logits[0, -1].double(), dim=-1).numpy()
+        p = torch.softmax(model(ids.to(model.device)).logits[0, -1].double(), dim=-1).cpu().numpy()
     p = p / p.sum()
     rewards = np.random.default_rng(0).permutation(len(p)).astype(float)  # a distinct score per token
     kept = best_of_n_distribution(p, rewards, 4)

@@ -273,12 +273,12 @@ def test_answer_confidence_is_the_mean_log_probability_of_the_reply(embedded):
     prompt = tokenizer.apply_chat_template(
         [{"role": "user", "content": row["question"]}], add_generation_prompt=True, tokenize=False
     )
-    prompt_ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids
-    reply_ids = model.generate(prompt_ids, max_new_tokens=12, do_sample=False)[0, prompt_ids.shape[1] :]
+    prompt_ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids.to(model.device)
+    reply_ids = model.generate(prompt_ids, max_new_tokens=12, do_sample=False)[0, prompt_ids.shape[1] :].cpu()
     reply_ids = reply_ids[: row["tokens"]]
-    full = torch.cat([prompt_ids[0], reply_ids])[None]
+    full = torch.cat([prompt_ids[0].cpu(), reply_ids])[None]
     with torch.no_grad():
-        logprobs = model(full).logits[0, prompt_ids.shape[1] - 1 : -1].log_softmax(-1)
+        logprobs = model(full.to(model.device)).logits[0, prompt_ids.shape[1] - 1 : -1].log_softmax(-1).cpu()
     expected = logprobs[range(len(reply_ids)), reply_ids].mean()
     assert row["mean_logprob"] == pytest.approx(float(expected), abs=1e-3)
     prefixes = [tokenizer.decode(reply_ids[:end], skip_special_tokens=True) for end in range(len(reply_ids) + 1)]

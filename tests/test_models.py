@@ -102,7 +102,7 @@ def test_embedded_model_loads_from_cache_and_matches_gguf(embedded, monkeypatch)
     reference = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name).eval()
     ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
     with torch.no_grad():
-        assert torch.equal(model(ids).logits, reference(ids).logits)  # float32 cache: bit-identical
+        assert torch.equal(model(ids.to(model.device)).logits.cpu(), reference(ids).logits)  # float32: bit-identical
 
 
 @pytest.mark.slow
@@ -121,7 +121,7 @@ def test_reward_task_gives_one_output_head_on_the_same_backbone(embedded):
     assert type(reward).__name__ == "LlamaForSequenceClassification"
     assert reward.config.num_labels == 1 and reward.config.pad_token_id == tokenizer.pad_token_id
     assert torch.equal(reward.model.layers[3].mlp.up_proj.weight, model.model.layers[3].mlp.up_proj.weight)
-    batch = tokenizer(["Hello", "Hello there, friend"], return_tensors="pt", padding=True)
+    batch = tokenizer(["Hello", "Hello there, friend"], return_tensors="pt", padding=True).to(reward.device)
     with torch.no_grad():
         assert reward(**batch).logits.shape == (2, 1)
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from datasets import Dataset
 
+from conftest import cpu_state
 from playbook import training
 from playbook.models import load_model
 from playbook.sft import SFTConfig, loss_mask, reply_kl, reply_nll, sft_conversations, train_sft
@@ -116,7 +117,7 @@ def test_sft_steps_lower_the_loss_and_change_only_the_top_layer(tiny_causal_lm, 
             ]
         )
     )
-    before = copy.deepcopy(tiny_causal_lm.state_dict())
+    before = cpu_state(tiny_causal_lm)
     nll_before = reply_nll(tiny_causal_lm, tokenizer, [r["prompt"] + r["completion"] for r in data])
     config = SFTConfig(steps=12, max_passes=12, batch_size=4, max_length=64, learning_rate=1e-2, trainable_layers=1)
     result = train_sft(tiny_causal_lm, tokenizer, data, config, output_dir=tmp_path / "sft")
@@ -124,7 +125,7 @@ def test_sft_steps_lower_the_loss_and_change_only_the_top_layer(tiny_causal_lm, 
     assert result.history["loss"].iloc[-1] < result.history["loss"].iloc[0]
     nll_after = reply_nll(result.model, tokenizer, [r["prompt"] + r["completion"] for r in data])
     assert (nll_after < nll_before).all()
-    after = result.model.state_dict()
+    after = cpu_state(result.model)  # a trainer on a GPU moves the model there
     changed = {name for name in before if not torch.equal(before[name], after[name])}
     assert changed and all(name.startswith(("model.layers.1.", "model.norm.")) for name in changed)
     assert any(name.startswith("model.layers.1.") for name in changed)
@@ -135,7 +136,8 @@ def test_sft_steps_lower_the_loss_and_change_only_the_top_layer(tiny_causal_lm, 
     fresh = copy.deepcopy(tiny_causal_lm)
     fresh.load_state_dict(before)
     resumed = train_sft(fresh, tokenizer, data, config, output_dir=tmp_path / "sft")
-    assert all(torch.equal(resumed.model.state_dict()[name], after[name]) for name in after)
+    resumed_weights = cpu_state(resumed.model)
+    assert all(torch.equal(resumed_weights[name], after[name]) for name in after)
     assert resumed.history.empty  # no step logged: it did not train again
     assert resumed.details["resumed_at_step"] == 12  # and says where it picked up
 
@@ -155,7 +157,7 @@ def test_sft_in_micro_batches_takes_the_same_steps_as_in_one_pass(tiny_causal_lm
             ]
         )
     )
-    start = copy.deepcopy(tiny_causal_lm.state_dict())
+    start = cpu_state(tiny_causal_lm)
     weights, losses = {}, {}
     for micro in (None, 1):
         tiny_causal_lm.load_state_dict(start)
@@ -169,7 +171,7 @@ def test_sft_in_micro_batches_takes_the_same_steps_as_in_one_pass(tiny_causal_lm
             micro_batch_size=micro,
         )
         result = train_sft(tiny_causal_lm, tokenizer, data, config)
-        weights[micro], losses[micro] = copy.deepcopy(result.model.state_dict()), result.history["loss"].to_numpy()
+        weights[micro], losses[micro] = cpu_state(result.model), result.history["loss"].to_numpy()
     assert max((weights[None][name] - start[name]).abs().max() for name in start) > 1e-3
     assert all(torch.allclose(weights[None][name], weights[1][name], atol=1e-6) for name in start)
     np.testing.assert_allclose(losses[1], losses[None], rtol=1e-5)
