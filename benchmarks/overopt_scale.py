@@ -2,7 +2,8 @@
 against every proxy size.
 
 .venv/bin/python benchmarks/overopt_scale.py [--prompts 96] [--samples 128] [--proxies 100 300 1000]
-                                             [--kl-coefs 0.1 0.01] [--ppo-steps 40] [--no-best-of-n] [--tag NAME]
+                                             [--kl-coefs 0.1 0.01] [--ppo-steps 40] [--save-every 20]
+                                             [--no-best-of-n] [--tag NAME]
 
 Everything else as notebook 08 runs it in the cpu profile (`playbook.overoptimization`): the gold head fitted on every
 real pair of the course split, proxies on the first 100 / 300 / 1,000 gold-labelled training pairs, notebook 04's
@@ -10,7 +11,8 @@ SFT model sampling replies of <= 24 tokens at PPO's temperature to the last user
 and notebook 05's reward model's backbone reading them (both as `benchmarks/common.py` trains them, into
 build/benchmarks/). Gains are in standard deviations of each head's scores over the SFT model's samples, as in the
 notebook. Prints gold's peak per proxy and every PPO run's end and gold peak; writes best_of_n-TAG.csv and
-ppo-TAG.csv into build/benchmarks/overopt_scale/. To run the PPO runs side by side, start one process per proxy and
+ppo-TAG.csv into build/benchmarks/overopt_scale/ (the PPO curves every --save-every steps, so a run stopped by a
+time limit keeps what it measured). To run the PPO runs side by side, start one process per proxy and
 KL coefficient with --no-best-of-n and a smaller --samples (the samples then only set the gains' units).
 """
 
@@ -25,7 +27,7 @@ from common import BENCHMARK_DIR, course_sft_model
 
 from playbook.config import get_profile
 from playbook.data import hh_rlhf_split
-from playbook.models import load_model
+from playbook.models import load_model, load_policy_and_reference
 from playbook.overoptimization import (
     ProxyReward,
     best_of_n_overoptimization,
@@ -33,12 +35,12 @@ from playbook.overoptimization import (
     gold_change,
     gold_peak,
     last_user_turns,
-    ppo_against_proxy,
+    ppo_overoptimization,
     sample_sizes,
     sampled_reply_features,
     train_gold_and_proxies,
 )
-from playbook.ppo import PPOConfig
+from playbook.ppo import PPOConfig, PPOTrainer
 
 
 def main() -> None:
@@ -48,6 +50,7 @@ def main() -> None:
     parser.add_argument("--proxies", type=int, nargs="+", default=[100, 300, 1_000], help="proxy sizes, in pairs")
     parser.add_argument("--kl-coefs", type=float, nargs="*", default=[0.1, 0.01], help="PPO's β values (none: no PPO)")
     parser.add_argument("--ppo-steps", type=int, default=40, help="PPO steps per run (notebook 08: 10)")
+    parser.add_argument("--save-every", type=int, default=20, help="PPO steps between writes of the curves' CSV")
     parser.add_argument("--no-best-of-n", action="store_true", help="only the PPO runs")
     parser.add_argument("--tag", default="run", help="suffix of the CSV files written")
     args = parser.parse_args()
@@ -89,8 +92,16 @@ def main() -> None:
     for pairs in args.proxies:
         for beta in args.kl_coefs:
             reward = ProxyReward(features.backbone, heads.proxies[pairs], heads.gold)
-            history, curve = ppo_against_proxy(sft, reward, prompts, sampled, replace(config, kl_coef=beta))
-            curves.append(curve.assign(**{"proxy pairs": pairs, "kl_coef": beta}))
+            # playbook.overoptimization.ppo_against_proxy's run, trained in pieces to save the curve as it goes
+            policy, reference, tokenizer = load_policy_and_reference(sft)
+            trainer = PPOTrainer(policy, reference, tokenizer, prompts, reward, replace(config, kl_coef=beta))
+            while trainer.steps_done < config.steps:
+                trainer.train(min(args.save_every, config.steps - trainer.steps_done))
+                history = trainer.history
+                curve = ppo_overoptimization(history, reward, sampled)
+                curve = curve.assign(**{"proxy pairs": pairs, "kl_coef": beta})
+                pd.concat([*curves, curve], ignore_index=True).to_csv(out / f"ppo-{args.tag}.csv", index=False)
+            curves.append(curve)
             last, best = curve.iloc[-1], curve.loc[curve["gold gain"].idxmax()]
             print(
                 f"PPO against the {pairs}-pair proxy, β {beta}: {len(history)} steps in "
@@ -99,8 +110,8 @@ def main() -> None:
                 f"{best['gold gain']:+.2f} sd at step {int(best['step'])} (√KL {best['sqrt_kl']:.2f})",
                 flush=True,
             )
-    if curves:
-        pd.concat(curves, ignore_index=True).to_csv(out / f"ppo-{args.tag}.csv", index=False)
+            for prompt, reply in zip(prompts[:3], trainer.respond(prompts[:3]), strict=True):
+                print(f"  {prompt[-1]['content'][:80]!r} -> {reply[:160]!r}", flush=True)
 
 
 if __name__ == "__main__":
