@@ -358,6 +358,25 @@ class ScoreScale:
         return (values - self.value_shift) / self.scale
 
 
+@dataclass(frozen=True)
+class StartScale:
+    """The start policy's score statistics (gathered over processes) from ``scale_samples`` replies, and the random
+    state sampling them left. A trainer given it (``PPOTrainer(..., start_scale=trainer.start_scale)``) fixes its
+    :class:`ScoreScale` from these numbers under its own ``normalize_scores`` and ``calibrate_value`` instead of
+    sampling the replies again: at that point of its first rollout it passes over their prompts and takes that random
+    state, so its rollouts draw what the measuring trainer's did until their updates differ (both must share the
+    seed, the prompts and ``scale_samples``)."""
+
+    mean: float
+    spread: float
+    value_mean: float
+    seed: int
+    scale_samples: int
+    prompts: int
+    rng_state: torch.Tensor
+    cuda_rng_states: list[torch.Tensor]
+
+
 @dataclass
 class SampledReplies:
     """Replies sampled for one batch of prompts, with their scores and the model inputs of prompt + reply."""
@@ -424,6 +443,7 @@ class PPOTrainer:
         *,
         value_model: PreTrainedModel | None = None,
         accelerator: Accelerator | None = None,
+        start_scale: StartScale | None = None,
     ) -> None:
         self.config = config or PPOConfig()
         if not prompts:
@@ -470,6 +490,10 @@ class PPOTrainer:
         self.steps_done = 0  # over every call of train()
         self.history = pd.DataFrame()  # one row per step, over every call of train(); saved with the policy
         self.scale: ScoreScale | None = None  # fixed once, on the start policy's replies
+        self.start_scale: StartScale | None = None  # what fixed it, when scale_samples > 0
+        if start_scale is not None:
+            self._check_start(start_scale)
+            self.start_scale = start_scale
 
     # ---- model calls
 
@@ -530,23 +554,64 @@ class PPOTrainer:
         error is then the same large number, and GAE turns it into advantages that tilt credit towards early or late
         tokens (by the error's sign) whatever the reply said (the value-initialisation bias of Yuan et al. 2025,
         "What's Behind PPO's Collapse in Long-CoT?")."""
+        return self._scale_from(*self._start_statistics(scores, value_sum, tokens))
+
+    def _start_statistics(
+        self, scores: torch.Tensor, value_sum: torch.Tensor, tokens: torch.Tensor
+    ) -> tuple[float, float, float]:
+        """The start replies' mean raw score, its spread and the value model's mean raw estimate per reply token,
+        gathered over every process."""
         all_scores = self.accelerator.gather(scores)
         value_sum = self.accelerator.gather(value_sum.reshape(1)).sum()
         value_mean = (value_sum / self.accelerator.gather(tokens.reshape(1)).sum().clamp(min=1)).item()
-        mean, spread = all_scores.mean().item(), all_scores.std().item() if len(all_scores) > 1 else 0.0
+        return all_scores.mean().item(), all_scores.std().item() if len(all_scores) > 1 else 0.0, value_mean
+
+    def _scale_from(self, mean: float, spread: float, value_mean: float) -> ScoreScale:
+        """The scale from the start replies' mean score, their spread and the value model's mean raw estimate."""
         shift, scale = (mean, spread if spread > 1e-6 else 1.0) if self.config.normalize_scores else (0.0, 1.0)
         value_shift = value_mean - mean + shift if self.config.calibrate_value else 0.0
         return ScoreScale(shift, scale, value_shift)
 
+    def _check_start(self, start: StartScale) -> None:
+        mine = {"seed": self.config.seed, "scale_samples": self.config.scale_samples, "prompts": len(self.prompts)}
+        theirs = {name: getattr(start, name) for name in mine}
+        if mine != theirs:
+            raise ValueError(
+                f"start_scale was measured with {theirs} but this trainer has {mine}: the same start needs the same "
+                "seed, prompts and scale_samples (or leave start_scale out to sample the scale again)"
+            )
+
+    def _take_start_scale(self, start: StartScale) -> ScoreScale:
+        """Another trainer's start statistics in place of sampling them (see :class:`StartScale`)."""
+        self._next_prompts(self.config.scale_samples)  # the prompts its start replies answered
+        torch.set_rng_state(start.rng_state)
+        if start.cuda_rng_states:
+            torch.cuda.set_rng_state_all(start.cuda_rng_states)
+        return self._scale_from(start.mean, start.spread, start.value_mean)
+
     @torch.no_grad()
     def _scale_from_start_policy(self) -> ScoreScale:
         """Sample ``scale_samples`` replies from the untrained policy, in one batch, on the next training prompts, and
-        fix the scale from their scores and the value model's estimates; nothing trains. One batch of 64 costs about
-        what one rollout of 8 does on a CPU, where sampling is bound by reading the weights, once per token."""
+        fix the scale from their scores and the value model's estimates; nothing trains. It is counted in the first
+        step's ``seconds`` (not in its ``seconds_generate``): on a 2-core CPU, 64 replies cost about four rollouts of
+        8, so runs that share a start pass ``start_scale`` instead of sampling it again."""
         sample = self._sample_and_score(self._next_prompts(self.config.scale_samples))
         hidden = self.trunk(sample.ids, sample.attention, sample.positions)
         values = self._values(hidden["value"], sample.attention, sample.positions, sample.response)
-        return self._fix_scale(sample.scores, (values * sample.mask).sum(), sample.mask.sum())
+        mean, spread, value_mean = self._start_statistics(
+            sample.scores, (values * sample.mask).sum(), sample.mask.sum()
+        )
+        self.start_scale = StartScale(
+            mean=mean,
+            spread=spread,
+            value_mean=value_mean,
+            seed=self.config.seed,
+            scale_samples=self.config.scale_samples,
+            prompts=len(self.prompts),
+            rng_state=torch.get_rng_state(),
+            cuda_rng_states=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        )
+        return self._scale_from(mean, spread, value_mean)
 
     def _next_prompts(self, count: int | None = None) -> list[Messages]:
         """The next ``count`` (default ``batch_size``) training prompts, in the seed's order, cycling."""
@@ -579,7 +644,8 @@ class PPOTrainer:
     def rollout(self, prompts: Sequence[Messages]) -> Rollout:
         """Sample replies to ``prompts`` and compute scores, log-probs, values, rewards and advantages."""
         if self.scale is None and self.config.scale_samples > 0:
-            self.scale = self._scale_from_start_policy()
+            shared = self.start_scale
+            self.scale = self._scale_from_start_policy() if shared is None else self._take_start_scale(shared)
         sample = self._sample_and_score(prompts)
         scored = time.perf_counter()
         response, mask, scores = sample.response, sample.mask, sample.scores

@@ -1,5 +1,6 @@
 import math
 import re
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -299,6 +300,42 @@ def test_start_policy_replies_fix_the_scale_before_the_first_step(tiny_causal_lm
     assert batch.scores.tolist() == [0.0, 0.0] and [len(prompts) for prompts in seen] == [5, 2]
     assert seen[0] == [prompts[i][0]["content"] for i in trainer._order]  # the next training prompts, in one batch
     assert trainer.step()["score"] == pytest.approx(7.0)
+
+
+def test_a_shared_start_scale_skips_the_scale_sample_and_draws_what_the_first_trainer_drew(
+    tiny_causal_lm, tokenizer, tiny_ppo_config
+):
+    prompts = [[{"role": "user", "content": f"Say {word}."}] for word in ("one", "two", "three", "four", "five")]
+    value = value_model_like(tiny_causal_lm)
+    calls = []
+
+    def score(prompts, replies):
+        calls.append(([p[0]["content"] for p in prompts], list(replies)))
+        return [float(len(reply)) for reply in replies]
+
+    def trainer(start_scale=None, **changes):
+        reference, policy = copies(tiny_causal_lm, 2)
+        config = tiny_ppo_config(scale_samples=3, **changes)  # not a whole pass over the prompts
+        value_model = copies(value, 1)[0]
+        return PPOTrainer(
+            policy, reference, tokenizer, prompts, score, config, value_model=value_model, start_scale=start_scale
+        )
+
+    first = trainer()
+    first.train(2)
+    start_replies, first_rollouts = calls[0], calls[1:]
+    assert len(start_replies[1]) == 3 and len(first_rollouts) == 2
+    calls.clear()
+    shared = trainer(start_scale=first.start_scale, learning_rate=0.1)
+    shared.train(2)
+    assert shared.scale == first.scale and len(calls) == 2  # nothing sampled to fix the scale
+    assert calls[0] == first_rollouts[0]  # the same prompts and the very same sampled replies
+    assert calls[1][0] == first_rollouts[1][0]  # then the same prompts, from a policy updated differently
+    uncalibrated = trainer(start_scale=first.start_scale, calibrate_value=False)
+    uncalibrated.step()
+    assert uncalibrated.scale == replace(first.scale, value_shift=0.0)  # its own config's calibrate_value
+    with pytest.raises(ValueError, match="same seed, prompts and scale_samples"):
+        trainer(start_scale=first.start_scale, seed=1)
 
 
 def test_score_scale_maps_by_hand():
