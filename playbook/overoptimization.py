@@ -38,7 +38,7 @@ from playbook.data import hh_rlhf_split
 from playbook.evaluation import best_of_n_kl, expected_best_of_n, sample_replies, win_rate_table
 from playbook.io import Messages
 from playbook.models import generate_replies, load_model, load_policy_and_reference
-from playbook.ppo import PPOConfig, PPOTrainer
+from playbook.ppo import PPOConfig, PPOTrainer, StartScale
 from playbook.reward import (
     RewardConfig,
     RewardModel,
@@ -405,12 +405,17 @@ def ppo_against_proxy(
     prompts: Sequence[Messages],
     baseline: torch.Tensor,
     config: PPOConfig,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """PPO from the model in ``start`` (also its reference) on ``prompts``, paid by ``reward``'s proxy: its history
-    and the step-by-step proxy and gold gains against √KL (:func:`ppo_overoptimization`, in ``baseline``'s units)."""
+    *,
+    start_scale: StartScale | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame, StartScale | None]:
+    """PPO from the model in ``start`` (also its reference) on ``prompts``, paid by ``reward``'s proxy: its history,
+    the step-by-step proxy and gold gains against √KL (:func:`ppo_overoptimization`, in ``baseline``'s units), and
+    the start statistics that fixed its score scale. Pass those to a run with the same seed, prompts and proxy (another
+    β) and it skips sampling them again, drawing what it would have drawn (:class:`playbook.ppo.StartScale`)."""
     policy, reference, tokenizer = load_policy_and_reference(start)
-    history = PPOTrainer(policy, reference, tokenizer, prompts, reward, config).train().history
-    return history, ppo_overoptimization(history, reward, baseline)
+    trainer = PPOTrainer(policy, reference, tokenizer, prompts, reward, config, start_scale=start_scale)
+    history = trainer.train().history
+    return history, ppo_overoptimization(history, reward, baseline), trainer.start_scale
 
 
 def gold_win_rates(
@@ -477,10 +482,12 @@ def run_evaluation(profile: Profile, out: Path) -> TrainResult:
         temperature=config.temperature,
     )
     best_of_n = best_of_n_overoptimization(sampled, heads.gold, heads.proxies, ns=sample_sizes(len(replies[0])))
-    curves = []
-    for beta in KL_COEFS:
+    curves, start_scale = [], None
+    for beta in KL_COEFS:  # one seed and proxy: every β run starts from the first one's score scale
         reward = ProxyReward(features.backbone, heads.proxies[min(heads.proxies)], heads.gold)
-        _, curve = ppo_against_proxy(sft, reward, prompts, sampled, replace(config, kl_coef=beta))
+        _, curve, start_scale = ppo_against_proxy(
+            sft, reward, prompts, sampled, replace(config, kl_coef=beta), start_scale=start_scale
+        )
         curves.append(curve.assign(**{"proxy pairs": min(heads.proxies), "kl_coef": beta}))
     greedy = {
         name: generate_replies(load_model(path)[0], tokenizer, prompts, max_new_tokens=config.response_length)
