@@ -307,7 +307,8 @@ class ProxyReward:
 
     def __post_init__(self) -> None:
         self.model = copy.deepcopy(self.reward_model.model)
-        self.model.score.weight.data = self.proxy.reshape(1, -1).to(self.model.score.weight.dtype)
+        weight = self.model.score.weight
+        weight.data = self.proxy.reshape(1, -1).to(device=weight.device, dtype=weight.dtype)
 
     def score_batch(self, prompts: Sequence[Messages], replies: Sequence[str]) -> list[float]:
         features = reply_features(self.reward_model, prompts, [[reply] for reply in replies])[:, 0]
@@ -493,7 +494,7 @@ def run_evaluation(profile: Profile, out: Path) -> TrainResult:
         name: generate_replies(load_model(path)[0], tokenizer, prompts, max_new_tokens=config.response_length)
         for name, path in course_policies(out).items()
     }
-    course_head = features.backbone.model.score.weight.data[0].float()
+    course_head = features.backbone.model.score.weight.data[0].float().cpu()  # the features are on the CPU
     picked = (sampled @ course_head).argmax(dim=1)
     greedy[f"best-of-{len(replies[0])} (SFT samples, course reward model)"] = [
         group[int(i)] for group, i in zip(replies, picked, strict=True)

@@ -1,6 +1,7 @@
 """The pipeline command, on two processes as `accelerate launch` runs it (gloo on this CPU machine), then its
 evaluate stage in one process on the models those trained."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,11 +16,13 @@ from playbook.reward import RewardModel
 
 def launch(stages: list[str], out: Path) -> str:
     """`accelerate launch` with two processes, running the pipeline's stages in order. Its `--cpu` flag starts CPU
-    jobs through MPI; torchrun underneath `--multi_gpu` starts them directly, and without CUDA they talk over gloo."""
+    jobs through MPI; torchrun underneath `--multi_gpu` starts them directly, and without CUDA they talk over gloo
+    (CUDA is hidden from them: on a one-GPU machine both ranks would share it, which NCCL refuses)."""
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     command += ["-m", "playbook.pipeline", *stages, "--profile", "smoke", "--out", str(out)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    environment = os.environ | {"CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=environment)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 
