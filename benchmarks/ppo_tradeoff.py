@@ -2,7 +2,7 @@
 
 .venv/bin/python benchmarks/ppo_tradeoff.py [--checkpoints 20 30] [--held-out 150] [--seeds 0 1 2] [--only NAME ...]
                                           [--start sft|embedded] [--column-ranges]
-                                          [--steps-csv PATH]
+                                          [--steps-csv PATH] [--profile cpu|gpu]
 
 Each run starts from notebook 04's SFT model (trained as notebook 04 does, into build/benchmarks/; ``--start
 embedded``: from the embedded model, as the course did before it had an SFT notebook) with notebook 06's settings
@@ -11,7 +11,9 @@ is scored by notebook 05's reward model (trained as
 notebook 05 does, into build/benchmarks/), and changes one thing. The gain is the held-out reward-model score of
 greedy replies after each checkpoint's number of steps, in standard deviations of the starting model's scores on the
 same prompts; the KL is the mean over the last 5 steps, in nats per reply. Several seeds (prompt order and sampling)
-show how reliable a setting is: the table gives the mean and the worst gain over them.
+show how reliable a setting is: the table gives the mean and the worst gain over them. ``--profile gpu`` starts each
+variant from the gpu profile's PPO settings instead (every layer training, 64 replies of <= 64 tokens per step), with
+the same cpu-profile SFT model, reward model and held-out prompts, so the two profiles' PPO compare on one yardstick.
 """
 
 from __future__ import annotations
@@ -81,6 +83,12 @@ def main() -> None:
         "--column-ranges", action="store_true", help="also print each setting's logged columns over all its steps"
     )
     parser.add_argument("--steps-csv", help="also write every step's logged columns (setting, seed, step) to this CSV")
+    parser.add_argument(
+        "--profile",
+        choices=["cpu", "gpu"],
+        default="cpu",
+        help="whose PPO settings each variant changes (with gpu, the first variant is the gpu profile's own run)",
+    )
     args = parser.parse_args()
     unknown = set(args.only or []) - set(VARIANTS)
     if unknown:
@@ -96,7 +104,7 @@ def main() -> None:
         change = VARIANTS[name]
         for seed in args.seeds:
             policy, _ = load_model(start)
-            config = PPOConfig.from_profile("cpu", **change, steps=max(args.checkpoints), seed=seed)
+            config = PPOConfig.from_profile(args.profile, **change, steps=max(args.checkpoints), seed=seed)
             trainer = PPOTrainer(policy, reference, tokenizer, train_prompts, reward_model, config)
             if baseline is None:
                 baseline = score_spread(reward_model.score_batch(held_out, trainer.respond(held_out)))

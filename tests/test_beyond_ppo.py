@@ -2,6 +2,7 @@ import pytest
 import torch
 from datasets import Dataset
 
+from conftest import cpu_state
 from playbook.beyond_ppo import DPOConfig, RLOOConfig, evaluate_policies, train_dpo, train_rloo
 
 PAIRS = [
@@ -16,7 +17,7 @@ PAIRS = [
 
 def top_layer_changed_and_bottom_frozen(model, before):
     """Only the top decoder layer and the final norm may change; returns whether anything did."""
-    after = {name: p.detach().clone() for name, p in model.named_parameters()}
+    after = cpu_state(model)  # a trainer on a GPU moves the model there
     changed = {name for name in before if not torch.equal(before[name], after[name])}
     assert all(name.startswith(("model.layers.1.", "model.norm")) for name in changed), changed
     return bool(changed)
@@ -26,7 +27,7 @@ def test_dpo_raises_the_chosen_over_rejected_margin_and_trains_only_the_top_laye
     torch.manual_seed(0)
     reference = type(tiny_causal_lm)(tiny_causal_lm.config).eval()
     reference.load_state_dict(tiny_causal_lm.state_dict())
-    before = {name: p.detach().clone() for name, p in tiny_causal_lm.named_parameters()}
+    before = cpu_state(tiny_causal_lm)
     run = train_dpo(
         tiny_causal_lm,
         reference,
@@ -47,13 +48,13 @@ def test_dpo_in_micro_batches_takes_the_same_step_as_in_one_pass(tiny_causal_lm,
     """Gradient accumulation (the gpu profile's micro_batch_size) bounds memory without changing the update."""
     reference = type(tiny_causal_lm)(tiny_causal_lm.config).eval()
     reference.load_state_dict(tiny_causal_lm.state_dict())
-    start = {name: p.detach().clone() for name, p in tiny_causal_lm.state_dict().items()}
+    start = cpu_state(tiny_causal_lm)
     trained = {}
     for micro in (None, 1):
         tiny_causal_lm.load_state_dict(start)
         config = DPOConfig(steps=1, batch_size=4, learning_rate=1e-3, trainable_layers=1, micro_batch_size=micro)
         model = train_dpo(tiny_causal_lm, reference, tokenizer, Dataset.from_list(PAIRS[:4]), config).model
-        trained[micro] = {name: p.detach().clone() for name, p in model.state_dict().items()}
+        trained[micro] = cpu_state(model)
     moved = max((trained[None][name] - start[name]).abs().max() for name in start)
     assert moved > 5e-4  # Adam's first step moves weights by about the learning rate
     assert all(torch.allclose(trained[None][name], trained[1][name], atol=1e-6) for name in start)
@@ -82,7 +83,7 @@ def test_rloo_runs_the_requested_steps_with_our_reward_interface(tiny_causal_lm,
 
     earlier = [{"role": "user", "content": "Hello."}, {"role": "assistant", "content": "Hi."}]
     prompts = [earlier + row["prompt"] for row in PAIRS]
-    before = {name: p.detach().clone() for name, p in policy.named_parameters()}
+    before = cpu_state(policy)
     config = RLOOConfig(
         steps=2, prompts_per_step=2, generations=2, max_completion_length=6, prompt_messages=1, trainable_layers=1
     )
