@@ -38,10 +38,14 @@ def test_profiles_are_frozen_and_grow_from_smoke_to_gpu():
     with pytest.raises(AttributeError):
         PROFILES["cpu"].rm_steps = 1
     hardware_knobs = {"policy_trainable_layers", "value_trainable_layers"}  # None on a GPU: every layer trains
-    for field in set(Profile.__dataclass_fields__) - hardware_knobs:
+    # the gpu profile's PPO takes fewer steps of eight times the replies (its KL runs away beyond them)
+    fewer_larger_steps = {"ppo_steps"}
+    for field in set(Profile.__dataclass_fields__) - hardware_knobs - fewer_larger_steps:
         if isinstance(getattr(PROFILES["cpu"], field), int):
             smoke, cpu, gpu = (getattr(PROFILES[n], field) for n in ("smoke", "cpu", "gpu"))
             assert 0 < smoke <= cpu <= gpu, field
+    smoke, cpu, gpu = (PROFILES[n].ppo_steps * PROFILES[n].ppo_batch_size for n in ("smoke", "cpu", "gpu"))
+    assert 0 < smoke <= cpu <= gpu  # replies per PPO run: 4, 240, 1,280
     assert PROFILES["gpu"].policy_trainable_layers is None and PROFILES["cpu"].policy_trainable_layers == 6
 
 
