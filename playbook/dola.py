@@ -728,12 +728,19 @@ def answer_logprobs(
     )
     scores = {method: np.zeros(len(answers)) for method in methods}
     head = model.get_output_embeddings()
+    # Every answer's tokens through the output head at once (one large matrix product is faster than one per answer,
+    # and gives the same numbers): the final layer and the candidate layers, [1 + L, N, V] for N answer tokens in all.
+    answer_tokens = (
+        torch.arange(width, device=device) < torch.tensor([len(ids) for ids in answer_ids], device=device)[:, None]
+    )
+    early = torch.stack([outputs.hidden_states[layer][answer_tokens] for layer in layers])
+    logprobs = head(torch.cat([outputs.last_hidden_state[answer_tokens][None], early])).float().log_softmax(-1)
+    normalised = head(norm(early)).float().log_softmax(-1) if norm is not None else None
+    start = 0
     for row, ids in enumerate(answer_ids):
-        span = slice(0, len(ids))
-        early = [outputs.hidden_states[layer][row, span] for layer in layers]
-        hidden = torch.stack([outputs.last_hidden_state[row, span]] + early)
-        logprobs = head(hidden).float().log_softmax(-1)  # [1 + L, T, V]
-        final, premature = logprobs[0], logprobs[1:]
+        span = slice(start, start + len(ids))
+        start += len(ids)
+        final, premature = logprobs[0, span], logprobs[1:, span]
         targets = torch.tensor(ids, device=device)
         if "greedy" in methods:
             scores["greedy"][row] = float(final[torch.arange(len(ids), device=device), targets].sum())
@@ -741,9 +748,8 @@ def answer_logprobs(
             scores["dola"][row] = _dola_answer_score(final, premature, targets)
         if "dola without last candidate" in methods:
             scores["dola without last candidate"][row] = _dola_answer_score(final, premature[:-1], targets)
-        if norm is not None:
-            normalised = head(norm(torch.stack(early))).float().log_softmax(-1)
-            scores["dola normalised exits"][row] = _dola_answer_score(final, normalised, targets)
+        if normalised is not None:
+            scores["dola normalised exits"][row] = _dola_answer_score(final, normalised[:, span], targets)
     return scores
 
 
