@@ -187,8 +187,8 @@ PROFILES: dict[str, Profile] = {
         ppo_batch_size=64,
         ppo_mini_batch_size=16,
         ppo_epochs=4,
-        # measured on an H200 (benchmarks/README.md, session 20): +0.78 to +0.97 sd of held-out reward in 20 steps on
-        # three seeds, at 4.0-4.7 nats of KL per reply and still climbing; 200 steps would drift far past that
+        # measured on an H200 from the cpu profile's SFT and reward models (benchmarks/README.md, session 20): +0.78
+        # to +0.97 sd of held-out reward in 20 steps on three seeds, at 4.0-4.7 nats of KL per reply and climbing
         ppo_steps=20,
         ppo_response_length=64,
         ppo_learning_rate=1e-5,
