@@ -714,9 +714,11 @@ def answer_logprobs(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     rows = torch.full((len(answers), width), pad, dtype=torch.long, device=device)
     valid = torch.zeros_like(rows)
+    predicts_answer = torch.zeros_like(rows, dtype=torch.bool)  # the positions whose output predicts an answer token
     for row, ids in enumerate(answer_ids):
         rows[row, : 1 + len(ids)] = torch.tensor([int(prompt_ids[0, -1])] + ids, device=device)
         valid[row, : 1 + len(ids)] = 1
+        predicts_answer[row, : len(ids)] = True
     prefix = prompt_ids.shape[1] - 1
     outputs = model.base_model(
         rows,
@@ -730,11 +732,8 @@ def answer_logprobs(
     head = model.get_output_embeddings()
     # Every answer's tokens through the output head at once (one large matrix product is faster than one per answer,
     # and gives the same numbers): the final layer and the candidate layers, [1 + L, N, V] for N answer tokens in all.
-    answer_tokens = (
-        torch.arange(width, device=device) < torch.tensor([len(ids) for ids in answer_ids], device=device)[:, None]
-    )
-    early = torch.stack([outputs.hidden_states[layer][answer_tokens] for layer in layers])
-    logprobs = head(torch.cat([outputs.last_hidden_state[answer_tokens][None], early])).float().log_softmax(-1)
+    early = torch.stack([outputs.hidden_states[layer][predicts_answer] for layer in layers])
+    logprobs = head(torch.cat([outputs.last_hidden_state[predicts_answer][None], early])).float().log_softmax(-1)
     normalised = head(norm(early)).float().log_softmax(-1) if norm is not None else None
     start = 0
     for row, ids in enumerate(answer_ids):
