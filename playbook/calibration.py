@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from playbook.io import read_jsonl
-from playbook.models import chat_batches
+from playbook.models import chat_batches, next_token_logits_at
 from playbook.stats import bootstrap_interval
 from playbook.tensors import pad_sequences
 
@@ -586,10 +586,8 @@ def next_token_predictions(
         documents = order[start : start + batch_size]
         ids, attention = pad_sequences([replies[i][0] for i in documents], tokenizer.pad_token_id)
         scored, _ = pad_sequences([replies[i][1] for i in documents], 0)
-        hidden = model.base_model(input_ids=ids.to(model.device), attention_mask=attention.to(model.device))
         keep = scored[:, 1:].bool()  # token t is predicted from the hidden state at t - 1
-        # The output layer only where a scored token is predicted: a vocabulary-wide row per position is costly.
-        logits = model.get_output_embeddings()(hidden.last_hidden_state[:, :-1][keep.to(model.device)])
+        logits = next_token_logits_at(model, ids, attention, keep)
         confidence, guess = torch.softmax(logits.float(), dim=-1).max(dim=-1)
         rows, _ = keep.nonzero(as_tuple=True)
         frames.append(

@@ -393,6 +393,17 @@ def returned_cache(outputs):
     return outputs.past_key_values if cache is None else cache
 
 
+def next_token_logits_at(
+    model: PreTrainedModel, ids: torch.Tensor, attention: torch.Tensor, where: torch.Tensor
+) -> torch.Tensor:
+    """The next-token logits at the positions ``where`` marks (``[batch, length - 1]``, aligned with the tokens they
+    predict: position t predicts token t + 1), one row per marked position in reading order. The backbone runs on
+    every position, the output layer only on the marked ones: for SmolLM2-135M one 49,152-wide row costs as much as
+    eight decoder layers, and prompts are long while the scored replies are short."""
+    hidden = model.base_model(input_ids=ids.to(model.device), attention_mask=attention.to(model.device))
+    return model.get_output_embeddings()(hidden.last_hidden_state[:, :-1][where.to(model.device)])
+
+
 @torch.no_grad()
 def generate_replies(
     model: PreTrainedModel,

@@ -39,7 +39,7 @@ from playbook.data import hh_rlhf_split
 from playbook.feedback import to_training_sets
 from playbook.frozen_layers import train_top_layers
 from playbook.io import Messages
-from playbook.models import load_model, write_model_atomically
+from playbook.models import load_model, next_token_logits_at, write_model_atomically
 from playbook.tensors import logprobs_from_logits, pad_sequences
 from playbook.training import (
     MAX_PASSES,
@@ -207,6 +207,12 @@ def token_nll_table(
     )
 
 
+def _sum_per_row(values: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """Per row of ``where`` (``[batch, length]``), the sum of ``values``, one per marked position in reading order."""
+    row_of_value = torch.arange(len(where))[:, None].expand_as(where)[where]
+    return torch.zeros(len(where), dtype=values.dtype).index_add_(0, row_of_value, values)
+
+
 def _reply_batches(
     tokenizer: PreTrainedTokenizerBase, conversations: Sequence[Messages], batch_size: int, max_length: int | None
 ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -241,9 +247,10 @@ def reply_nll(
     was_training = model.training
     model.eval()
     for rows, ids, attention, mask in _reply_batches(tokenizer, conversations, batch_size, max_length):
-        logits = model(input_ids=ids.to(model.device), attention_mask=attention.to(model.device)).logits
-        logprobs = logprobs_from_logits(logits[:, :-1], ids[:, 1:].to(model.device)).cpu()
-        nll[rows] = (-(logprobs * mask).sum(1) / mask.sum(1)).numpy()
+        scored = mask.bool()
+        logits = next_token_logits_at(model, ids, attention, scored)
+        logprobs = logprobs_from_logits(logits, ids[:, 1:][scored].to(model.device)).double().cpu()
+        nll[rows] = (-_sum_per_row(logprobs, scored) / mask.sum(1).double()).numpy()
     model.train(was_training)
     return nll
 
@@ -262,14 +269,11 @@ def reply_kl(
     vocabulary counted (exact at each position, not a sampled estimate)."""
     kl = np.zeros(len(conversations))
     for rows, ids, attention, mask in _reply_batches(tokenizer, conversations, batch_size, None):
-        inputs = {"input_ids": ids.to(policy.device), "attention_mask": attention.to(policy.device)}
         scored = mask.bool()  # only the reply's positions: prompts are long, the vocabulary wide
-        on_device = scored.to(policy.device)
-        policy_logprobs = policy(**inputs).logits[:, :-1][on_device].float().log_softmax(-1)
-        reference_logprobs = reference(**inputs).logits[:, :-1][on_device].float().log_softmax(-1)
+        policy_logprobs = next_token_logits_at(policy, ids, attention, scored).float().log_softmax(-1)
+        reference_logprobs = next_token_logits_at(reference, ids, attention, scored).float().log_softmax(-1)
         per_token = (policy_logprobs.exp() * (policy_logprobs - reference_logprobs)).sum(-1).cpu()
-        row_of_token = torch.arange(len(rows))[:, None].expand_as(scored)[scored]
-        kl[rows] = torch.zeros(len(rows), dtype=per_token.dtype).index_add_(0, row_of_token, per_token).numpy()
+        kl[rows] = _sum_per_row(per_token, scored).numpy()
     return kl
 
 

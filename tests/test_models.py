@@ -19,6 +19,7 @@ from playbook.models import (
     embedded_model_dir,
     load_model,
     model_summary,
+    next_token_logits_at,
     pick_device,
     write_model_atomically,
 )
@@ -268,3 +269,14 @@ def test_a_local_folder_with_cut_short_weights_is_named(tiny_causal_lm, tokenize
     _truncated_weights(tmp_path / "m", tiny_causal_lm, tokenizer)
     with pytest.raises(ValueError, match=r"m/model\.safetensors: cannot be read .*Save or copy the model in .*m again"):
         load_model(tmp_path / "m", device="cpu")
+
+
+def test_next_token_logits_at_are_the_full_forward_pass_logits_at_the_marked_positions(tiny_causal_lm):
+    ids = torch.tensor([[5, 6, 7, 8, 0], [9, 10, 11, 0, 0]])
+    attention = (ids != 0).long()
+    where = torch.tensor([[False, True, True, False], [True, False, False, False]])
+    with torch.no_grad():
+        full = tiny_causal_lm(input_ids=ids, attention_mask=attention).logits[:, :-1]
+        marked = next_token_logits_at(tiny_causal_lm, ids, attention, where)
+    assert marked.shape == (3, full.shape[-1])
+    torch.testing.assert_close(marked, full[where])  # rows (0, 1), (0, 2), (1, 0), in reading order
