@@ -81,6 +81,22 @@ def run_decoder_layers(
     return hidden
 
 
+def next_token_logits_from_layer(
+    model: PreTrainedModel,
+    hidden: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    start: int,
+    where: torch.Tensor,
+) -> torch.Tensor:
+    """``model``'s next-token logits from ``hidden``, the input of its decoder layer ``start``, at the positions
+    ``where`` marks (``[batch, length - 1]``: position t predicts token t + 1), one row per marked position in reading
+    order (as :func:`playbook.models.next_token_logits_at`, from a layer instead of the token ids)."""
+    backbone = model.base_model
+    hidden = backbone.norm(run_decoder_layers(backbone, hidden, attention_mask, position_ids, start))
+    return model.get_output_embeddings()(hidden[:, :-1][where])
+
+
 class UpperLayers(nn.Module):
     """A model from decoder layer ``start`` up: hidden states at that layer in, head outputs of the last ``keep``
     positions out (next-token logits for a language model, one value each for a classification model)."""

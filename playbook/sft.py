@@ -37,7 +37,12 @@ from playbook.annotation import AnnotationStore
 from playbook.config import Profile, TrainerConfig, get_profile, runs_dir
 from playbook.data import hh_rlhf_split
 from playbook.feedback import to_training_sets
-from playbook.frozen_layers import train_top_layers
+from playbook.frozen_layers import (
+    next_token_logits_from_layer,
+    run_decoder_layers,
+    shared_lower_layers,
+    train_top_layers,
+)
 from playbook.io import Messages
 from playbook.models import load_model, next_token_logits_at, write_model_atomically
 from playbook.tensors import logprobs_from_logits, pad_sequences
@@ -207,6 +212,15 @@ def token_nll_table(
     )
 
 
+def _shared_depth(policy: PreTrainedModel, reference: PreTrainedModel) -> int | None:
+    """How many bottom decoder layers two Llama-style models share weight for weight (``None`` when they share none,
+    or are not Llama-style: then each runs whole)."""
+    backbones = (policy.base_model, reference.base_model)
+    if not all(hasattr(b, name) for b in backbones for name in ("embed_tokens", "layers", "rotary_emb", "norm")):
+        return None
+    return shared_lower_layers(policy, reference, len(policy.base_model.layers)) or None
+
+
 def _sum_per_row(values: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
     """Per row of ``where`` (``[batch, length]``), the sum of ``values``, one per marked position in reading order."""
     row_of_value = torch.arange(len(where))[:, None].expand_as(where)[where]
@@ -266,12 +280,27 @@ def reply_kl(
 ) -> np.ndarray:
     """Per conversation, Σ over the reply's tokens of KL(π(·|prefix) ‖ π_ref(·|prefix)), in nats per reply: how far
     the policy's next-token distributions have moved from the reference's along that reply, every token of the
-    vocabulary counted (exact at each position, not a sampled estimate)."""
+    vocabulary counted (exact at each position, not a sampled estimate).
+
+    The course's policies train only their top layers, so the two models share the layers below weight for weight:
+    those run once per batch, and each model runs only its own layers above them (``playbook.frozen_layers``)."""
     kl = np.zeros(len(conversations))
+    shared = _shared_depth(policy, reference)
     for rows, ids, attention, mask in _reply_batches(tokenizer, conversations, batch_size, None):
         scored = mask.bool()  # only the reply's positions: prompts are long, the vocabulary wide
-        policy_logprobs = next_token_logits_at(policy, ids, attention, scored).float().log_softmax(-1)
-        reference_logprobs = next_token_logits_at(reference, ids, attention, scored).float().log_softmax(-1)
+        if shared is None:
+            policy_logits = next_token_logits_at(policy, ids, attention, scored)
+            reference_logits = next_token_logits_at(reference, ids, attention, scored)
+        else:
+            ids, attention, where = ids.to(policy.device), attention.to(policy.device), scored.to(policy.device)
+            # right-padded rows: positions 0, 1, 2, ... as the models' own forward pass numbers them
+            positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+            backbone = policy.base_model
+            trunk = run_decoder_layers(backbone, backbone.embed_tokens(ids), attention, positions, 0, shared)
+            policy_logits = next_token_logits_from_layer(policy, trunk, attention, positions, shared, where)
+            reference_logits = next_token_logits_from_layer(reference, trunk, attention, positions, shared, where)
+        policy_logprobs = policy_logits.float().log_softmax(-1)
+        reference_logprobs = reference_logits.float().log_softmax(-1)
         per_token = (policy_logprobs.exp() * (policy_logprobs - reference_logprobs)).sum(-1).cpu()
         kl[rows] = _sum_per_row(per_token, scored).numpy()
     return kl

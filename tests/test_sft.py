@@ -9,7 +9,7 @@ import torch
 from datasets import Dataset
 
 from conftest import cpu_state
-from playbook import training
+from playbook import sft, training
 from playbook.models import load_model
 from playbook.sft import SFTConfig, loss_mask, reply_kl, reply_nll, sft_conversations, train_sft
 
@@ -74,7 +74,7 @@ def test_reply_nll_is_the_mean_nll_of_the_reply_tokens(tiny_causal_lm, tokenizer
     assert nll == pytest.approx([by_hand(TWO_TURNS), by_hand(short)], rel=1e-5)
 
 
-def test_reply_kl_sums_the_exact_per_token_kl_over_the_reply(tiny_causal_lm, tokenizer):
+def test_reply_kl_sums_the_exact_per_token_kl_over_the_reply(tiny_causal_lm, tokenizer, monkeypatch):
     short = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there, friend."}]
     moved = copy.deepcopy(tiny_causal_lm)
     with torch.no_grad():
@@ -91,6 +91,16 @@ def test_reply_kl_sums_the_exact_per_token_kl_over_the_reply(tiny_causal_lm, tok
     kl = reply_kl(moved, tiny_causal_lm, tokenizer, [TWO_TURNS, short], batch_size=2)
     assert kl == pytest.approx([by_hand(TWO_TURNS), by_hand(short)], rel=1e-4) and (kl > 0).all()
     assert reply_kl(tiny_causal_lm, tiny_causal_lm, tokenizer, [short]) == pytest.approx([0.0], abs=1e-6)
+
+    # a policy that trained only its top layer shares the layer below: that one runs once for both models
+    moved = copy.deepcopy(tiny_causal_lm)
+    with torch.no_grad():
+        moved.model.layers[1].mlp.down_proj.weight.add_(
+            0.5 * torch.randn_like(moved.model.layers[1].mlp.down_proj.weight)
+        )
+    monkeypatch.setattr(sft, "next_token_logits_at", lambda *args: pytest.fail("each model ran whole"))
+    kl = reply_kl(moved, tiny_causal_lm, tokenizer, [TWO_TURNS, short], batch_size=2)
+    assert kl == pytest.approx([by_hand(TWO_TURNS), by_hand(short)], rel=1e-4) and (kl > 0).all()
 
 
 def test_config_checks_name_the_field():
