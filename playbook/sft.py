@@ -213,10 +213,12 @@ def token_nll_table(
 
 
 def _shared_depth(policy: PreTrainedModel, reference: PreTrainedModel) -> int | None:
-    """How many bottom decoder layers two Llama-style models share weight for weight (``None`` when they share none,
-    or are not Llama-style: then each runs whole)."""
+    """How many bottom decoder layers two Llama-style models on one device share weight for weight (``None`` when
+    they share none, are not Llama-style or sit on different devices: then each runs whole)."""
     backbones = (policy.base_model, reference.base_model)
     if not all(hasattr(b, name) for b in backbones for name in ("embed_tokens", "layers", "rotary_emb", "norm")):
+        return None
+    if policy.device != reference.device:
         return None
     return shared_lower_layers(policy, reference, len(policy.base_model.layers)) or None
 
