@@ -497,13 +497,14 @@ def option_logits(
     for start in tqdm(range(0, len(items), batch_size), desc="scoring options", unit="batch", leave=False):
         chunk = items[start : start + batch_size]
         ids, mask = pad_sequences([sequence for sequence, _ in chunk], tokenizer.pad_token_id)
-        log_probs = torch.log_softmax(
-            model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float(), -1
-        ).cpu()
-        for row, (sequence, length) in enumerate(chunk):
-            positions = torch.arange(len(sequence) - length - 1, len(sequence) - 1)
-            targets = torch.tensor(sequence[len(sequence) - length :])
-            scores.append(float(log_probs[row, positions, targets].mean()))
+        predicts_option = torch.zeros(len(chunk), ids.shape[1] - 1, dtype=torch.bool)
+        for row, (sequence, length) in enumerate(chunk):  # the positions before each option token
+            predicts_option[row, len(sequence) - length - 1 : len(sequence) - 1] = True
+        logits = next_token_logits_at(model, ids, mask, predicts_option).float()
+        option_tokens = ids[:, 1:][predicts_option]
+        token_log_probs = torch.log_softmax(logits, -1).cpu().gather(-1, option_tokens[:, None]).squeeze(-1)
+        for option_scores in token_log_probs.split([length for _, length in chunk]):  # rows in reading order
+            scores.append(float(option_scores.mean()))
     return np.asarray(scores).reshape(len(questions), -1)
 
 

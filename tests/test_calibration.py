@@ -406,3 +406,27 @@ def test_next_token_predictions_match_a_plain_forward_pass(embedded):
 def test_describe_ece_of_one_item_says_there_is_no_interval():
     # confidence 0.8 in a right answer: |0.8 − 1| = 0.2 in its one bin
     assert describe_ece([0.8], [True]) == "0.200 (from 1 item: too few to resample for an interval)"
+
+
+def test_option_logits_are_each_options_mean_token_log_probability(tiny_causal_lm, tokenizer):
+    from playbook.calibration import ANSWER_PREFIX, option_logits
+
+    questions = [
+        MCQuestion("Capital of France?", ("Paris", "a town in the far north"), 0),
+        MCQuestion("2+2?", ("4", "5"), 0),
+    ]
+
+    def by_hand(question: MCQuestion, option: str) -> float:
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": question.question}], tokenize=False, add_generation_prompt=True
+        )
+        prompt_ids = tokenizer(prompt + ANSWER_PREFIX, add_special_tokens=False)["input_ids"]
+        option_ids = tokenizer(" " + option, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            log_probs = tiny_causal_lm(input_ids=torch.tensor([prompt_ids + option_ids])).logits[0].log_softmax(-1)
+        predicting = log_probs[len(prompt_ids) - 1 : -1]  # the positions before each option token
+        return predicting.gather(-1, torch.tensor(option_ids)[:, None]).mean().item()
+
+    scores = option_logits(tiny_causal_lm, tokenizer, questions, batch_size=3)  # options of different lengths padded
+    expected = [[by_hand(q, option) for option in q.options] for q in questions]
+    np.testing.assert_allclose(scores, expected, rtol=1e-5)
