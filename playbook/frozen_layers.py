@@ -63,6 +63,17 @@ def shared_lower_layers(model: PreTrainedModel, other: PreTrainedModel, limit: i
     return depth
 
 
+def shared_trunk_depth(model: PreTrainedModel, other: PreTrainedModel) -> int | None:
+    """How many bottom decoder layers two models can run once for both: those they share weight for weight
+    (:func:`shared_lower_layers`), if both are Llama-style and on one device; ``None`` when there are none."""
+    backbones = (model.base_model, other.base_model)
+    if not all(hasattr(b, name) for b in backbones for name in ("embed_tokens", "layers", "rotary_emb", "norm")):
+        return None
+    if model.device != other.device:
+        return None
+    return shared_lower_layers(model, other, len(model.base_model.layers)) or None
+
+
 def run_decoder_layers(
     backbone: nn.Module,
     hidden: torch.Tensor,

@@ -40,7 +40,7 @@ from playbook.feedback import to_training_sets
 from playbook.frozen_layers import (
     next_token_logits_from_layer,
     run_decoder_layers,
-    shared_lower_layers,
+    shared_trunk_depth,
     train_top_layers,
 )
 from playbook.io import Messages
@@ -212,17 +212,6 @@ def token_nll_table(
     )
 
 
-def _shared_depth(policy: PreTrainedModel, reference: PreTrainedModel) -> int | None:
-    """How many bottom decoder layers two Llama-style models on one device share weight for weight (``None`` when
-    they share none, are not Llama-style or sit on different devices: then each runs whole)."""
-    backbones = (policy.base_model, reference.base_model)
-    if not all(hasattr(b, name) for b in backbones for name in ("embed_tokens", "layers", "rotary_emb", "norm")):
-        return None
-    if policy.device != reference.device:
-        return None
-    return shared_lower_layers(policy, reference, len(policy.base_model.layers)) or None
-
-
 def _sum_per_row(values: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
     """Per row of ``where`` (``[batch, length]``), the sum of ``values``, one per marked position in reading order."""
     row_of_value = torch.arange(len(where))[:, None].expand_as(where)[where]
@@ -287,7 +276,7 @@ def reply_kl(
     The course's policies train only their top layers, so the two models share the layers below weight for weight:
     those run once per batch, and each model runs only its own layers above them (``playbook.frozen_layers``)."""
     kl = np.zeros(len(conversations))
-    shared = _shared_depth(policy, reference)
+    shared = shared_trunk_depth(policy, reference)
     for rows, ids, attention, mask in _reply_batches(tokenizer, conversations, batch_size, None):
         scored = mask.bool()  # only the reply's positions: prompts are long, the vocabulary wide
         if shared is None:
