@@ -411,14 +411,18 @@ def generate_replies(
     conversations: list[Messages],
     *,
     max_new_tokens: int = 64,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     do_sample: bool = False,
     **generate_kwargs,
 ) -> list[str]:
     """The assistant's next reply to each conversation (chat template applied), greedy by default.
 
     Conversations are batched with left padding; the replies come back in input order, special tokens removed.
+    ``batch_size`` defaults to 8 on a CPU and 64 on an accelerator, where small batches leave it idle (on an H200,
+    notebook 09's 1,634 replies of 128 tokens: 98 s in batches of 64, unfinished after 455 s in batches of 8).
     """
+    if batch_size is None:
+        batch_size = 8 if model.device.type == "cpu" else 64
     replies: list[str] = []
     for _, batch in chat_batches(tokenizer, conversations, batch_size=batch_size, device=model.device):
         output = model.generate(

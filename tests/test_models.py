@@ -280,3 +280,30 @@ def test_next_token_logits_at_are_the_full_forward_pass_logits_at_the_marked_pos
         marked = next_token_logits_at(tiny_causal_lm, ids, attention, where)
     assert marked.shape == (3, full.shape[-1])
     torch.testing.assert_close(marked, full[where])  # rows (0, 1), (0, 2), (1, 0), in reading order
+
+
+def test_replies_are_generated_in_batches_of_8_on_a_cpu_and_64_on_an_accelerator(
+    tiny_causal_lm, tokenizer, monkeypatch
+):
+    conversations = [[{"role": "user", "content": f"Question {index}?"}] for index in range(20)]
+    batch_sizes = []
+    real_chat_batches = models.chat_batches
+
+    def recording(tokenizer, conversations, *, batch_size, device):
+        batch_sizes.append(batch_size)
+        return real_chat_batches(tokenizer, conversations, batch_size=batch_size, device=device)
+
+    monkeypatch.setattr(models, "chat_batches", recording)
+    replies = models.generate_replies(tiny_causal_lm, tokenizer, conversations, max_new_tokens=2)
+    assert len(replies) == 20 and batch_sizes == [8]
+
+    class OnAnAccelerator:  # chat_batches is replaced below, so nothing is ever moved to that device
+        device = torch.device("cuda")
+
+    monkeypatch.setattr(
+        models,
+        "chat_batches",
+        lambda tokenizer, conversations, *, batch_size, device: batch_sizes.append(batch_size) or iter(()),
+    )
+    assert models.generate_replies(OnAnAccelerator(), tokenizer, conversations) == []
+    assert batch_sizes == [8, 64]
