@@ -41,6 +41,27 @@ def settle_carriage_returns(text: str) -> str:
     return "\n".join(line.rstrip("\r").rsplit("\r", 1)[-1] for line in text.split("\n"))
 
 
+def consecutive_streams_merged(outputs: list[nbformat.NotebookNode]) -> list[nbformat.NotebookNode]:
+    """Outputs in the order the kernel sent them, with each run of same-named stream chunks joined into one.
+
+    nbclient's own ``coalesce_streams`` joins *all* of a cell's stdout into its first chunk, which moves text
+    printed after a table or figure above it; a progress bar's chunks still join here, so its carriage returns
+    settle to its final state."""
+    merged: list[nbformat.NotebookNode] = []
+    for output in outputs:
+        previous = merged[-1] if merged else None
+        if (
+            output.output_type == "stream"
+            and previous is not None
+            and previous.output_type == "stream"
+            and previous.name == output.name
+        ):
+            previous.text += output.text
+        else:
+            merged.append(output)
+    return merged
+
+
 def readable_outputs(notebook: nbformat.NotebookNode, kernel_spec: dict[str, str]) -> None:
     """Make an executed notebook read well without a kernel (see the module docstring); changes it in place."""
     notebook.metadata.pop("widgets", None)
@@ -48,6 +69,7 @@ def readable_outputs(notebook: nbformat.NotebookNode, kernel_spec: dict[str, str
     for cell in notebook.cells:
         if cell.cell_type != "code":
             continue
+        cell.outputs = consecutive_streams_merged(cell.outputs)
         for output in cell.outputs:
             if output.output_type == "stream":
                 output.text = settle_carriage_returns(output.text)
@@ -72,7 +94,6 @@ def execute_notebook(path: Path, destination: Path, *, timeout: int = 3600) -> f
         resources={"metadata": {"path": path.parent}},
         extra_arguments=[f"--IPKernelApp.exec_lines={[TEXT_PROGRESS_BARS]!r}"],
         store_widget_state=False,
-        coalesce_streams=True,
     )
     start = time.perf_counter()
     bar = tqdm(total=len(cells), desc=path.stem, unit="cell", leave=False)

@@ -69,3 +69,16 @@ def test_runner_saves_final_text_bars_no_widget_state_and_lab_metadata(tmp_path)
     assert "widgets" not in saved.metadata and saved.metadata.kernelspec.display_name == "Python 3 (ipykernel)"
     assert saved.metadata.language_info.name == "python" and [c.execution_count for c in saved.cells] == [1, 2]
     assert unreadable_outputs(saved) == []
+
+
+def test_text_printed_after_a_table_stays_after_it(tmp_path):
+    notebook = nbformat.v4.new_notebook()
+    code = (
+        "import pandas as pd\nprint('before')\nprint('still before')\ndisplay(pd.DataFrame({'x': [1]}))\nprint('after')"
+    )
+    notebook.cells = [nbformat.v4.new_code_cell(code)]
+    nbformat.write(notebook, tmp_path / "order.ipynb")
+    execute_notebook(tmp_path / "order.ipynb", tmp_path / "out.ipynb")
+    outputs = nbformat.read(tmp_path / "out.ipynb", as_version=4).cells[0].outputs
+    assert [output.output_type for output in outputs] == ["stream", "display_data", "stream"]
+    assert [outputs[0].text, outputs[2].text] == ["before\nstill before\n", "after\n"]
