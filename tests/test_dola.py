@@ -23,11 +23,15 @@ from playbook.dola import (
     dola_replies,
     explain_dola_step,
     final_norm,
+    largest_score_difference,
     layer_divergence,
     mc2_chance_level,
     mc_answers,
     mc_scores,
     mc_summary,
+    question_key,
+    record_truthfulqa_mc,
+    recorded_truthfulqa_mc,
     relative_top_filter,
     truthfulqa_mc,
     truthfulqa_prompt,
@@ -512,6 +516,7 @@ def test_compare_mc_pairs_questions_and_tests_mc1_with_mcnemar():
     rows.append({"question": "only greedy", "method": "greedy", "MC1": 1, "MC2": 0.9, "MC3": 1.0})
     table = compare_mc(pd.DataFrame(rows))
     assert table.index.name == "dola − greedy, n=8"
+    assert table["difference"].dtype == float and table.round(1).loc["MC1", "difference"] == 62.5  # rounds
     assert table.loc["MC1", "difference"] == pytest.approx(100 * 5 / 8)
     assert table.loc["MC1", "p-value"] == pytest.approx(mcnemar_exact(mc1_before, mc1_after).p_value)
     assert "6 better, 1 worse" in table.loc["MC1", "test"]
@@ -520,3 +525,31 @@ def test_compare_mc_pairs_questions_and_tests_mc1_with_mcnemar():
     assert not table.loc["MC3", "outside the noise"]
     with pytest.raises(ValueError, match="no rows for method"):
         compare_mc(pd.DataFrame(rows), after="dola normalised exits")
+
+
+def test_recorded_scores_read_back_as_the_run_that_wrote_them(tiny_causal_lm, tokenizer, tmp_path):
+    rows = [
+        {
+            "question": f"What colour is thing {number}?",
+            "best_answer": "Blue",
+            "correct_answers": ["Blue", "Navy"],
+            "incorrect_answers": ["Red", "Green"],
+        }
+        for number in range(3)
+    ]
+    path = tmp_path / "recorded.csv"
+    live = record_truthfulqa_mc(tiny_causal_lm, tokenizer, rows[:2], path, methods=METHODS)
+    assert pd.read_csv(path).columns.tolist() == ["question_key", "method", "MC1", "MC2", "MC3"]
+    assert "thing" not in path.read_text()  # the file names questions by fingerprint only
+    assert question_key(" What colour is thing 0?\n") == question_key("What colour is thing 0?")
+    recorded = recorded_truthfulqa_mc(list(reversed(rows)), path)  # any order; the unrecorded third is left out
+    assert recorded[["question", "method"]].values.tolist() == live[["question", "method"]].values.tolist()
+    assert largest_score_difference(live, recorded) == (4, pytest.approx(0.0, abs=1e-6))
+    assert largest_score_difference(live.assign(MC2=live["MC2"] + 0.25), recorded)[1] == pytest.approx(0.25, abs=1e-6)
+    with pytest.raises(FileNotFoundError, match="python -m playbook.dola --record-mc"):
+        recorded_truthfulqa_mc(rows, tmp_path / "missing.csv")
+    with pytest.raises(ValueError, match="none of its questions"):
+        recorded_truthfulqa_mc([{"question": "Something else?"}], path)
+    (tmp_path / "old.csv").write_text("question,method,MC1\n")
+    with pytest.raises(ValueError, match="old.csv: columns"):
+        recorded_truthfulqa_mc(rows, tmp_path / "old.csv")
