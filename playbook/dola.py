@@ -36,6 +36,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from playbook.data import BUNDLED_DATA_DIR
+from playbook.io import write_atomically
 from playbook.models import cache_keyword, chat_batches, decode_new_tokens, returned_cache
 from playbook.tensors import positions_from_mask
 
@@ -857,11 +859,12 @@ def compare_mc(results: pd.DataFrame, before: str = "greedy", after: str = "dola
 
 # A recorded run on all 817 questions ---------------------------------------------------------------------------
 
-RECORDED_MC_PATH = Path(__file__).resolve().parent.parent / "data" / "truthfulqa_mc_recorded.csv"
+RECORDED_MC_PATH = BUNDLED_DATA_DIR / "truthfulqa_mc_recorded.csv"
 """Per-question MC1/MC2/MC3 of the embedded model on every TruthfulQA question (`record_truthfulqa_mc`): the whole
 benchmark, which the cpu profile's notebook 10 cannot score in its budget, read back by `recorded_truthfulqa_mc`."""
 
 RECORDED_METHODS = ("greedy", "dola", "dola without last candidate")
+RECORDED_COLUMNS = ["question_key", "method", "MC1", "MC2", "MC3"]
 
 
 def question_key(question: str) -> str:
@@ -881,13 +884,8 @@ def record_truthfulqa_mc(
     """Score every question of `dataset` with `truthfulqa_mc` and write one CSV row per question and method
     (question_key, method, MC1, MC2, MC3) to `path`, atomically. Returns the scores as `truthfulqa_mc` gives them."""
     results = truthfulqa_mc(model, tokenizer, dataset, method=list(methods))
-    table = results.assign(question_key=results["question"].map(question_key))[
-        ["question_key", "method", "MC1", "MC2", "MC3"]
-    ]
-    path = Path(path)
-    partial = path.with_name(path.name + ".partial")
-    table.to_csv(partial, index=False, float_format="%.6f")
-    partial.replace(path)
+    table = results.assign(question_key=results["question"].map(question_key))[RECORDED_COLUMNS]
+    write_atomically(Path(path), lambda partial: table.to_csv(partial, index=False, float_format="%.6f"))
     return results
 
 
@@ -901,9 +899,8 @@ def recorded_truthfulqa_mc(dataset, path: str | Path = RECORDED_MC_PATH) -> pd.D
             "(all 817 questions: about 35 min on a 2-core CPU, 1.5 min on one GPU)."
         )
     table = pd.read_csv(path)
-    expected = ["question_key", "method", "MC1", "MC2", "MC3"]
-    if list(table.columns) != expected:
-        raise ValueError(f"{path}: columns {list(table.columns)}, expected {expected}; record the file again")
+    if list(table.columns) != RECORDED_COLUMNS:
+        raise ValueError(f"{path}: columns {list(table.columns)}, expected {RECORDED_COLUMNS}; record the file again")
     text = {question_key(row["question"]): row["question"] for row in dataset}
     table = table[table["question_key"].isin(text)]
     if table.empty:

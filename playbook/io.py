@@ -1,12 +1,13 @@
-"""Small shared pieces every topic module uses: the chat ``Messages`` type, reading JSONL files, and where the
-repository's notebooks are."""
+"""Small shared pieces every topic module uses: the chat ``Messages`` type, reading JSONL files, writing a file
+whole or not at all, and where the repository's notebooks are."""
 
 from __future__ import annotations
 
 import gzip
 import json
+import os
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 Messages = list[dict[str, str]]
@@ -14,6 +15,14 @@ Messages = list[dict[str, str]]
 
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = REPOSITORY_ROOT / "notebooks"
+
+
+def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write`` on a hidden file beside ``path`` (named by this process), then rename it to ``path``: a reader
+    sees the old file or the complete new one, never a half-written one."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    write(partial)
+    os.replace(partial, path)
 
 
 def course_notebooks(folder: Path = NOTEBOOK_DIR) -> list[Path]:

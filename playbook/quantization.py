@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 from gguf import GGUFReader
 
+from playbook.io import write_atomically
+
 Q4_1_BLOCK = 32
 Q4_1_LEVELS = 16
 
@@ -51,9 +53,7 @@ def embedded_gguf_storage() -> pd.DataFrame:
         return table
     table = gguf_storage(embedded_gguf_path())
     cached.parent.mkdir(parents=True, exist_ok=True)
-    partial = cached.with_name(f".{cached.name}.{os.getpid()}.partial")
-    table.to_json(partial, orient="split")
-    os.replace(partial, cached)
+    write_atomically(cached, lambda partial: table.to_json(partial, orient="split"))
     return table
 
 

@@ -11,7 +11,7 @@ from nbclient.exceptions import CellExecutionError
 from conftest import REPO
 from playbook.course import execute_notebook
 from playbook.environment import display_path, environment_report
-from playbook.io import course_notebooks
+from playbook.io import course_notebooks, write_atomically
 
 CONDA_NAMES = {"torch": "pytorch"}
 
@@ -190,3 +190,17 @@ def test_each_notebook_checks_its_own_exercises():
         source = "\n".join(cell.source for cell in nbformat.read(path, as_version=4).cells)
         ids = re.findall(r"check\(\"(\d\d)\.\d\"", source)
         assert ids and set(ids) == {path.name[:2]}, path.name
+
+
+def test_write_atomically_publishes_the_whole_file_or_leaves_the_old_one(tmp_path):
+    target = tmp_path / "scores.csv"
+    write_atomically(target, lambda partial: partial.write_text("a,b\n1,2\n"))
+    assert target.read_text() == "a,b\n1,2\n"
+
+    def fails_half_way(partial):
+        partial.write_text("a,b\n")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_atomically(target, fails_half_way)
+    assert target.read_text() == "a,b\n1,2\n"
