@@ -30,6 +30,7 @@ from playbook.data import hh_rlhf_split
 from playbook.models import load_model, load_policy_and_reference
 from playbook.overoptimization import (
     ProxyReward,
+    SampleScores,
     best_of_n_overoptimization,
     course_pair_features,
     gold_change,
@@ -77,16 +78,15 @@ def main() -> None:
     )
     print(f"{len(prompts)} prompts x {args.samples} replies sampled and read in {time.perf_counter() - start:.0f} s")
     if not args.no_best_of_n:
-        best_of_n = best_of_n_overoptimization(sampled, heads.gold, heads.proxies, ns=sample_sizes(args.samples))
+        scores = SampleScores.from_features(sampled, heads.gold, heads.proxies)
+        best_of_n = best_of_n_overoptimization(scores, ns=sample_sizes(args.samples))
         best_of_n.to_csv(out / f"best_of_n-{args.tag}.csv", index=False)
         print(best_of_n.round(3).to_string())
         peaks = gold_peak(best_of_n)
         print(peaks.round(3).to_string())
         for pairs, row in peaks.iterrows():
             if row["gold peaks at n"] < row["largest n"]:
-                fall = gold_change(
-                    sampled, heads.gold, heads.proxies[pairs], from_n=int(row["gold peaks at n"]), to_n=args.samples
-                )
+                fall = gold_change(scores, pairs, from_n=int(row["gold peaks at n"]), to_n=args.samples)
                 print(f"proxy {pairs}: gold from its peak to n = {args.samples}: {fall}")
     curves = []
     for pairs in args.proxies:

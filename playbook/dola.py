@@ -24,7 +24,6 @@ projection of the last position, reusing the KV cache (`benchmarks/dola_speed.py
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from playbook.data import BUNDLED_DATA_DIR
-from playbook.io import write_atomically
+from playbook.io import text_key, write_atomically
 from playbook.models import cache_keyword, chat_batches, decode_new_tokens, returned_cache
 from playbook.tensors import positions_from_mask
 
@@ -867,12 +866,6 @@ RECORDED_METHODS = ("greedy", "dola", "dola without last candidate")
 RECORDED_COLUMNS = ["question_key", "method", "MC1", "MC2", "MC3"]
 
 
-def question_key(question: str) -> str:
-    """A short fingerprint of a question's text: recorded scores name their question by it, so the file holds no
-    TruthfulQA text and matches the questions in any order (local copy, Hub, bundled sample)."""
-    return hashlib.sha256(question.strip().encode()).hexdigest()[:16]
-
-
 def record_truthfulqa_mc(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -884,7 +877,7 @@ def record_truthfulqa_mc(
     """Score every question of `dataset` with `truthfulqa_mc` and write one CSV row per question and method
     (question_key, method, MC1, MC2, MC3) to `path`, atomically. Returns the scores as `truthfulqa_mc` gives them."""
     results = truthfulqa_mc(model, tokenizer, dataset, method=list(methods))
-    table = results.assign(question_key=results["question"].map(question_key))[RECORDED_COLUMNS]
+    table = results.assign(question_key=results["question"].map(text_key))[RECORDED_COLUMNS]
     write_atomically(Path(path), lambda partial: table.to_csv(partial, index=False, float_format="%.6f"))
     return results
 
@@ -901,7 +894,7 @@ def recorded_truthfulqa_mc(dataset, path: str | Path = RECORDED_MC_PATH) -> pd.D
     table = pd.read_csv(path)
     if list(table.columns) != RECORDED_COLUMNS:
         raise ValueError(f"{path}: columns {list(table.columns)}, expected {RECORDED_COLUMNS}; record the file again")
-    text = {question_key(row["question"]): row["question"] for row in dataset}
+    text = {text_key(row["question"]): row["question"] for row in dataset}
     table = table[table["question_key"].isin(text)]
     if table.empty:
         raise ValueError(f"{path}: none of its questions is in the dataset given ({len(text)} questions)")

@@ -1,9 +1,10 @@
 """Small shared pieces every topic module uses: the chat ``Messages`` type, reading JSONL files, writing a file
-whole or not at all, and where the repository's notebooks are."""
+whole or not at all, a text's fingerprint, and where the repository's notebooks are."""
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import zlib
@@ -23,6 +24,12 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     write(partial)
     os.replace(partial, path)
+
+
+def text_key(text: str) -> str:
+    """A short fingerprint of a text (SHA-256 of it, stripped): a recorded file names its questions or prompts by it,
+    so it holds none of a data set's text and matches them in any order (local copy, Hub, bundled sample)."""
+    return hashlib.sha256(text.strip().encode()).hexdigest()[:16]
 
 
 def course_notebooks(folder: Path = NOTEBOOK_DIR) -> list[Path]:

@@ -34,9 +34,9 @@ from numpy.typing import ArrayLike
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from playbook.config import Profile, get_profile, runs_dir
-from playbook.data import hh_rlhf_split
+from playbook.data import BUNDLED_DATA_DIR, hh_rlhf_split
 from playbook.evaluation import best_of_n_kl, expected_best_of_n, sample_replies, win_rate_table
-from playbook.io import Messages
+from playbook.io import Messages, text_key, write_atomically
 from playbook.models import generate_replies, load_model, load_policy_and_reference
 from playbook.ppo import PPOConfig, PPOTrainer, StartScale
 from playbook.reward import (
@@ -176,30 +176,41 @@ def reply_features(
     return features.reshape(len(prompts), counts.pop(), -1)
 
 
-def best_of_n_overoptimization(
-    features: torch.Tensor,
-    gold: torch.Tensor,
-    proxies: dict[int, torch.Tensor],
-    *,
-    ns: Sequence[int],
-    seed: int = 0,
-) -> pd.DataFrame:
+@dataclass(frozen=True)
+class SampleScores:
+    """Every head's score of every sampled reply, ``[prompts, samples]``: all that best-of-n needs. From features
+    (:meth:`from_features`) in a live run, or read back from a recorded one (:func:`recorded_best_of_n`)."""
+
+    gold: np.ndarray
+    proxies: dict[int, np.ndarray]
+
+    @classmethod
+    def from_features(
+        cls, features: torch.Tensor, gold: torch.Tensor, proxies: Mapping[int, torch.Tensor]
+    ) -> SampleScores:
+        """Scores of the ``[prompts, samples, hidden]`` features (:func:`reply_features`) by each head."""
+        return cls((features @ gold).numpy(), {pairs: (features @ head).numpy() for pairs, head in proxies.items()})
+
+    @property
+    def samples(self) -> int:
+        return self.gold.shape[1]
+
+
+def best_of_n_overoptimization(scores: SampleScores, *, ns: Sequence[int], seed: int = 0) -> pd.DataFrame:
     """Gao et al.'s figure 1, best-of-n half: for each proxy and n, the expected gain of best-of-n (selected by the
     proxy) in proxy and in gold score over the sampling policy's mean, with a bootstrap interval over prompts for
     the gold gain.
 
     Gains are in standard deviations of that reward model's scores over all samples, so proxies of different scale
-    share one axis. ``features`` is ``[prompts, samples, hidden]`` (:func:`reply_features`).
+    share one axis.
     """
-    gold_scores = (features @ gold).numpy()
-    gold_mean, gold_sd = gold_scores.mean(), gold_scores.std()
+    gold_mean, gold_sd = scores.gold.mean(), scores.gold.std()
     rows = []
-    for pairs, proxy in proxies.items():
-        proxy_scores = (features @ proxy).numpy()
+    for pairs, proxy_scores in scores.proxies.items():
         proxy_mean, proxy_sd = proxy_scores.mean(), proxy_scores.std()
         for n in ns:
             kl = best_of_n_kl(n)
-            gold_gain = (expected_best_of_n(proxy_scores, gold_scores, n=n) - gold_mean) / gold_sd
+            gold_gain = (expected_best_of_n(proxy_scores, scores.gold, n=n) - gold_mean) / gold_sd
             low, high = bootstrap_interval(gold_gain, np.mean, seed=seed)
             rows.append(
                 {
@@ -216,38 +227,121 @@ def best_of_n_overoptimization(
     return pd.DataFrame(rows)
 
 
-def gold_change(
-    features: torch.Tensor, gold: torch.Tensor, proxy: torch.Tensor, *, from_n: int, to_n: int
-) -> PairedDifference:
-    """How the gold score of best-of-n (selected by ``proxy``) changes from ``from_n`` to ``to_n``, paired over
-    prompts, in standard deviations of gold's scores over all samples, with its interval: a fall beyond the noise
-    after gold's peak is over-optimisation, not a wobble."""
-    before, after = (_gold_of_best_of_n(features, gold, proxy, n) for n in (from_n, to_n))
+def gold_change(scores: SampleScores, proxy_pairs: int, *, from_n: int, to_n: int) -> PairedDifference:
+    """How the gold score of best-of-n (selected by the proxy of ``proxy_pairs`` pairs) changes from ``from_n`` to
+    ``to_n``, paired over prompts, in standard deviations of gold's scores over all samples, with its interval: a
+    fall beyond the noise after gold's peak is over-optimisation, not a wobble."""
+    before, after = (_gold_of_best_of_n(scores, proxy_pairs, n) for n in (from_n, to_n))
     return paired_difference(after, before)
 
 
 def gold_difference_between_proxies(
-    features: torch.Tensor,
-    gold: torch.Tensor,
-    larger: torch.Tensor,
-    smaller: torch.Tensor,
-    *,
-    n: int,
-    confidence: float = 0.95,
+    scores: SampleScores, larger: int, smaller: int, *, n: int, confidence: float = 0.95
 ) -> PairedDifference:
-    """Gold's score of best-of-n picked by the ``larger`` proxy minus picked by the ``smaller`` one, paired over
-    prompts (both pick among the same samples of the same prompts), in standard deviations of gold's scores. Two
-    proxies' separate intervals can overlap while this paired one excludes 0: the prompts' own difficulty, shared
-    by both, cancels in the difference. ``confidence``: of the interval (e.g. 1 − 0.05 / k for k comparisons)."""
-    return paired_difference(
-        _gold_of_best_of_n(features, gold, larger, n), _gold_of_best_of_n(features, gold, smaller, n), confidence
-    )
+    """Gold's score of best-of-n picked by the proxy of ``larger`` pairs minus picked by the one of ``smaller``
+    pairs, paired over prompts (both pick among the same samples of the same prompts), in standard deviations of
+    gold's scores. Two proxies' separate intervals can overlap while this paired one excludes 0: the prompts' own
+    difficulty, shared by both, cancels in the difference. ``confidence``: of the interval (e.g. 1 − 0.05 / k for k
+    comparisons)."""
+    return paired_difference(_gold_of_best_of_n(scores, larger, n), _gold_of_best_of_n(scores, smaller, n), confidence)
 
 
-def _gold_of_best_of_n(features: torch.Tensor, gold: torch.Tensor, proxy: torch.Tensor, n: int) -> np.ndarray:
-    """Per prompt: gold's expected score of the best of n samples by ``proxy``, in sd of gold's scores."""
-    gold_scores, proxy_scores = (features @ gold).numpy(), (features @ proxy).numpy()
-    return expected_best_of_n(proxy_scores, gold_scores, n=n) / gold_scores.std()
+def compare_proxy_sizes(scores: SampleScores, *, n: int) -> list[str]:
+    """One line per pair of neighbouring proxy sizes: gold's gain of best-of-n with the larger proxy minus with the
+    smaller one (:func:`gold_difference_between_proxies`), and, when its 95% interval excludes 0 and there are
+    several comparisons, whether it still does at the Bonferroni-corrected confidence."""
+    sizes = sorted(scores.proxies)
+    comparisons = len(sizes) - 1
+    lines = []
+    for smaller, larger in zip(sizes[:-1], sizes[1:], strict=True):
+        difference = gold_difference_between_proxies(scores, larger, smaller, n=n)
+        corrected = gold_difference_between_proxies(scores, larger, smaller, n=n, confidence=1 - 0.05 / comparisons)
+        if difference.low > 0:
+            verdict = f"beyond the noise at n = {n}: the {larger}-pair proxy picked better replies"
+        elif difference.high < 0:
+            verdict = f"beyond the noise at n = {n}: the {smaller}-pair proxy picked better replies"
+        else:
+            verdict = "within the noise: these prompts cannot order the two"
+        if comparisons > 1 and difference.excludes_zero:
+            verdict += (
+                f"; as one of {comparisons} comparisons (Bonferroni, {1 - 0.05 / comparisons:.1%} interval "
+                f"[{corrected.low:+.2f}, {corrected.high:+.2f}]) it is "
+                + ("still beyond the noise" if corrected.excludes_zero else "within the noise")
+            )
+        lines.append(
+            f"Gold's gain with the {larger}-pair proxy minus the {smaller}-pair one, paired over prompts: "
+            f"{difference.mean:+.2f} sd [95% CI {difference.low:+.2f}, {difference.high:+.2f}] over {difference.n} "
+            f"prompts, {verdict}."
+        )
+    return lines
+
+
+def _gold_of_best_of_n(scores: SampleScores, proxy_pairs: int, n: int) -> np.ndarray:
+    """Per prompt: gold's expected score of the best of n samples by a proxy, in sd of gold's scores."""
+    return expected_best_of_n(scores.proxies[proxy_pairs], scores.gold, n=n) / scores.gold.std()
+
+
+def describe_best_of_n(curve: pd.DataFrame, scores: SampleScores) -> list[str]:
+    """One line per proxy reading a best-of-n curve (:func:`best_of_n_overoptimization` of ``scores``): the gains at
+    the largest n, Gao et al.'s form d(α − βd) fitted to proxy and gold (concave or not, and whether a fitted gold
+    peak lies inside the measured range), and, where gold peaks before the largest n, whether its fall from there
+    is beyond the noise (:func:`gold_change`)."""
+    largest_n = int(curve["n"].max())
+    lines = []
+    for pairs, row in gold_peak(curve).iterrows():
+        group = curve[curve["proxy pairs"] == pairs]
+        gold_alpha, gold_beta = fit_functional_form(group["sqrt_kl"], group["gold gain"], form="best-of-n")
+        proxy_alpha, proxy_beta = fit_functional_form(group["sqrt_kl"], group["proxy gain"], form="best-of-n")
+        measured = group["sqrt_kl"].max()
+        if gold_beta > 0:
+            fitted_peak = gold_alpha / (2 * gold_beta)
+            where = (
+                f"inside the measured range (√KL up to {measured:.2f})"
+                if fitted_peak <= measured
+                else f"beyond the largest √KL measured ({measured:.2f}): an extrapolation, not a measured peak"
+            )
+            gold_shape = f"concave, fitted peak at √KL {fitted_peak:.2f}, {where}"
+        else:
+            gold_shape = "not concave: no fitted peak"
+        line = (
+            f"proxy of {pairs} pairs: proxy gain at n = {largest_n} {row['proxy gain at largest n']:+.2f} sd, gold "
+            f"{row['gold gain at largest n']:+.2f} sd; fits d(α − βd): proxy α = {proxy_alpha:.2f}, "
+            f"β = {proxy_beta:.2f} ({'concave: its rise slows' if proxy_beta > 0 else 'not concave'}); gold "
+            f"α = {gold_alpha:.2f}, β = {gold_beta:.2f} ({gold_shape})"
+        )
+        if row["gold peaks at n"] < largest_n:
+            peak_n = int(row["gold peaks at n"])
+            fall = gold_change(scores, pairs, from_n=peak_n, to_n=largest_n)
+            verdict = (
+                "beyond the noise: over-optimisation" if fall.high < 0 else "within the noise at this many prompts"
+            )
+            line += (
+                f". Gold peaks at n = {peak_n}; from there to n = {largest_n} it changes by "
+                f"{fall.mean:+.2f} sd [95% CI {fall.low:+.2f}, {fall.high:+.2f}] over {fall.n} prompts, {verdict}."
+            )
+        else:
+            line += f". Gold is highest at the largest n measured ({largest_n}): no fall to see within this budget."
+        lines.append(line)
+    return lines
+
+
+def plot_best_of_n(curve: pd.DataFrame, *, title: str = "Best-of-n against proxy reward models, judged by gold"):
+    """Gao et al.'s figure 1, best-of-n half, from :func:`best_of_n_overoptimization`: per proxy, its own gain
+    (solid) and gold's gain on the replies it picked (dashed, with the 95% interval over prompts shaded), against
+    √KL of best-of-n."""
+    import matplotlib.pyplot as plt
+
+    sizes = sorted(curve["proxy pairs"].unique())
+    colours = dict(zip(sizes, plt.cm.viridis(np.linspace(0, 0.8, len(sizes))), strict=True))
+    figure, axis = plt.subplots(figsize=(7.5, 4.2))
+    for pairs, group in curve.groupby("proxy pairs"):
+        axis.plot(group["sqrt_kl"], group["proxy gain"], "-o", color=colours[pairs], label=f"proxy ({pairs} pairs)")
+        axis.plot(group["sqrt_kl"], group["gold gain"], "--s", color=colours[pairs], label="gold, picked by that proxy")
+        axis.fill_between(group["sqrt_kl"], group["gold low"], group["gold high"], color=colours[pairs], alpha=0.12)
+    axis.axhline(0, color="grey", linewidth=0.6)
+    axis.set(xlabel="√KL(best-of-n ‖ SFT)   (n = 1, 2, 4, …)", ylabel="gain over the SFT samples (sd)", title=title)
+    axis.legend(fontsize=8)
+    return figure
 
 
 def fit_functional_form(sqrt_kl: ArrayLike, gain: ArrayLike, *, form: str) -> tuple[float, float]:
@@ -482,7 +576,8 @@ def run_evaluation(profile: Profile, out: Path) -> TrainResult:
         max_new_tokens=config.response_length,
         temperature=config.temperature,
     )
-    best_of_n = best_of_n_overoptimization(sampled, heads.gold, heads.proxies, ns=sample_sizes(len(replies[0])))
+    scores = SampleScores.from_features(sampled, heads.gold, heads.proxies)
+    best_of_n = best_of_n_overoptimization(scores, ns=sample_sizes(scores.samples))
     curves, start_scale = [], None
     for beta in KL_COEFS:  # one seed and proxy: every β run starts from the first one's score scale
         reward = ProxyReward(features.backbone, heads.proxies[min(heads.proxies)], heads.gold)
@@ -506,3 +601,157 @@ def run_evaluation(profile: Profile, out: Path) -> TrainResult:
     ppo.to_csv(folder / "ppo.csv", index=False)
     win_rates.to_csv(folder / "win_rates.csv", index=False)
     return TrainResult(None, ppo, time.perf_counter() - start, folder, {"best_of_n": best_of_n, "win_rates": win_rates})
+
+
+# A recorded best-of-n run, larger than the cpu profile affords --------------------------------------------------
+
+RECORDED_BEST_OF_N_PATH = BUNDLED_DATA_DIR / "best_of_n_recorded.csv"
+"""Notebook 04's SFT model's samples to notebook 08's held-out prompts, at a size the cpu profile cannot afford,
+each scored by the gold head and every proxy (:func:`record_best_of_n`), read back by :func:`recorded_best_of_n`."""
+
+
+@dataclass(frozen=True)
+class RecordedBestOfN:
+    """A recorded best-of-n run: each prompt's fingerprint (:func:`playbook.io.text_key` of its text), its sampled
+    replies, and their scores by the gold head and every proxy."""
+
+    prompt_keys: list[str]
+    replies: list[list[str]]
+    scores: SampleScores
+
+
+def record_best_of_n(
+    path: str | os.PathLike = RECORDED_BEST_OF_N_PATH,
+    *,
+    prompts: int,
+    samples: int,
+    profile: Profile | str | None = "cpu",
+    prompts_per_chunk: int = 8,
+) -> RecordedBestOfN:
+    """Sample ``samples`` replies of the profile's SFT model (notebook 04) to each of the first ``prompts`` held-out
+    prompts (:func:`last_user_turns`, so notebook 08's prompts come first), at PPO's temperature and reply length,
+    score them with the gold head and the proxies notebook 08 fits, and write one CSV row per reply to ``path``
+    (atomically). The prompts are sampled ``prompts_per_chunk`` at a time, chunk k with seed k, with a line of
+    progress per chunk. The file names prompts by fingerprint only: it holds no hh-rlhf text."""
+    profile = profile if isinstance(profile, Profile) else get_profile(profile)
+    features = course_pair_features(profile)
+    sizes = [size for size in profile.overopt_proxy_pairs if size <= len(features.train[0])]
+    heads = train_gold_and_proxies(features.train, features.held_out, sizes=sizes)
+    chosen = last_user_turns(hh_rlhf_split(profile)["test"], prompts)
+    config = PPOConfig.from_profile(profile)
+    policy, tokenizer = load_model(load_or_train_sft_model(profile))
+    replies: list[list[str]] = []
+    chunks: list[torch.Tensor] = []
+    start = time.perf_counter()
+    for chunk, first in enumerate(range(0, len(chosen), prompts_per_chunk)):
+        part = chosen[first : first + prompts_per_chunk]
+        texts, features_of_part = sampled_reply_features(
+            policy,
+            tokenizer,
+            features.backbone,
+            part,
+            samples,
+            max_new_tokens=config.response_length,
+            temperature=config.temperature,
+            seed=chunk,
+        )
+        replies += texts
+        chunks.append(features_of_part)
+        print(f"{first + len(part)}/{len(chosen)} prompts × {samples} replies, {time.perf_counter() - start:.0f} s")
+    recorded = RecordedBestOfN(
+        [text_key(prompt[-1]["content"]) for prompt in chosen],
+        replies,
+        SampleScores.from_features(torch.cat(chunks), heads.gold, heads.proxies),
+    )
+    table = pd.DataFrame(
+        {
+            "prompt_key": np.repeat(recorded.prompt_keys, samples),
+            "sample": np.tile(np.arange(samples), len(chosen)),
+            "gold": recorded.scores.gold.ravel(),
+            **{f"proxy {pairs}": scores.ravel() for pairs, scores in recorded.scores.proxies.items()},
+            "reply": [reply for group in replies for reply in group],
+        }
+    )
+    write_atomically(Path(path), lambda partial: table.to_csv(partial, index=False, float_format="%.6f"))
+    return recorded
+
+
+def recorded_best_of_n(path: str | os.PathLike = RECORDED_BEST_OF_N_PATH) -> RecordedBestOfN:
+    """The recorded run in ``path``, prompts in the file's order. Scores are rounded to 6 decimals in the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: no recorded best-of-n run. Record one with `python -m playbook.overoptimization "
+            f"--record-best-of-n {path} --prompts 96 --samples 64` (after notebooks 04 and 05 have run)."
+        )
+    table = pd.read_csv(path, keep_default_na=False)
+    proxy_columns = [column for column in table.columns if column.startswith("proxy ")]
+    expected = ["prompt_key", "sample", "gold", *proxy_columns, "reply"]
+    if list(table.columns) != expected or not proxy_columns:
+        raise ValueError(
+            f"{path}: columns {list(table.columns)}, expected prompt_key, sample, gold, 'proxy <pairs>' for each "
+            "proxy, reply; record the file again"
+        )
+    keys = list(dict.fromkeys(table["prompt_key"]))
+    counts = table.groupby("prompt_key", sort=False).size()
+    if counts.nunique() != 1:
+        raise ValueError(f"{path}: prompts hold different numbers of samples ({sorted(set(counts))}); record again")
+    samples = int(counts.iloc[0])
+    table = table.set_index("prompt_key").loc[keys]
+
+    def grid(column: str) -> np.ndarray:
+        return table[column].to_numpy(dtype=float).reshape(len(keys), samples)
+
+    return RecordedBestOfN(
+        keys,
+        table["reply"].to_numpy().reshape(len(keys), samples).tolist(),
+        SampleScores(grid("gold"), {int(column.split()[1]): grid(column) for column in proxy_columns}),
+    )
+
+
+def rescoring_gap(
+    recorded: RecordedBestOfN,
+    prompts: Sequence[Messages],
+    backbone: RewardModel,
+    gold: torch.Tensor,
+    proxies: Mapping[int, torch.Tensor],
+) -> float | None:
+    """Whether a recording is what these models would have scored: the first recorded prompt found among
+    ``prompts`` has its recorded replies read by ``backbone`` and scored by ``gold`` and ``proxies``, and the largest
+    |difference| from the recorded scores is returned (about 1e-6, the file's rounding, for the same models). None
+    when no recorded prompt is among ``prompts`` or the proxies' sizes differ from the recording's."""
+    if sorted(proxies) != sorted(recorded.scores.proxies):
+        return None
+    by_key = {text_key(prompt[-1]["content"]): prompt for prompt in prompts}
+    row = next((i for i, key in enumerate(recorded.prompt_keys) if key in by_key), None)
+    if row is None:
+        return None
+    features = reply_features(backbone, [by_key[recorded.prompt_keys[row]]], recorded.replies[row : row + 1])
+    live = SampleScores.from_features(features, gold, proxies)
+    gaps = [np.abs(live.gold - recorded.scores.gold[row]).max()]
+    gaps += [np.abs(live.proxies[pairs] - recorded.scores.proxies[pairs][row]).max() for pairs in proxies]
+    return float(max(gaps))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m playbook.overoptimization --record-best-of-n PATH`: sample and score the best-of-n run that
+    notebook 08 reads back (the profile's SFT model, reward-model features and heads, as notebook 08 builds them)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m playbook.overoptimization", description=main.__doc__)
+    parser.add_argument("--record-best-of-n", type=Path, required=True, metavar="PATH", help="CSV file to write")
+    parser.add_argument("--prompts", type=int, default=96, help="held-out prompts, the first N (default 96)")
+    parser.add_argument("--samples", type=int, default=64, help="sampled replies per prompt (default 64)")
+    parser.add_argument("--profile", default="cpu", help="whose models and heads (default cpu)")
+    arguments = parser.parse_args(argv)
+    for name in ("prompts", "samples"):
+        if getattr(arguments, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    recorded = record_best_of_n(
+        arguments.record_best_of_n, prompts=arguments.prompts, samples=arguments.samples, profile=arguments.profile
+    )
+    print(f"wrote {arguments.record_best_of_n}: {len(recorded.prompt_keys)} prompts × {arguments.samples} replies")
+
+
+if __name__ == "__main__":
+    main()

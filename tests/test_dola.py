@@ -29,13 +29,13 @@ from playbook.dola import (
     mc_answers,
     mc_scores,
     mc_summary,
-    question_key,
     record_truthfulqa_mc,
     recorded_truthfulqa_mc,
     relative_top_filter,
     truthfulqa_mc,
     truthfulqa_prompt,
 )
+from playbook.io import text_key
 from playbook.stats import mcnemar_exact
 
 REFERENCE = Path(__file__).parent / "fixtures" / "dola_reference.json"
@@ -541,7 +541,7 @@ def test_recorded_scores_read_back_as_the_run_that_wrote_them(tiny_causal_lm, to
     live = record_truthfulqa_mc(tiny_causal_lm, tokenizer, rows[:2], path, methods=METHODS)
     assert pd.read_csv(path).columns.tolist() == ["question_key", "method", "MC1", "MC2", "MC3"]
     assert "thing" not in path.read_text()  # the file names questions by fingerprint only
-    assert question_key(" What colour is thing 0?\n") == question_key("What colour is thing 0?")
+    assert text_key(" What colour is thing 0?\n") == text_key("What colour is thing 0?")
     recorded = recorded_truthfulqa_mc(list(reversed(rows)), path)  # any order; the unrecorded third is left out
     assert recorded[["question", "method"]].values.tolist() == live[["question", "method"]].values.tolist()
     assert largest_score_difference(live, recorded) == (4, pytest.approx(0.0, abs=1e-6))

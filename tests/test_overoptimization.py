@@ -7,10 +7,15 @@ import torch
 
 from conftest import copies
 from playbook.evaluation import best_of_n_kl
+from playbook.io import text_key
 from playbook.models import load_model
 from playbook.overoptimization import (
     ProxyReward,
+    RecordedBestOfN,
+    SampleScores,
     best_of_n_overoptimization,
+    compare_proxy_sizes,
+    describe_best_of_n,
     fit_functional_form,
     gold_change,
     gold_difference_between_proxies,
@@ -18,7 +23,9 @@ from playbook.overoptimization import (
     gold_preferences,
     paired_final_gains,
     ppo_overoptimization,
+    recorded_best_of_n,
     reply_features,
+    rescoring_gap,
     train_gold_and_proxies,
 )
 from playbook.ppo import PPOTrainer
@@ -75,7 +82,8 @@ def test_proxy_sizes_beyond_the_data_are_refused():
 def test_best_of_n_against_gold_itself_gains_equally_and_an_unrelated_proxy_gains_nothing():
     features = torch.randn(40, 32, 8, generator=torch.Generator().manual_seed(0))
     unrelated = torch.tensor([0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0])
-    curve = best_of_n_overoptimization(features, TRUE_WEIGHT, {1: TRUE_WEIGHT, 2: unrelated}, ns=[1, 4, 32])
+    scores = SampleScores.from_features(features, TRUE_WEIGHT, {1: TRUE_WEIGHT, 2: unrelated})
+    curve = best_of_n_overoptimization(scores, ns=[1, 4, 32])
     exact = curve[curve["proxy pairs"] == 1]
     assert np.allclose(exact["proxy gain"], exact["gold gain"])
     assert np.allclose(curve.loc[curve["n"] == 1, ["proxy gain", "gold gain"]], 0, atol=1e-6)
@@ -88,8 +96,9 @@ def test_best_of_n_against_gold_itself_gains_equally_and_an_unrelated_proxy_gain
 def test_gold_change_is_the_paired_difference_of_the_curve_points():
     features = torch.randn(30, 16, 8, generator=torch.Generator().manual_seed(2))
     proxy = TRUE_WEIGHT + torch.tensor([0.0, 0.0, 0.0, 3.0, 0.0, 0.0, 0.0, 0.0])  # right, plus a strong wrong direction
-    curve = best_of_n_overoptimization(features, TRUE_WEIGHT, {1: proxy}, ns=[2, 16]).set_index("n")
-    change = gold_change(features, TRUE_WEIGHT, proxy, from_n=2, to_n=16)
+    scores = SampleScores.from_features(features, TRUE_WEIGHT, {1: proxy})
+    curve = best_of_n_overoptimization(scores, ns=[2, 16]).set_index("n")
+    change = gold_change(scores, 1, from_n=2, to_n=16)
     assert change.mean == pytest.approx(curve.loc[16, "gold gain"] - curve.loc[2, "gold gain"], abs=1e-6)
     assert change.n == 30 and change.low <= change.mean <= change.high
 
@@ -97,15 +106,73 @@ def test_gold_change_is_the_paired_difference_of_the_curve_points():
 def test_gold_difference_between_proxies_is_paired_over_the_same_prompts():
     features = torch.randn(30, 16, 8, generator=torch.Generator().manual_seed(3))
     wrong = TRUE_WEIGHT + torch.tensor([0.0, 0.0, 0.0, 3.0, 0.0, 0.0, 0.0, 0.0])
-    curve = best_of_n_overoptimization(features, TRUE_WEIGHT, {1: TRUE_WEIGHT, 2: wrong}, ns=[8]).set_index(
-        "proxy pairs"
-    )
-    difference = gold_difference_between_proxies(features, TRUE_WEIGHT, TRUE_WEIGHT, wrong, n=8)
+    scores = SampleScores.from_features(features, TRUE_WEIGHT, {1: TRUE_WEIGHT, 2: wrong})
+    curve = best_of_n_overoptimization(scores, ns=[8]).set_index("proxy pairs")
+    difference = gold_difference_between_proxies(scores, 1, 2, n=8)
     assert difference.mean == pytest.approx(curve.loc[1, "gold gain"] - curve.loc[2, "gold gain"], abs=1e-6)
     # the proxy that is gold itself picks gold's best on every prompt: never worse, and better beyond the noise
     assert difference.n == 30 and difference.low > 0
-    swapped = gold_difference_between_proxies(features, TRUE_WEIGHT, wrong, TRUE_WEIGHT, n=8)
+    swapped = gold_difference_between_proxies(scores, 2, 1, n=8)
     assert swapped.mean == pytest.approx(-difference.mean)
+
+
+def test_best_of_n_readings_name_a_measured_fall_and_order_the_proxies():
+    rng = np.random.default_rng(4)
+    gold = rng.normal(size=(60, 32))
+    hacked = gold + 0.3 * rng.normal(size=gold.shape)
+    top = hacked.argmax(axis=1)
+    hacked[np.arange(60), top] += 10  # each prompt has one reply this proxy loves and gold hates
+    gold_with_hack = gold.copy()
+    gold_with_hack[np.arange(60), top] = -3
+    scores = SampleScores(gold_with_hack, {10: hacked, 1000: gold_with_hack})
+    curve = best_of_n_overoptimization(scores, ns=[1, 2, 4, 8, 16, 32])
+    lines = describe_best_of_n(curve, scores)
+    assert lines[0].startswith("proxy of 10 pairs: proxy gain at n = 32")
+    assert "Gold peaks at n = " in lines[0] and "beyond the noise: over-optimisation" in lines[0]
+    assert lines[1].startswith("proxy of 1000 pairs") and "Gold is highest at the largest n measured (32)" in lines[1]
+    (comparison,) = compare_proxy_sizes(scores, n=32)
+    assert "the 1000-pair proxy picked better replies" in comparison and "Bonferroni" not in comparison
+
+
+def test_a_recorded_best_of_n_run_is_read_back_in_the_files_order(tmp_path):
+    rows = [
+        {"prompt_key": text_key(f"Question {i}?"), "sample": s, "gold": i + s / 10, "proxy 100": -s, "proxy 300": s}
+        | {"reply": f"reply {i}.{s}, with a comma"}
+        for i in (2, 0)
+        for s in range(4)
+    ]
+    path = tmp_path / "recorded.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    recorded = recorded_best_of_n(path)
+    assert recorded.prompt_keys == [text_key("Question 2?"), text_key("Question 0?")]
+    assert recorded.replies[1] == [f"reply 0.{s}, with a comma" for s in range(4)]
+    assert recorded.scores.gold.tolist() == [[2.0, 2.1, 2.2, 2.3], [0.0, 0.1, 0.2, 0.3]]
+    assert sorted(recorded.scores.proxies) == [100, 300] and recorded.scores.proxies[100][0].tolist() == [0, -1, -2, -3]
+    pd.DataFrame(rows[:-1]).to_csv(path, index=False)
+    with pytest.raises(ValueError, match="different numbers of samples"):
+        recorded_best_of_n(path)
+    pd.DataFrame(rows).drop(columns="reply").to_csv(path, index=False)
+    with pytest.raises(ValueError, match="record the file again"):
+        recorded_best_of_n(path)
+    with pytest.raises(FileNotFoundError, match="--record-best-of-n"):
+        recorded_best_of_n(tmp_path / "missing.csv")
+
+
+def test_rescoring_a_recording_tells_the_same_models_from_others(tiny_reward_model):
+    prompts = [[{"role": "user", "content": "Say hi."}], [{"role": "user", "content": "Name a colour."}]]
+    replies = [["Hello.", "Go away."], ["Red.", "Blue."]]
+    gold, proxy = torch.randn(16, generator=torch.Generator().manual_seed(0)), torch.ones(16)
+    scores = SampleScores.from_features(reply_features(tiny_reward_model, prompts, replies), gold, {100: proxy})
+    rounded = SampleScores(scores.gold.round(6), {100: scores.proxies[100].round(6)})  # as the file stores them
+    recorded = RecordedBestOfN([text_key(p[-1]["content"]) for p in prompts], replies, rounded)
+    # the first recorded prompt found among the learner's prompts is the one re-scored
+    assert rescoring_gap(recorded, prompts[1:], tiny_reward_model, gold, {100: proxy}) < 1e-5
+    assert rescoring_gap(recorded, prompts, tiny_reward_model, gold, {100: 2 * proxy}) > 1e-3
+    assert rescoring_gap(recorded, prompts, tiny_reward_model, gold, {4: proxy}) is None  # another profile's proxies
+    assert (
+        rescoring_gap(recorded, [[{"role": "user", "content": "Other?"}]], tiny_reward_model, gold, {100: proxy})
+        is None
+    )
 
 
 def test_functional_forms_recover_their_coefficients():
