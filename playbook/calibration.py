@@ -289,7 +289,14 @@ def _log_softmax_nll(logits: torch.Tensor, labels: torch.Tensor, temperature: fl
     return float(torch.nn.functional.cross_entropy(logits / temperature, labels))
 
 
-def fit_temperature(logits, labels, *, bounds: tuple[float, float] = (0.05, 20.0), tolerance: float = 1e-5) -> float:
+TEMPERATURE_BOUNDS = (0.05, 20.0)
+"""The range :func:`fit_temperature` searches by default: a fit at the upper end flattens every answer towards
+uniform (notebook 11 reads a T there as "these scores carry too little to sharpen")."""
+
+
+def fit_temperature(
+    logits, labels, *, bounds: tuple[float, float] = TEMPERATURE_BOUNDS, tolerance: float = 1e-5
+) -> float:
     """The temperature T minimising the NLL of softmax(logits / T) on ``labels`` (golden-section search).
 
     The NLL is convex in 1/T, so a bounded one-dimensional search finds the optimum; ``bounds`` limit T.
