@@ -151,6 +151,13 @@ def train_gold_and_proxies(
     return GoldAndProxies(gold, proxies, pd.DataFrame(rows).set_index("pairs"))
 
 
+def course_heads(profile: Profile, features: PairFeatures) -> GoldAndProxies:
+    """The gold head and the profile's proxies (``overopt_proxy_pairs``, those sizes the training pairs allow), fitted
+    on ``features`` as notebook 08 fits them: what the evaluate stage and a recorded best-of-n run score with."""
+    sizes = [size for size in profile.overopt_proxy_pairs if size <= len(features.train[0])]
+    return train_gold_and_proxies(features.train, features.held_out, sizes=sizes)
+
+
 def reply_features(
     reward_model: RewardModel,
     prompts: Sequence[Messages],
@@ -193,6 +200,7 @@ class SampleScores:
 
     @property
     def samples(self) -> int:
+        """Sampled replies per prompt: the largest n of best-of-n these scores allow."""
         return self.gold.shape[1]
 
 
@@ -561,8 +569,7 @@ def run_evaluation(profile: Profile, out: Path) -> TrainResult:
     folder = out / "evaluation"
     folder.mkdir(parents=True, exist_ok=True)
     features = course_pair_features(profile, out=out)
-    sizes = [size for size in profile.overopt_proxy_pairs if size <= len(features.train[0])]
-    heads = train_gold_and_proxies(features.train, features.held_out, sizes=sizes)
+    heads = course_heads(profile, features)
     sft = load_or_train_sft_model(profile, folder=out / "sft_model")
     prompts = last_user_turns(hh_rlhf_split(profile)["test"], profile.overopt_prompts)
     config = PPOConfig.from_profile(profile, steps=profile.overopt_ppo_steps)
@@ -635,8 +642,7 @@ def record_best_of_n(
     progress per chunk. The file names prompts by fingerprint only: it holds no hh-rlhf text."""
     profile = profile if isinstance(profile, Profile) else get_profile(profile)
     features = course_pair_features(profile)
-    sizes = [size for size in profile.overopt_proxy_pairs if size <= len(features.train[0])]
-    heads = train_gold_and_proxies(features.train, features.held_out, sizes=sizes)
+    heads = course_heads(profile, features)
     chosen = last_user_turns(hh_rlhf_split(profile)["test"], prompts)
     config = PPOConfig.from_profile(profile)
     policy, tokenizer = load_model(load_or_train_sft_model(profile))
