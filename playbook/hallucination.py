@@ -476,7 +476,7 @@ def answer_confidence(
     Two scopes: the whole reply (`mean_logprob`, `mean_entropy`: the mean log-probability of the tokens it chose
     and the mean entropy of its next-token distributions, over the reply's tokens up to and including the
     end-of-turn token) and the answer's words (`answer_logprob`, `answer_entropy`: the same means over the tokens
-    `answer_token_mask` picks, `answer_text` being those tokens' text)."""
+    `answer_token_mask` picks, `answer_text` being those tokens' text, see `scored_text`)."""
     rows = []
     for start, batch in chat_batches(
         tokenizer, [[{"role": "user", "content": q}] for q in questions], batch_size=batch_size, device=model.device
@@ -504,13 +504,29 @@ def answer_confidence(
                     "mean_logprob": float(chosen[row, :length].mean()),
                     "mean_entropy": float(entropy[row, :length].mean()),
                     "tokens": length,
-                    "answer_text": "".join(p for p, keep in zip(pieces, answer.tolist(), strict=True) if keep).strip(),
+                    "answer_text": scored_text(pieces, answer.tolist()),
                     "answer_logprob": float(chosen[row, :length][answer].mean()),
                     "answer_entropy": float(entropy[row, :length][answer].mean()),
                     "answer_tokens": int(answer.sum()),
                 }
             )
     return pd.DataFrame(rows)
+
+
+def scored_text(pieces: Sequence[str], scored: Sequence[bool]) -> str:
+    """The text of the scored tokens, each run of consecutive ones as it reads, runs joined by " … " where unscored
+    tokens were left out: "126.125 Earths" with the "." unscored reads "126 … 125 Earths", not "126125 Earths". A
+    token of white space alone (a tokenizer's lone " " before digits) keeps its place in a run, unscored or not."""
+    runs, current = [], []
+    for piece, keep in zip(pieces, scored, strict=True):
+        if keep or (current and not piece.strip()):
+            current.append(piece)
+        elif current:
+            runs.append("".join(current).strip())
+            current = []
+    if current:
+        runs.append("".join(current).strip())
+    return " … ".join(run for run in runs if run)
 
 
 def _reply_length(tokens: torch.Tensor, eos_token_id: int | None) -> int:
@@ -538,7 +554,7 @@ def plot_confidence(results: pd.DataFrame, ax=None, *, scope: str = "answer"):
         part = results[results["correct"] == correct]
         ax.scatter(part[entropy], part[logprob], c=colour, label=f"{label} ({len(part)})", alpha=0.7)
     ax.set_xlabel(f"mean entropy of next-token distribution (nats), over {over}")
-    ax.set_ylabel("mean log-probability of chosen tokens")
+    ax.set_ylabel(f"mean log-probability of chosen tokens,\nover {over}")
     ax.legend()
     ax.set_title("Are wrong answers generated less confidently?")
     ax.figure.tight_layout()

@@ -21,6 +21,7 @@ from playbook.hallucination import (
     load_name_filter,
     other_names,
     quadrant_label,
+    scored_text,
     unanswerable_f1,
 )
 
@@ -307,3 +308,15 @@ def test_answer_summary_counts_a_bronze_medallist_called_gold(table):
     assert summary["wrongly called gold"] == 1
     assert summary["birth dates right"] == 1
     assert summary["other people named"] == "Kofi Annan"
+
+
+def test_scored_text_marks_where_unscored_tokens_were_left_out():
+    # the decimal point unscored: two runs, not one number "126125"
+    pieces = ["There", " are", " ", "1", "2", "6", ".", "1", "2", "5", " Earth", "s", "."]
+    scored = [0, 0, 0, 1, 1, 1, 0, 1, 1, 1, 1, 1, 0]
+    assert scored_text(pieces, scored) == "126 … 125 Earths"
+    # a lone space token between a scored word and scored digits keeps the words apart without breaking the run
+    pieces = [" is", " approximately", " ", "1", "4", ".", "4", "."]
+    assert scored_text(pieces, [0, 1, 0, 1, 1, 0, 1, 0]) == "approximately 14 … 4"
+    assert scored_text([" Paris", "."], [1, 0]) == "Paris"
+    assert scored_text(["a", " b"], [0, 0]) == ""
