@@ -284,15 +284,17 @@ def load_name_filter(path: str | Path = NAME_FILTER_WORDS) -> NameFilter:
 def other_names(answer: str, table: FactTable, name_filter: NameFilter | None = None) -> list[str]:
     """Capitalised multi-word names in the answer that are not in the table: candidates for invented people.
 
-    A heuristic (two or more capitalised words in a row, none of them a place, organisation, event or medal word
-    from `name_filter`, by default `data/name_filter_words.json`); read the list, don't count on it.
+    A heuristic (two or more capitalised words in a row, initials such as "B." allowed between them, none of the
+    words a place, organisation, event or medal word from `name_filter`, by default `data/name_filter_words.json`);
+    read the list, don't count on it.
     """
     name_filter = name_filter or load_name_filter()
     names_in_table = [name for a in table.athletes for name in [a["name"], *a.get("aliases", [])]]
     known = {part.lower() for name in names_in_table for part in name.split()}
     names = []
     word = r"[A-Z][a-z]+(?:[-'][A-Z]?[a-z]+)*"
-    for match in re.finditer(rf"\b{word}(?: {word})+\b", answer):
+    initial = r"[A-Z]\."
+    for match in re.finditer(rf"\b{word}(?: (?:{initial} )*{word})+\b", answer):
         words = match.group(0).split()
         while words and words[0].lower() in name_filter.sentence_starters:
             words.pop(0)

@@ -108,6 +108,7 @@ def test_other_names_lists_people_not_in_the_table(table):
         ("The champions came from the Democratic Republic of Congo, said Kofi Annan.", ["Kofi Annan"]),
         ("He was played by Michael Jordan in the 2014 Disney Channel movie.", ["Michael Jordan"]),
         ("Reported by the Olympic Committee and New York Times, including Kioni Okamura.", ["Kioni Okamura"]),
+        ("The winners were Michael B. Jackson and J. Smith.", ["Michael B. Jackson"]),
     ],
 )
 def test_other_names_leaves_out_places_and_organisations(table, answer, expected):
