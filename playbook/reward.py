@@ -458,8 +458,9 @@ def fit_bradley_terry_head(
 ) -> tuple[torch.Tensor, pd.DataFrame]:
     """A linear reward w·x minimising mean −log σ(w·(x_c − x_r)) + l2/2·‖w‖² on standardised features.
 
-    Returns ``w`` for the raw features (the standardisation folded in) and a history with the loss and the
-    training (and evaluation) accuracy every 10 steps.
+    Returns ``w`` for the raw features (the standardisation folded in) and a history with the penalised loss and
+    the training (and evaluation) accuracy after every ``optimizer.step`` of up to 10 L-BFGS iterations (``step``
+    counts in tens; ``iterations``, the L-BFGS iterations run so far, stops growing once the fit has converged).
     """
     torch.manual_seed(seed)
     both = torch.cat([chosen, rejected])
@@ -484,6 +485,7 @@ def fit_bradley_terry_head(
         with torch.no_grad():
             row = {
                 "step": step,
+                "iterations": int(optimizer.state[weight].get("n_iter", 0)),
                 "loss": float(penalised_loss()),
                 "accuracy": _accuracy(difference @ weight),
             }
@@ -750,19 +752,24 @@ def accuracy_by_length(margins, chosen_tokens, rejected_tokens, confidence: floa
 
 
 def plot_history(history: pd.DataFrame):
-    """Training loss, and training and evaluation accuracy, against the optimisation step."""
+    """Training loss, and training and evaluation accuracy, against the optimisation step. A history of the
+    "head" method's fit (it has an ``iterations`` column) plots the loss that fit minimised, Bradley–Terry plus the L2
+    penalty, against the L-BFGS iterations run."""
     import matplotlib.pyplot as plt
 
     figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 3.5))
+    head_fit = "iterations" in history
+    x, x_label = ("iterations", "L-BFGS iterations") if head_fit else ("step", "step")
     rows = history.dropna(subset=["loss"]) if "loss" in history else history
-    loss_axis.plot(rows["step"], rows["loss"], marker=".")
-    loss_axis.set(title="Bradley–Terry loss (training pairs)", xlabel="step", ylabel="loss")
+    loss_axis.plot(rows[x], rows["loss"], marker=".")
+    loss_name = "Bradley–Terry loss + ½λ‖w‖²" if head_fit else "Bradley–Terry loss"
+    loss_axis.set(title=f"{loss_name} (training pairs)", xlabel=x_label, ylabel="loss")
     for column, label in (("accuracy", "training pairs"), ("eval_accuracy", "held-out pairs")):
         if column in history:
             points = history.dropna(subset=[column])
-            accuracy_axis.plot(points["step"], points[column], marker=".", label=label)
+            accuracy_axis.plot(points[x], points[column], marker=".", label=label)
     accuracy_axis.axhline(0.5, color="k", linestyle="--", linewidth=1)
-    accuracy_axis.set(title="Pairwise accuracy", xlabel="step", ylabel="accuracy", ylim=(0.4, 1.0))
+    accuracy_axis.set(title="Pairwise accuracy", xlabel=x_label, ylabel="accuracy", ylim=(0.4, 1.0))
     accuracy_axis.legend(fontsize=8)
     figure.tight_layout()
     return figure

@@ -3,6 +3,7 @@ import re
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from datasets import Dataset
@@ -21,6 +22,7 @@ from playbook.reward import (
     fit_bradley_terry_head,
     give_distinct_pad_token,
     pairwise_accuracy,
+    plot_history,
     reading_positions,
     reward_margins,
     seconds_per_pair,
@@ -100,6 +102,22 @@ def test_bradley_terry_head_recovers_a_separating_direction():
     weight, history = fit_bradley_terry_head(chosen, rejected, l2=0.01, steps=50, eval_pairs=(chosen, rejected))
     assert weight.abs().argmax() == 3
     assert history["loss"].iloc[-1] < history["loss"].iloc[0] and history["eval_accuracy"].iloc[-1] > 0.9
+
+
+def test_plot_history_names_the_loss_each_method_minimised():
+    steps = pd.DataFrame({"step": [0, 10], "loss": [0.69, 0.6], "accuracy": [0.5, 0.7]})
+    trainer_axes = plot_history(steps).axes
+    assert trainer_axes[0].get_title() == "Bradley–Terry loss (training pairs)"
+    assert trainer_axes[0].get_xlabel() == "step"
+    torch.manual_seed(0)
+    chosen, rejected = torch.randn(50, 4) + 1, torch.randn(50, 4)
+    _, history = fit_bradley_terry_head(chosen, rejected, l2=0.1, steps=30)
+    assert history["iterations"].iloc[0] == 0 and history["iterations"].is_monotonic_increasing
+    assert history["iterations"].iloc[-1] <= 30
+    head_axes = plot_history(history).axes
+    assert head_axes[0].get_title() == "Bradley–Terry loss + ½λ‖w‖² (training pairs)"
+    assert head_axes[0].get_xlabel() == head_axes[1].get_xlabel() == "L-BFGS iterations"
+    assert list(head_axes[0].lines[0].get_xdata()) == history["iterations"].tolist()
 
 
 @pytest.mark.slow
