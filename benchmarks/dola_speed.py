@@ -1,9 +1,12 @@
 """Time per generated token of greedy decoding vs DoLa ('high' and 'low') on the embedded model, in one run.
 
-.venv/bin/python benchmarks/dola_speed.py [--tokens 48] [--repeats 3]
+.venv/bin/python benchmarks/dola_speed.py [--tokens 48] [--repeats 5]
 
-Every decoder is forced to generate exactly --tokens new tokens (no early stop at EOS), from the same prompts; the
-median of --repeats runs is reported. Greedy is `model.generate` of the installed transformers.
+Every decoder is forced to generate exactly --tokens new tokens (no early stop at EOS), from the same prompts.
+Greedy is `model.generate` of the installed transformers, with DoLa's repetition penalty of 1.2. The decoders take
+turns: each repeat times greedy, DoLa high and DoLa low once each, back to back, so a machine that speeds up or slows
+down during the run (this one moves by up to 2x within a day) shifts all three alike. The table gives each decoder's
+median over --repeats, and each DoLa's ratio to greedy within a repeat: the median and the range over the repeats.
 
 A second table splits one decoding step (the last position of the first prompt) into the pieces DoLa adds: the output
 head's product for greedy's one row against DoLa's 1 + L rows, and the contrast (layer divergence, plausibility
@@ -14,6 +17,8 @@ divergence. Their cost over one greedy token is the floor of DoLa's ratio on thi
 from __future__ import annotations
 
 import argparse
+import statistics
+import time
 
 import torch
 
@@ -36,7 +41,7 @@ PROMPTS = [
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=48)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     torch.manual_seed(0)
     model, tokenizer = load_model(device="cpu")
@@ -47,18 +52,18 @@ def main() -> None:
     prompts = [p["input_ids"] if not torch.is_tensor(p) else p for p in prompts]
     no_stop = {"max_new_tokens": args.tokens, "eos_token_id": -1}
 
-    def run(decode) -> float:
-        def all_prompts():
-            for ids in prompts:
-                decode(ids)
-
-        return median_seconds(all_prompts, args.repeats, warmup=False) / (len(prompts) * args.tokens)
+    def seconds_per_token(decode) -> float:
+        started = time.perf_counter()
+        for ids in prompts:
+            decode(ids)
+        return (time.perf_counter() - started) / (len(prompts) * args.tokens)
 
     decoders = {
         "greedy (model.generate)": lambda ids: model.generate(
             ids,
             attention_mask=torch.ones_like(ids),
             do_sample=False,
+            repetition_penalty=1.2,  # as DoLa's default: the two decoders differ only by the layer contrast
             pad_token_id=tokenizer.pad_token_id,
             min_new_tokens=args.tokens,
             max_new_tokens=args.tokens,
@@ -66,13 +71,20 @@ def main() -> None:
         "DoLa high": lambda ids: dola_generate(model, ids, dola_layers="high", **no_stop),
         "DoLa low": lambda ids: dola_generate(model, ids, dola_layers="low", **no_stop),
     }
-    run(decoders["greedy (model.generate)"])  # warm-up
-    seconds = {name: run(decode) for name, decode in decoders.items()}
-    greedy = seconds["greedy (model.generate)"]
-    print(f"{'decoder':<26}{'ms/token':>10}{'vs greedy':>11}")
-    for name, value in seconds.items():
-        print(f"{name:<26}{1000 * value:>10.1f}{value / greedy:>10.2f}x")
-    step_pieces(model, prompts[0], args.repeats * 5, greedy)
+    for decode in decoders.values():  # warm-up: lazy initialisation and cold caches
+        decode(prompts[0])
+    timings = {name: [] for name in decoders}
+    for _ in range(args.repeats):
+        for name, decode in decoders.items():
+            timings[name].append(seconds_per_token(decode))
+    greedy = timings["greedy (model.generate)"]
+    print(f"{'decoder':<26}{'ms/token':>10}{'vs greedy, per repeat: median [range]':>40}")
+    for name, values in timings.items():
+        ratios = [value / base for value, base in zip(values, greedy, strict=True)]
+        spread = f"{statistics.median(ratios):.2f}x [{min(ratios):.2f}, {max(ratios):.2f}]"
+        print(f"{name:<26}{1000 * statistics.median(values):>10.1f}{spread:>40}")
+    greedy_seconds = statistics.median(greedy)
+    step_pieces(model, prompts[0], args.repeats * 5, greedy_seconds)
 
 
 @torch.no_grad()
