@@ -804,15 +804,20 @@ def mc_answers(row) -> tuple[list[str], list[str]]:
     return true, [_closed(a) for a in row["incorrect_answers"] if a.strip()]
 
 
-def mc2_chance_level(dataset, limit: int | None = None) -> float:
-    """MC2 (in [0, 1]) of a scorer that gives every answer the same likelihood, averaged over the questions
-    `truthfulqa_mc` would score with the same `limit`: such a scorer puts #true / (#true + #false) of the mass on
-    the true answers of each question."""
+def mc2_chance_shares(dataset, limit: int | None = None) -> pd.Series:
+    """Per question (indexed by its text), the MC2 in [0, 1] of a scorer that gives every answer the same
+    likelihood, for the questions `truthfulqa_mc` would score with the same `limit`: such a scorer puts
+    #true / (#true + #false) of the mass on the true answers."""
     rows = list(dataset)[:limit] if limit is not None else list(dataset)
     if not rows:
-        raise ValueError("mc2_chance_level needs at least one TruthfulQA row")
+        raise ValueError("mc2_chance_shares needs at least one TruthfulQA row")
     shares = [len(true) / (len(true) + len(false)) for true, false in map(mc_answers, rows)]
-    return float(np.mean(shares))
+    return pd.Series(shares, index=[row["question"] for row in rows], name="MC2 chance")
+
+
+def mc2_chance_level(dataset, limit: int | None = None) -> float:
+    """MC2's chance level: `mc2_chance_shares` averaged over the questions."""
+    return float(mc2_chance_shares(dataset, limit).mean())
 
 
 def mc_summary(results: pd.DataFrame) -> pd.DataFrame:

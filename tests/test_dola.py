@@ -26,6 +26,7 @@ from playbook.dola import (
     largest_score_difference,
     layer_divergence,
     mc2_chance_level,
+    mc2_chance_shares,
     mc_answers,
     mc_scores,
     mc_summary,
@@ -264,14 +265,15 @@ def test_left_padded_batch_gives_each_prompt_its_own_tokens_and_layers(embedded)
         batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     finally:
         tokenizer.padding_side = side
-    traces = dola_layer_divergence(model, batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=12)
-    together = dola_generate(model, batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=12)
+    together, traces = dola_generate(
+        model, batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=12, return_traces=True
+    )
     width = batch.input_ids.shape[1]
     for row, text in enumerate(texts):
         alone_ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
-        alone = dola_generate(model, alone_ids, max_new_tokens=12)[0, alone_ids.shape[1] :].tolist()
+        alone_sequence, (alone_trace,) = dola_generate(model, alone_ids, max_new_tokens=12, return_traces=True)
+        alone = alone_sequence[0, alone_ids.shape[1] :].tolist()
         assert together[row, width : width + len(alone)].tolist() == alone
-        alone_trace = dola_layer_divergence(model, alone_ids, max_new_tokens=12)[0]
         assert traces[row].new_tokens == alone_trace.new_tokens == alone
         assert traces[row].chosen_layers == alone_trace.chosen_layers
     assert len({tuple(t.chosen_layers) for t in traces}) > 1  # rows really pick different layers
@@ -499,10 +501,16 @@ def test_answer_logprobs_ablations_match_their_definitions(tiny_causal_lm, token
 
 def test_mc2_chance_level_is_the_share_of_true_answers():
     rows = [
-        {"best_answer": "Yes", "correct_answers": ["Yes"], "incorrect_answers": ["No", "Maybe", "Never"]},
-        {"best_answer": "A", "correct_answers": ["B."], "incorrect_answers": ["C", " "]},
+        {
+            "question": "q1",
+            "best_answer": "Yes",
+            "correct_answers": ["Yes"],
+            "incorrect_answers": ["No", "Maybe", "Never"],
+        },
+        {"question": "q2", "best_answer": "A", "correct_answers": ["B."], "incorrect_answers": ["C", " "]},
     ]
     assert mc_answers(rows[1]) == (["A.", "B."], ["C."])
+    assert mc2_chance_shares(rows).to_dict() == pytest.approx({"q1": 1 / 4, "q2": 2 / 3})
     assert mc2_chance_level(rows) == pytest.approx((1 / 4 + 2 / 3) / 2)
     assert mc2_chance_level(rows, limit=1) == pytest.approx(0.25)
 
