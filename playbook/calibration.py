@@ -231,13 +231,14 @@ def reliability_diagram(
     title: str = "Reliability diagram",
     accuracy_interval: tuple[np.ndarray, np.ndarray] | None = None,
     ece_text: str | None = None,
+    counted: str = "answers",
 ) -> Figure:
     """Accuracy per confidence bin against the diagonal, over a histogram of confidences.
 
     Each bar spans its bin (centred on the bin, as wide as the bin, so bars never overlap); a black dot marks the
     bin's mean confidence, and a red band the gap between it and the accuracy. ``accuracy_interval`` (low and high
     per non-empty bin, e.g. from :func:`grouped_bin_accuracy_interval`) adds error bars; ``ece_text`` replaces the
-    plain ECE in the title (e.g. with its interval).
+    plain ECE in the title (e.g. with its interval). ``counted`` names what the histogram counts (e.g. "pairs").
     """
     confidences, correct = _check(confidences, correct)
     bins = calibration_bins(confidences, correct, n_bins, strategy)
@@ -277,7 +278,7 @@ def reliability_diagram(
     top.set(ylabel="accuracy", ylim=(0, 1), title=f"{title}\nECE = {ece_text}")
     top.legend(fontsize=7, loc="upper left")
     bottom.hist(confidences, bins=bins.edges, color="tab:gray")
-    bottom.set(xlabel="confidence", ylabel="answers", xlim=(0, 1))
+    bottom.set(xlabel="confidence", ylabel=counted, xlim=(0, 1))
     figure.tight_layout()
     return figure
 

@@ -151,6 +151,8 @@ def test_report_and_diagram():
     assert set(report) == {"accuracy", "mean confidence", "ECE", "MCE", "Brier", "NLL (top answer, binary)"}
     figure = reliability_diagram(confidences, correct, title="test")
     assert f"ECE = {report['ECE']:.3f}" in figure.axes[0].get_title()
+    assert figure.axes[1].get_ylabel() == "answers"
+    assert reliability_diagram(confidences, correct, counted="pairs").axes[1].get_ylabel() == "pairs"
 
 
 def test_mc_questions():
