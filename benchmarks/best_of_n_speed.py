@@ -1,5 +1,5 @@
 """What best-of-N costs on this machine: sampled replies per second and reward-model scores per second, beside greedy
-replies to the same held-out prompts, measured side by side in one run (medians of repeats).
+replies to the same held-out prompts, measured side by side in one run (the four take turns; medians of repeats).
 
 .venv/bin/python benchmarks/best_of_n_speed.py [--prompts 8] [--samples 8] [--tokens 24] [--repeats 3]
 
@@ -17,7 +17,7 @@ from common import course_reward_model, course_sft_model
 
 from playbook.config import get_profile
 from playbook.data import hh_rlhf_split
-from playbook.environment import median_seconds
+from playbook.environment import interleaved_seconds
 from playbook.evaluation import sample_replies
 from playbook.models import generate_replies, load_model
 from playbook.overoptimization import last_user_turns
@@ -38,16 +38,12 @@ def main() -> None:
     flat_prompts = [p for p in prompts for _ in range(args.samples)]
     flat_replies = [r for group in replies for r in group]
 
-    greedy = median_seconds(
-        lambda: generate_replies(policy, tokenizer, prompts, max_new_tokens=args.tokens), args.repeats
-    )
-    sampled = median_seconds(
-        lambda: sample_replies(policy, tokenizer, prompts, args.samples, max_new_tokens=args.tokens), args.repeats
-    )
-    # the same samples from a batch of each prompt repeated, which reads the prompt once per row (sample_replies
-    # reads it once and copies its cache)
-    repeated = median_seconds(
-        lambda: generate_replies(
+    actions = {
+        "greedy": lambda: generate_replies(policy, tokenizer, prompts, max_new_tokens=args.tokens),
+        "sampled": lambda: sample_replies(policy, tokenizer, prompts, args.samples, max_new_tokens=args.tokens),
+        # the same samples from a batch of each prompt repeated, which reads the prompt once per row (sample_replies
+        # reads it once and copies its cache)
+        "repeated": lambda: generate_replies(
             policy,
             tokenizer,
             flat_prompts,
@@ -57,9 +53,11 @@ def main() -> None:
             top_k=0,
             top_p=1.0,
         ),
-        args.repeats,
-    )
-    scored = median_seconds(lambda: reward_model.score_batch(flat_prompts, flat_replies), args.repeats)
+        "scored": lambda: reward_model.score_batch(flat_prompts, flat_replies),
+    }
+    # the four take turns in each repeat, so a machine whose speed drifts during the run shifts them alike
+    seconds = interleaved_seconds(actions, args.repeats).median()
+    greedy, sampled, repeated, scored = (seconds[name] for name in actions)
 
     greedy_rate = args.prompts / greedy
     rates = {

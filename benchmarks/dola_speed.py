@@ -17,8 +17,6 @@ divergence. Their cost over one greedy token is the floor of DoLa's ratio on thi
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
@@ -28,7 +26,7 @@ from playbook.dola import (
     contrast,
     dola_generate,
 )
-from playbook.environment import median_seconds
+from playbook.environment import interleaved_seconds, median_seconds
 from playbook.models import load_model
 
 PROMPTS = [
@@ -52,12 +50,6 @@ def main() -> None:
     prompts = [p["input_ids"] if not torch.is_tensor(p) else p for p in prompts]
     no_stop = {"max_new_tokens": args.tokens, "eos_token_id": -1}
 
-    def seconds_per_token(decode) -> float:
-        started = time.perf_counter()
-        for ids in prompts:
-            decode(ids)
-        return (time.perf_counter() - started) / (len(prompts) * args.tokens)
-
     decoders = {
         "greedy (model.generate)": lambda ids: model.generate(
             ids,
@@ -71,19 +63,20 @@ def main() -> None:
         "DoLa high": lambda ids: dola_generate(model, ids, dola_layers="high", **no_stop),
         "DoLa low": lambda ids: dola_generate(model, ids, dola_layers="low", **no_stop),
     }
-    for decode in decoders.values():  # warm-up: lazy initialisation and cold caches
-        decode(prompts[0])
-    timings = {name: [] for name in decoders}
-    for _ in range(args.repeats):
-        for name, decode in decoders.items():
-            timings[name].append(seconds_per_token(decode))
-    greedy = timings["greedy (model.generate)"]
+
+    def on_every_prompt(decode):
+        return lambda: [decode(ids) for ids in prompts]
+
+    # one untimed warm-up call each (lazy initialisation, cold caches), then the decoders take turns
+    per_token = interleaved_seconds({name: on_every_prompt(decode) for name, decode in decoders.items()}, args.repeats)
+    per_token /= len(prompts) * args.tokens
+    greedy = per_token["greedy (model.generate)"]
     print(f"{'decoder':<26}{'ms/token':>10}{'vs greedy, per repeat: median [range]':>40}")
-    for name, values in timings.items():
-        ratios = [value / base for value, base in zip(values, greedy, strict=True)]
-        spread = f"{statistics.median(ratios):.2f}x [{min(ratios):.2f}, {max(ratios):.2f}]"
-        print(f"{name:<26}{1000 * statistics.median(values):>10.1f}{spread:>40}")
-    greedy_seconds = statistics.median(greedy)
+    for name, values in per_token.items():
+        ratios = values / greedy
+        spread = f"{ratios.median():.2f}x [{ratios.min():.2f}, {ratios.max():.2f}]"
+        print(f"{name:<26}{1000 * values.median():>10.1f}{spread:>40}")
+    greedy_seconds = greedy.median()
     step_pieces(model, prompts[0], args.repeats * 5, greedy_seconds)
 
 

@@ -38,6 +38,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from playbook.data import BUNDLED_DATA_DIR
 from playbook.io import text_key, write_atomically
 from playbook.models import cache_keyword, chat_batches, decode_new_tokens, returned_cache
+from playbook.stats import PairedDifference, mcnemar_exact, paired_difference
 from playbook.tensors import positions_from_mask
 
 DolaLayers = str | int | Sequence[int]
@@ -820,6 +821,21 @@ def mc2_chance_level(dataset, limit: int | None = None) -> float:
     return float(mc2_chance_shares(dataset, limit).mean())
 
 
+def mc2_above_chance(results: pd.DataFrame, dataset, method: str) -> PairedDifference:
+    """`method`'s MC2 minus the chance level, paired per question: each question's MC2 in `results` minus that
+    question's `mc2_chance_shares`, as a `stats.PairedDifference` (mean, bootstrap 95% interval, n). Questions have
+    different chance shares (their numbers of true and false answers differ), so comparing the mean MC2 with the mean
+    chance level would mix that spread into the noise."""
+    mc2 = results[results["method"] == method].set_index("question")["MC2"]
+    if mc2.empty:
+        raise ValueError(f"results hold no rows for method {method!r}; it has {sorted(set(results['method']))}")
+    chance = mc2_chance_shares(dataset)
+    unknown = mc2.index.difference(chance.index)
+    if len(unknown):
+        raise ValueError(f"{len(unknown)} scored questions are not in the dataset given, e.g. {unknown[0]!r}")
+    return paired_difference(mc2, chance[mc2.index])
+
+
 def mc_summary(results: pd.DataFrame) -> pd.DataFrame:
     """Mean MC1/MC2/MC3 in percent per method, with the number of questions, for a table beside the paper's."""
     summary = results.groupby("method", sort=False)[["MC1", "MC2", "MC3"]].mean().mul(100).round(1)
@@ -832,8 +848,6 @@ def compare_mc(results: pd.DataFrame, before: str = "greedy", after: str = "dola
     difference after − before with its bootstrap 95% interval (`stats.paired_difference`), and its p-value (exact
     McNemar for the yes/no MC1, Wilcoxon signed-rank for MC2 and MC3). Questions scored by only one of the two
     methods are left out."""
-    from playbook.stats import mcnemar_exact, paired_difference
-
     missing = {before, after} - set(results["method"])
     if missing:
         raise ValueError(f"results hold no rows for method {sorted(missing)}; it has {sorted(set(results['method']))}")

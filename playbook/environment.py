@@ -66,3 +66,24 @@ def median_seconds(action: Callable[[], object], repeats: int = 3, *, warmup: bo
         action()
         times.append(time.perf_counter() - started)
     return statistics.median(times)
+
+
+def interleaved_seconds(actions: dict[str, Callable[[], object]], rounds: int, *, warmup: bool = True) -> pd.DataFrame:
+    """Wall time of every action in each of `rounds` rounds, one row per round and one column per action.
+
+    The actions take turns within a round (a, b, c, a, b, c, ...) instead of each running all its repeats in a
+    block: a machine whose speed drifts during the measurement (laptops and shared machines move by up to 2x
+    within hours) then shifts every action alike, so the ratio of two columns in the same row compares like with
+    like. With `warmup`, each action runs once untimed first (lazy initialisation, cold caches)."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
+    if warmup:
+        for action in actions.values():
+            action()
+    times: dict[str, list[float]] = {name: [] for name in actions}
+    for _ in range(rounds):
+        for name, action in actions.items():
+            started = time.perf_counter()
+            action()
+            times[name].append(time.perf_counter() - started)
+    return pd.DataFrame(times).rename_axis("round")

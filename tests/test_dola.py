@@ -25,6 +25,7 @@ from playbook.dola import (
     final_norm,
     largest_score_difference,
     layer_divergence,
+    mc2_above_chance,
     mc2_chance_level,
     mc2_chance_shares,
     mc_answers,
@@ -513,6 +514,22 @@ def test_mc2_chance_level_is_the_share_of_true_answers():
     assert mc2_chance_shares(rows).to_dict() == pytest.approx({"q1": 1 / 4, "q2": 2 / 3})
     assert mc2_chance_level(rows) == pytest.approx((1 / 4 + 2 / 3) / 2)
     assert mc2_chance_level(rows, limit=1) == pytest.approx(0.25)
+
+    results = pd.DataFrame(
+        {
+            "question": ["q1", "q2", "q1", "q2"],
+            "method": ["greedy", "greedy", "dola", "dola"],
+            "MC2": [0.5, 2 / 3, 0.25, 1.0],
+        }
+    )
+    greedy = mc2_above_chance(results, rows, "greedy")  # per question: 0.5 − 1/4 and 2/3 − 2/3
+    assert (greedy.n, greedy.mean) == (2, pytest.approx(0.125))
+    dola = mc2_above_chance(results, rows, "dola")
+    assert (dola.n, dola.mean) == (2, pytest.approx((0 + 1 / 3) / 2))
+    with pytest.raises(ValueError, match="no rows for method 'beam'"):
+        mc2_above_chance(results, rows, "beam")
+    with pytest.raises(ValueError, match="not in the dataset given, e.g. 'q2'"):
+        mc2_above_chance(results, rows[:1], "greedy")
 
 
 def test_compare_mc_pairs_questions_and_tests_mc1_with_mcnemar():

@@ -10,7 +10,7 @@ from nbclient.exceptions import CellExecutionError
 
 from conftest import REPO
 from playbook.course import execute_notebook
-from playbook.environment import display_path, environment_report
+from playbook.environment import display_path, environment_report, interleaved_seconds
 from playbook.io import course_notebooks, write_atomically
 
 CONDA_NAMES = {"torch": "pytorch"}
@@ -70,6 +70,30 @@ def test_environment_report_names_versions_and_shows_paths_without_the_home_fold
     monkeypatch.setenv("PLAYBOOK_DATA_DIR", str(tmp_path / "nowhere"))
     report = dict(zip(*environment_report().to_dict("list").values(), strict=True))
     assert report["data dir (PLAYBOOK_DATA_DIR)"] == "nowhere (missing)"
+
+
+def test_interleaved_seconds_lets_the_actions_take_turns_and_times_each(monkeypatch):
+    import playbook.environment
+
+    clock, calls = [0.0], []
+
+    def action(name: str, seconds: float):
+        def run():
+            calls.append(name)
+            clock[0] += seconds
+
+        return run
+
+    monkeypatch.setattr(playbook.environment.time, "perf_counter", lambda: clock[0])
+    times = interleaved_seconds({"fast": action("fast", 1.0), "slow": action("slow", 3.0)}, rounds=3)
+    assert calls == ["fast", "slow"] * 4  # one untimed warm-up call each, then three rounds in turn
+    assert times.to_dict("list") == {"fast": [1.0, 1.0, 1.0], "slow": [3.0, 3.0, 3.0]}
+    assert (times["slow"] / times["fast"]).tolist() == [3.0, 3.0, 3.0]
+    calls.clear()
+    interleaved_seconds({"fast": action("fast", 1.0)}, rounds=2, warmup=False)
+    assert calls == ["fast", "fast"]
+    with pytest.raises(ValueError, match="rounds"):
+        interleaved_seconds({"fast": action("fast", 1.0)}, rounds=0)
 
 
 def test_headline_comparison_reports_changed_outputs_only(tmp_path):
