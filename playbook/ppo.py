@@ -344,8 +344,8 @@ def word_count_reward(target_words: int) -> RewardFunction:
 
 @dataclass(frozen=True)
 class ScoreScale:
-    """The affine maps fixed on the first rollout: scores to ``(score - shift) / scale`` and the value model's
-    outputs to ``(value - value_shift) / scale``."""
+    """The affine maps fixed at the first rollout from the start policy's replies (``StartScale``): scores to
+    ``(score - shift) / scale`` and the value model's outputs to ``(value - value_shift) / scale``."""
 
     shift: float
     scale: float
@@ -848,15 +848,16 @@ def compare_runs(
 
 
 def plot_history(history: pd.DataFrame, *, title: str = "PPO", score_label: str = "reward-model score (mean)"):
-    """Reward-model score, KL to the reference, and their combination per step: score − β·σ·KL, with σ the spread
-    of the first rollout's scores that β is measured against (1 without score normalisation). ``score_label`` names
-    the score when the reward is not a reward model."""
+    """Reward-model score, KL to the reference (the k1 estimate, which can dip below 0 on a batch), and their
+    combination per step: score − β·σ·KL, with σ the spread of the start policy's scores that β is measured against
+    (``PPOConfig.scale_samples`` replies; 1 without score normalisation). ``score_label`` names the score when the
+    reward is not a reward model."""
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, 3, figsize=(12, 3.3))
     panels = (
         ("score", score_label),
-        ("kl", "KL(π ‖ π_ref) per reply (nats)"),
+        ("kl", "KL(π ‖ π_ref) per reply, k1 estimate (nats)"),
         ("rlhf_reward", "score − β·σ·KL (what PPO maximises)"),
     )
     for axis, (column, label) in zip(axes, panels, strict=True):

@@ -645,8 +645,10 @@ def reading_positions(reward_model: RewardModel, conversation: Messages, *, pad_
     """The last ``last`` tokens of ``conversation`` padded to ``pad_to`` tokens, as the reward model sees them in a
     batch: token, attention mask, where the reward is read, and the reward the head would give if read there.
 
-    The model reads the last token the attention mask keeps, the ``<|im_end|>`` that closes the reply. Read at a
-    padding position, or one token early (where a pad token equal to ``<|im_end|>`` would put it), it differs.
+    The model reads the rightmost token that is not ``pad_token_id`` (transformers' rule; the attention mask is not
+    consulted), which with right padding and a pad token of its own is the last token the mask keeps: the
+    ``<|im_end|>`` that closes the reply. Read at a padding position, or one token early (where a pad token equal to
+    ``<|im_end|>`` would put it), it differs.
     """
     tokenizer, model = reward_model.tokenizer, reward_model.model
     ids = encode_conversation(tokenizer, conversation, reward_model.max_length)
