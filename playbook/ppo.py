@@ -95,7 +95,8 @@ class PPOConfig(TrainerConfig):
     clip_range: float = 0.2  # policy ratio clipping ε (Huang et al.: 0.2)
     clip_range_value: float = 0.2  # value clipping (Huang et al.: 0.2)
     value_coef: float = 0.1  # weight of the value loss (Huang et al.: 0.1)
-    missing_eos_penalty: float = 0.0  # subtracted from the score of a reply that did not end (in raw score units)
+    # subtracted from the score of a reply that did not end, in raw score units (Huang et al. set such a score to -1)
+    missing_eos_penalty: float = 0.0
     max_grad_norm: float = 1.0
     normalize_scores: bool = True  # standardise scores by the mean and spread of the start policy's replies
     calibrate_value: bool = True  # shift the value model so its mean on those replies is their mean (normalised) score
