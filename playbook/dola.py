@@ -782,7 +782,7 @@ def truthfulqa_mc(
         )
     rows = list(dataset)[:limit] if limit is not None else list(dataset)
     results = []
-    for row in tqdm(rows, desc=f"TruthfulQA MC ({method})", disable=not progress):
+    for row in tqdm(rows, desc=f"TruthfulQA MC ({', '.join(methods)})", disable=not progress):
         true, false = mc_answers(row)
         prompt = truthfulqa_prompt(row["question"])
         scores = answer_logprobs(model, tokenizer, prompt, true + false, dola_layers=dola_layers, methods=methods)
@@ -792,6 +792,26 @@ def truthfulqa_mc(
                 {"question": row["question"], "method": name}
                 | mc_scores(values[: len(true)], values[len(true) :], true.index(_closed(row["best_answer"])))
             )
+    return pd.DataFrame(results)
+
+
+def longest_answer_mc(dataset, tokenizer: PreTrainedTokenizerBase, limit: int | None = None) -> pd.DataFrame:
+    """MC1, MC2, MC3 of a scorer that knows nothing but length, in `truthfulqa_mc`'s format (method "longest
+    answer"): each answer's score is its number of tokens (as `answer_logprobs` tokenises it) times 1,000 nats, so
+    the longest answers take all the probability mass and share it when tied.
+
+    DoLa's multiple-choice score is a *sum* of per-token contrasts over the answer, with no division by its length;
+    where those contrasts are large and positive, longer answers win whatever they say. This baseline is that
+    preference alone, to read DoLa's scores against."""
+    rows = list(dataset)[:limit] if limit is not None else list(dataset)
+    if not rows:
+        raise ValueError("longest_answer_mc needs at least one TruthfulQA row")
+    results = []
+    for row in rows:
+        true, false = mc_answers(row)
+        lengths = [1000.0 * len(tokenizer(" " + answer, add_special_tokens=False).input_ids) for answer in true + false]
+        scores = mc_scores(lengths[: len(true)], lengths[len(true) :], true.index(_closed(row["best_answer"])))
+        results.append({"question": row["question"], "method": "longest answer"} | scores)
     return pd.DataFrame(results)
 
 

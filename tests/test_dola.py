@@ -25,6 +25,7 @@ from playbook.dola import (
     final_norm,
     largest_score_difference,
     layer_divergence,
+    longest_answer_mc,
     mc2_above_chance,
     mc2_chance_level,
     mc2_chance_shares,
@@ -530,6 +531,24 @@ def test_mc2_chance_level_is_the_share_of_true_answers():
         mc2_above_chance(results, rows, "beam")
     with pytest.raises(ValueError, match="not in the dataset given, e.g. 'q2'"):
         mc2_above_chance(results, rows[:1], "greedy")
+
+
+def test_longest_answer_mc_puts_all_mass_on_the_longest_answers():
+    class WordTokenizer:  # one token per word
+        def __call__(self, text, add_special_tokens=False):
+            return type("Encoded", (), {"input_ids": text.split()})()
+
+    rows = [
+        {"question": "q1", "best_answer": "A long true one", "correct_answers": [], "incorrect_answers": ["No"]},
+        {"question": "q2", "best_answer": "Yes", "correct_answers": ["Also true"], "incorrect_answers": ["No no"]},
+    ]
+    table = longest_answer_mc(rows, WordTokenizer()).set_index("question")
+    assert set(table["method"]) == {"longest answer"}
+    assert table.loc["q1", ["MC1", "MC2", "MC3"]].tolist() == [1.0, 1.0, 1.0]
+    # q2: "Also true." ties "No no." at two tokens; "Yes." has one: the tie shares the mass, and nothing true beats it
+    assert table.loc["q2", ["MC1", "MC2", "MC3"]].tolist() == [0.0, pytest.approx(0.5), 0.0]
+    with pytest.raises(ValueError, match="at least one"):
+        longest_answer_mc([], WordTokenizer())
 
 
 def test_compare_mc_pairs_questions_and_tests_mc1_with_mcnemar():
