@@ -674,6 +674,16 @@ def _dola_answer_score(final: torch.Tensor, premature: torch.Tensor, targets: to
     return float((final - premature[picked, positions])[positions, targets].sum())
 
 
+def _scored_rows(dataset, limit: int | None) -> list:
+    """The TruthfulQA rows a scorer reads: the first `limit`, or all."""
+    return list(dataset)[:limit] if limit is not None else list(dataset)
+
+
+def _answer_ids(tokenizer: PreTrainedTokenizerBase, answer: str) -> list[int]:
+    """An answer's tokens as a continuation of the prompt: `" " + answer`, no special tokens."""
+    return tokenizer(" " + answer, add_special_tokens=False).input_ids
+
+
 @torch.no_grad()
 def answer_logprobs(
     model: PreTrainedModel,
@@ -706,7 +716,7 @@ def answer_logprobs(
     norm = final_norm(model) if "dola normalised exits" in methods else None
     device = model.device
     prompt_ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
-    answer_ids = [tokenizer(" " + answer, add_special_tokens=False).input_ids for answer in answers]
+    answer_ids = [_answer_ids(tokenizer, answer) for answer in answers]
     for answer, ids in zip(answers, answer_ids, strict=True):
         if not ids:
             raise ValueError(f"the answer {answer!r} has no tokens")
@@ -780,7 +790,7 @@ def truthfulqa_mc(
         raise ValueError(
             f"method must be 'greedy', 'dola', 'both', 'all' or names from {METHODS + ABLATIONS}, got {method!r}"
         )
-    rows = list(dataset)[:limit] if limit is not None else list(dataset)
+    rows = _scored_rows(dataset, limit)
     results = []
     for row in tqdm(rows, desc=f"TruthfulQA MC ({', '.join(methods)})", disable=not progress):
         true, false = mc_answers(row)
@@ -803,13 +813,13 @@ def longest_answer_mc(dataset, tokenizer: PreTrainedTokenizerBase, limit: int | 
     DoLa's multiple-choice score is a *sum* of per-token contrasts over the answer, with no division by its length;
     where those contrasts are large and positive, longer answers win whatever they say. This baseline is that
     preference alone, to read DoLa's scores against."""
-    rows = list(dataset)[:limit] if limit is not None else list(dataset)
+    rows = _scored_rows(dataset, limit)
     if not rows:
         raise ValueError("longest_answer_mc needs at least one TruthfulQA row")
     results = []
     for row in rows:
         true, false = mc_answers(row)
-        lengths = [1000.0 * len(tokenizer(" " + answer, add_special_tokens=False).input_ids) for answer in true + false]
+        lengths = [1000.0 * len(_answer_ids(tokenizer, answer)) for answer in true + false]
         scores = mc_scores(lengths[: len(true)], lengths[len(true) :], true.index(_closed(row["best_answer"])))
         results.append({"question": row["question"], "method": "longest answer"} | scores)
     return pd.DataFrame(results)
@@ -829,7 +839,7 @@ def mc2_chance_shares(dataset, limit: int | None = None) -> pd.Series:
     """Per question (indexed by its text), the MC2 in [0, 1] of a scorer that gives every answer the same
     likelihood, for the questions `truthfulqa_mc` would score with the same `limit`: such a scorer puts
     #true / (#true + #false) of the mass on the true answers."""
-    rows = list(dataset)[:limit] if limit is not None else list(dataset)
+    rows = _scored_rows(dataset, limit)
     if not rows:
         raise ValueError("mc2_chance_shares needs at least one TruthfulQA row")
     shares = [len(true) / (len(true) + len(false)) for true, false in map(mc_answers, rows)]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import platform
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -58,14 +57,7 @@ def environment_report() -> pd.DataFrame:
 def median_seconds(action: Callable[[], object], repeats: int = 3, *, warmup: bool = True) -> float:
     """Median wall time of `repeats` calls of `action`, after one untimed call when `warmup` (the first call
     pays for lazy initialisation and cold caches)."""
-    if warmup:
-        action()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return float(interleaved_seconds({"action": action}, repeats, warmup=warmup)["action"].median())
 
 
 def interleaved_seconds(actions: dict[str, Callable[[], object]], rounds: int, *, warmup: bool = True) -> pd.DataFrame:
