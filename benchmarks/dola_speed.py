@@ -9,9 +9,10 @@ down during the run (this one moves by up to 2x within a day) shifts all three a
 median over --repeats, and each DoLa's ratio to greedy within a repeat: the median and the range over the repeats.
 
 A second table splits one decoding step (the last position of the first prompt) into the pieces DoLa adds: the output
-head's product for greedy's one row against DoLa's 1 + L rows, and the contrast (layer divergence, plausibility
-filter). The head's extra rows are arithmetic DoLa cannot skip: every candidate layer's full distribution enters the
-divergence. Their cost over one greedy token is the floor of DoLa's ratio on this machine.
+head's product for greedy's one row against DoLa's 1 + L rows (as DoLa takes it, against MKL's packed copy of the
+weight, and as a plain product, the same numbers), and the contrast (layer divergence, plausibility filter). The
+head's extra rows are arithmetic DoLa cannot skip: every candidate layer's full distribution enters the divergence.
+Their cost over one greedy token is the floor of DoLa's ratio on this machine.
 """
 
 from __future__ import annotations
@@ -88,18 +89,21 @@ def step_pieces(model, prompt: torch.Tensor, repeats: int, greedy_seconds: float
     head = model.get_output_embeddings()
     last = outputs.last_hidden_state[:, -1:, :]
     final, premature = _final_and_early_exit_logits(model, outputs.last_hidden_state, outputs.hidden_states, layers)
+    rows = torch.stack([outputs.last_hidden_state[0, -1]] + [outputs.hidden_states[layer][0, -1] for layer in layers])
+
     seconds = {
         "head, 1 row (greedy)": median_seconds(lambda: head(last), repeats),
-        f"head, {1 + len(layers)} rows (DoLa high)": median_seconds(
+        f"head, {1 + len(layers)} rows, packed (DoLa)": median_seconds(
             lambda: _final_and_early_exit_logits(model, outputs.last_hidden_state, outputs.hidden_states, layers),
             repeats,
         ),
+        f"head, {1 + len(layers)} rows, plain product": median_seconds(lambda: (head.weight @ rows.T).T, repeats),
         "contrast (DoLa high)": median_seconds(lambda: contrast(final, premature, layers), repeats),
     }
     print(f"\none step, median of {repeats} calls   ms")
     for name, value in seconds.items():
         print(f"{name:<34}{1000 * value:>6.1f}")
-    extra_rows = seconds[f"head, {1 + len(layers)} rows (DoLa high)"] - seconds["head, 1 row (greedy)"]
+    extra_rows = seconds[f"head, {1 + len(layers)} rows, packed (DoLa)"] - seconds["head, 1 row (greedy)"]
     print(
         f"the head's {len(layers)} extra rows alone: +{1000 * extra_rows:.1f} ms per token, "
         f"{(greedy_seconds + extra_rows) / greedy_seconds:.2f}x greedy before any DoLa arithmetic"

@@ -9,10 +9,12 @@ import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
 from playbook.dola import (
+    _PACKED_HEADS,
     ABLATIONS,
     CUSTOM_GENERATE_DIR,
     METHODS,
     RELATIVE_TOP,
+    _head_product,
     answer_logprobs,
     apply_repetition_penalty,
     candidate_layers,
@@ -136,6 +138,24 @@ def test_contrast_picks_a_layer_per_row_and_scores_log_ratio():
     expected = final[0].log_softmax(-1)[0] - premature[1, 0].log_softmax(-1)[0]
     assert step.scores[0, 0] == pytest.approx(float(expected))
     assert torch.isinf(step.scores[:, 2]).all()
+
+
+def test_head_product_is_the_plain_product_bit_for_bit_and_repacks_after_the_weight_changes():
+    torch.manual_seed(0)
+    weight = torch.randn(4096, 64) * 0.05
+    for count in (1, 2, 9, 17):
+        rows = torch.randn(count, 64) * 3
+        assert torch.equal(_head_product(weight, rows), (weight @ rows.T).T)
+    if torch.backends.mkl.is_available():
+        version, packed_for, _ = _PACKED_HEADS[id(weight)]
+        assert (version, packed_for) == (weight._version, 17)  # one packed copy, for the last row count
+    with torch.no_grad():
+        weight.mul_(2.0)  # a training step, say: the packed copy must not be reused
+    rows = torch.randn(9, 64)
+    assert torch.equal(_head_product(weight, rows), (weight @ rows.T).T)
+    key = id(weight)
+    del weight
+    assert key not in _PACKED_HEADS  # the packed copy goes with its weight
 
 
 def test_repetition_penalty_divides_positive_multiplies_negative_and_ignores_padding():
