@@ -385,11 +385,13 @@ def load_or_train_sft_model(profile: Profile | str | None = None, *, folder: str
 def plot_history(history: pd.DataFrame):
     """SFT's training loss (mean NLL of the reply tokens in each batch) against the optimisation step."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     figure, axis = plt.subplots(figsize=(6, 3.2))
     rows = history.dropna(subset=["loss"])
     axis.plot(rows["step"], rows["loss"], marker=".")
     axis.set(title="SFT loss (training batches, reply tokens only)", xlabel="step", ylabel="nats per token")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     figure.tight_layout()
     return figure
 
