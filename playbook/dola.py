@@ -19,7 +19,8 @@ Where this differs, on purpose: (1) in a batch, every sequence gets its own prem
 one for the whole batch from the batch-mean divergence), and padding is not penalised as a repeated token, so a
 prompt gets the same tokens in a left-padded batch as alone; (2) out-of-range layer indices are an error (the
 reference dropped them silently); (3) the early-exit logits of all candidate layers come from one batched
-projection of the last position, reusing the KV cache (`benchmarks/dola_speed.py` measures the cost).
+projection of the last position, reusing the KV cache, and on CPU against a copy of the head's weights packed once
+for that product (`_head_product`, the same numbers; `benchmarks/dola_speed.py` measures the cost).
 """
 
 from __future__ import annotations
