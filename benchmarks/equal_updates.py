@@ -4,13 +4,14 @@
                                              [--held-out 150]
 
 Notebook 07 compares notebook 06's PPO policy, 240 Adam updates (30 steps x 4 epochs x 2 minibatches), with DPO and
-RLOO at 20 updates each: on this 2-core CPU one DPO or RLOO update costs ~20 s, so PPO's 240 would take ~80 minutes
-apiece. This script gives every method the same number of updates, everything else as the notebooks run it (cpu
-profile, from notebook 04's SFT model, trained as the notebook trains it into build/benchmarks/): DPO and RLOO take
-`updates` optimisation steps, PPO takes updates / (epochs x minibatches) rollout steps. Each run's greedy replies to
-the same held-out prompts are scored by notebook 05's reward model (`playbook.beyond_ppo.evaluate_policies`, the SFT
-model as baseline): gain in standard deviations of the SFT model's scores with the paired 95% bootstrap interval,
-exact KL to the SFT model along the policy's replies, and the training minutes. One JSON line per run, then a table.
+RLOO at 20 updates each: on the 2-core CPU one DPO or RLOO update took 9 to 20 s depending on the hour (notebook 07
+prints its own run's), so PPO's 240 would take 36 to 80 minutes apiece. This script gives every method the same
+number of updates, everything else as the notebooks run it (cpu profile, from notebook 04's SFT model, trained as
+the notebook trains it into build/benchmarks/): DPO and RLOO take `updates` optimisation steps, PPO takes updates /
+(epochs x minibatches) rollout steps. Each run's greedy replies to the same held-out prompts are scored by notebook
+05's reward model (`playbook.beyond_ppo.evaluate_policies`, the SFT model as baseline): gain in standard deviations
+of the SFT model's scores with the paired 95% bootstrap interval, exact KL to the SFT model along the policy's
+replies, and the training minutes. One JSON line per run, then a table.
 """
 
 from __future__ import annotations
