@@ -1,6 +1,6 @@
 """DoLa: decoding by contrasting layers (Chuang et al. 2023), offline and faster than the reference it reproduces.
 
-transformers 5 moved DoLa out of its core (`dola_layers=` now fetches Hub code). This module re-implements the
+transformers 5 moved DoLa out of its core (there `dola_layers=` fetches Hub code). This module re-implements the
 decoding that `model.generate(..., dola_layers=...)` did in transformers < 4.53, token for token for greedy
 decoding with batch size 1:
 
@@ -289,8 +289,8 @@ def _final_and_early_exit_logits(
     from one projection, so the output head's weights are read once per step. With `normalize_early_exits`, the
     candidate layers' hidden states pass through the model's final norm first (the final layer's already has).
 
-    The product is `_head_product`'s: the same numbers as weight @ hidden.T, which on CPU is about 1.7x faster here
-    than `linear`'s hidden @ weight.T for a handful of rows (benchmarks/dola_speed.py).
+    The product is `_head_product`'s: the same numbers as weight @ hidden.T (which on CPU is faster than `linear`'s
+    hidden @ weight.T for a handful of rows: benchmarks/README.md, session 24).
     """
     head = model.get_output_embeddings()
     if normalize_early_exits:
