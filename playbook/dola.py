@@ -318,8 +318,8 @@ def _head_product(weight: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     A general matrix product first repacks its large operand into the blocks its kernel reads, and for a few rows
     that copy of the 113 MB head costs more than the arithmetic. On a CPU with MKL, for 2 rows or more, the weight
     is packed once with MKL's own routine (`torch.ops.mkl._mkl_reorder_linear_weight`, what `torch.compile` uses for
-    frozen linear layers) and kept until the weight changes (233 MB for the embedded model's 113 MB head): the
-    same products in the same order (`tests/test_dola.py` checks equality), about a third less time
+    frozen linear layers) and kept until the weight or the row count changes (233 MB for the embedded model's 113 MB
+    head): the same products in the same order (`tests/test_dola.py` checks equality), about a third less time
     (`benchmarks/dola_speed.py`). One row stays a plain product: MKL takes a matrix-vector path there whose sums
     round differently.
     """
