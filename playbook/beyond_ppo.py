@@ -115,7 +115,13 @@ class RLOOConfig(TrainerConfig):
 
 
 def _finish(
-    trainer, history: HistoryCallback, policy, tokenizer, output_dir: str | os.PathLike | None, source: str
+    trainer,
+    history: HistoryCallback,
+    policy,
+    tokenizer,
+    output_dir: str | os.PathLike | None,
+    source: str,
+    details: dict | None = None,
 ) -> TrainResult:
     """Train, then save the policy atomically to ``output_dir`` (when given) on the main process."""
     _, seconds = timed(trainer.train)
@@ -123,7 +129,7 @@ def _finish(
     saved = Path(output_dir) if output_dir is not None else None
     if saved is not None and trainer.accelerator.is_main_process:
         write_model_atomically(policy, tokenizer, saved, source=source, replace=True)
-    return TrainResult(policy, pd.DataFrame(history.rows), seconds, saved)
+    return TrainResult(policy, pd.DataFrame(history.rows), seconds, saved, details or {})
 
 
 def train_dpo(
@@ -138,7 +144,8 @@ def train_dpo(
 ) -> TrainResult:
     """Direct preference optimisation with TRL's `DPOTrainer` on conversational pairs (`prompt` / `chosen` /
     `rejected` message lists, as `playbook.data.load_hh_rlhf` gives them), saved to `output_dir` when given; at most
-    `config.max_passes` passes over `pairs`."""
+    `config.max_passes` passes over `pairs`. ``details`` counts the pairs given and those TRL kept after cutting
+    them to ``max_length``."""
     config = config or DPOConfig.from_profile()
     for column in ("prompt", "chosen", "rejected"):
         if column not in pairs.column_names:
@@ -165,7 +172,9 @@ def train_dpo(
             processing_class=tokenizer,
             callbacks=[history, *callbacks],
         )
-    return _finish(trainer, history, policy, tokenizer, output_dir, "playbook.beyond_ppo.train_dpo")
+    # TRL drops pairs that its cut to max_length leaves without a reply token ("Dropping fully truncated examples")
+    kept = {"pairs": len(pairs), "pairs kept": len(trainer.train_dataset)}
+    return _finish(trainer, history, policy, tokenizer, output_dir, "playbook.beyond_ppo.train_dpo", kept)
 
 
 def reward_function(reward_model: RewardModel) -> Callable[..., list[float]]:

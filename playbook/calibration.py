@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -683,18 +683,19 @@ class ECEDifference:
     high: float
     documents: int
     level: float
+    units: str = "texts"  # what was resampled, as the sentence names it
 
     def describe(self, first: str, second: str) -> str:
         """The sentence a notebook prints: the direction if the interval excludes 0, otherwise "inside the noise"."""
         numbers = (
             f"ECE {first} − {second} = {self.difference:+.4f} [{self.level:.0%} CI {self.low:+.4f}, "
-            f"{self.high:+.4f}] over {self.documents} texts"
+            f"{self.high:+.4f}] over {self.documents} {self.units}"
         )
         if self.low > 0:
             return f"{numbers}: {first} is less calibrated than {second}, outside the noise."
         if self.high < 0:
             return f"{numbers}: {first} is better calibrated than {second}, outside the noise."
-        return f"{numbers}: the interval includes 0, so any difference is inside the noise at this many texts."
+        return f"{numbers}: the interval includes 0, so any difference is inside the noise at this many {self.units}."
 
 
 def grouped_ece_difference(
@@ -722,3 +723,28 @@ def grouped_ece_difference(
 
     low, high = bootstrap_interval(pair, difference, confidence=level, draws=resamples, seed=seed)
     return ECEDifference(difference(pair), low, high, first["document"].nunique(), level)
+
+
+def ece_difference(
+    first_confidences,
+    second_confidences,
+    correct,
+    *,
+    units: str = "predictions",
+    n_bins: int = 10,
+    level: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> ECEDifference:
+    """ECE(first) − ECE(second) for two sets of confidences in the same predictions (for example before and after
+    temperature scaling, which keeps every pick and so every ``correct``), with a paired bootstrap over the
+    predictions: each resample draws predictions once and recomputes both ECEs on them."""
+    first_confidences, correct = _check(first_confidences, correct)
+    second_confidences, _ = _check(second_confidences, correct)
+    one_per_prediction = np.arange(len(correct))
+    first, second = (
+        pd.DataFrame({"document": one_per_prediction, "confidence": confidences, "correct": correct})
+        for confidences in (first_confidences, second_confidences)
+    )
+    result = grouped_ece_difference(first, second, n_bins=n_bins, level=level, resamples=resamples, seed=seed)
+    return replace(result, units=units)

@@ -39,7 +39,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from playbook.data import BUNDLED_DATA_DIR
 from playbook.io import text_key, write_atomically
-from playbook.models import cache_keyword, chat_batches, decode_new_tokens, returned_cache
+from playbook.models import cache_keyword, chat_batches, decode_new_tokens, returned_cache, token_label
 from playbook.stats import PairedDifference, mcnemar_exact, paired_difference
 from playbook.tensors import positions_from_mask
 
@@ -469,10 +469,6 @@ class DolaStep:
     greedy_token: int
 
 
-def _token_label(tokenizer: PreTrainedTokenizerBase, token: int) -> str:
-    return repr(tokenizer.decode([token]))
-
-
 @torch.no_grad()
 def explain_dola_step(
     model: PreTrainedModel,
@@ -532,7 +528,7 @@ def explain_dola_step(
             {
                 "layer": f"{model.config.get_text_config().num_hidden_layers} (final)" if name == "final" else name,
                 "top tokens (p)": ", ".join(
-                    f"{_token_label(tokenizer, int(t))} {float(p):.2f}"
+                    f"{token_label(tokenizer, int(t))} {float(p):.2f}"
                     for p, t in zip(top.values, top.indices, strict=True)
                 ),
                 "divergence from final": divergence,
@@ -546,7 +542,7 @@ def explain_dola_step(
     token_rows = [
         {
             "token id": token,
-            "token": _token_label(tokenizer, token),
+            "token": token_label(tokenizer, token),
             "p_final": math.exp(float(final_logprobs[token])),
             "p_final / max": math.exp(float(final_logprobs[token]) - top_logprob),
             "plausible": bool(torch.isfinite(step.scores[0, token])),

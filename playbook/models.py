@@ -278,6 +278,12 @@ def load_tokenizer(name: str | os.PathLike | None = None) -> PreTrainedTokenizer
     return tokenizer
 
 
+def token_label(tokenizer: PreTrainedTokenizerBase, token: int) -> str:
+    """A token as a table shows it: its text in quotes, so a leading space or a newline is visible (``' and'``
+    rather than the tokenizer's internal ``Ġand``)."""
+    return repr(tokenizer.decode([token]))
+
+
 def load_model(
     name: str | os.PathLike | None = None,
     *,

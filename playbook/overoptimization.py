@@ -14,7 +14,8 @@ gold model and many proxies cost one feature pass:
   (:func:`playbook.evaluation.expected_best_of_n`), against √KL of best-of-n (log n − (n − 1)/n);
 - PPO against a proxy (:class:`ProxyReward`) records the gold score of every reply it is rewarded for, so one run
   gives proxy and gold against its KL step by step (:func:`ppo_overoptimization`);
-- Gao et al.'s functional forms are fitted to the gains: best-of-n d(α − βd), RL d(α − β log d), with d = √KL.
+- Gao et al.'s functional forms are fitted to the gains: best-of-n d(α_bon − β_bon·d), RL d(α_RL − β_RL log d),
+  with d = √KL (the subscripts keep these fitted α and β apart from the KL coefficient β).
 """
 
 from __future__ import annotations
@@ -291,7 +292,8 @@ def _gold_of_best_of_n(scores: SampleScores, proxy_pairs: int, n: int) -> np.nda
 
 def describe_best_of_n(curve: pd.DataFrame, scores: SampleScores) -> list[str]:
     """One line per proxy reading a best-of-n curve (:func:`best_of_n_overoptimization` of ``scores``): the gains at
-    the largest n, Gao et al.'s form d(α − βd) fitted to proxy and gold (concave or not, and whether a fitted gold
+    the largest n, Gao et al.'s form d(α_bon − β_bon·d) fitted to proxy and gold (their subscripts: these α and β
+    are the fit's, not a KL coefficient) (concave or not, and whether a fitted gold
     peak lies inside the measured range), and, where gold peaks before the largest n, whether its fall from there
     is beyond the noise (:func:`gold_change`)."""
     largest_n = int(curve["n"].max())
@@ -313,9 +315,9 @@ def describe_best_of_n(curve: pd.DataFrame, scores: SampleScores) -> list[str]:
             gold_shape = "not concave: no fitted peak"
         line = (
             f"proxy of {pairs} pairs: proxy gain at n = {largest_n} {row['proxy gain at largest n']:+.2f} sd, gold "
-            f"{row['gold gain at largest n']:+.2f} sd; fits d(α − βd): proxy α = {proxy_alpha:.2f}, "
-            f"β = {proxy_beta:.2f} ({'concave: its rise slows' if proxy_beta > 0 else 'not concave'}); gold "
-            f"α = {gold_alpha:.2f}, β = {gold_beta:.2f} ({gold_shape})"
+            f"{row['gold gain at largest n']:+.2f} sd; fits d(α_bon − β_bon·d): proxy α_bon = {proxy_alpha:.2f}, "
+            f"β_bon = {proxy_beta:.2f} ({'concave: its rise slows' if proxy_beta > 0 else 'not concave'}); gold "
+            f"α_bon = {gold_alpha:.2f}, β_bon = {gold_beta:.2f} ({gold_shape})"
         )
         if row["gold peaks at n"] < largest_n:
             peak_n = int(row["gold peaks at n"])
@@ -453,9 +455,10 @@ def ppo_overoptimization(
 def paired_final_gains(
     first: ProxyReward, second: ProxyReward, baseline: torch.Tensor, *, rollouts: int = 3
 ) -> dict[str, PairedDifference]:
-    """Proxy and gold gain of ``first``'s run minus ``second``'s over their last ``rollouts`` rollouts, paired reply by
-    reply: two PPO runs with the same seed sample the same prompts at each step, so the prompts' own difficulty
-    cancels in the difference. In ``baseline``'s units, as :func:`ppo_overoptimization`'s curve."""
+    """Proxy and gold gain of ``first``'s run minus ``second``'s over their last ``rollouts`` rollouts, paired prompt
+    by prompt: two PPO runs with the same seed sample the same prompts at each step, so each reply of one run is
+    paired with the other run's reply to the same prompt and the prompts' own difficulty cancels in the difference.
+    In ``baseline``'s units, as :func:`ppo_overoptimization`'s curve."""
     if first.prompts[-rollouts:] != second.prompts[-rollouts:]:
         raise ValueError(
             f"the two runs' last {rollouts} rollouts sampled different prompts: pair only runs with the same seed, "

@@ -43,7 +43,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from playbook.config import Profile, TrainerConfig, runs_dir
 from playbook.io import Messages
-from playbook.models import load_model, saved_tensor_names, sweep_abandoned_copies, write_model_atomically
+from playbook.models import load_model, saved_tensor_names, sweep_abandoned_copies, token_label, write_model_atomically
 from playbook.stats import proportion_interval
 from playbook.tensors import pad_sequences
 from playbook.training import (
@@ -675,7 +675,7 @@ def reading_positions(reward_model: RewardModel, conversation: Messages, *, pad_
         rows.append(
             {
                 "position": position,
-                "token": tokenizer.convert_ids_to_tokens(token),
+                "token": token_label(tokenizer, token),
                 "id": token,
                 "attention mask": int(mask[0, position]),
                 "reward if read here": float(rewards[position]),

@@ -102,14 +102,23 @@ def quiet_trl_renames() -> Iterator[None]:
 
 
 class HistoryCallback(TrainerCallback):
-    """Collects every log line a TRL trainer emits into rows of a table (the run's summary line left out)."""
+    """Collects every log line a TRL trainer emits into rows of a table (the run's summary line left out), each with
+    ``seconds``: the wall time since the previous log line, or since training began for the first. The course's
+    trainers log every step, so that is the step's time; the first step's also holds what the trainer does once
+    when its loop starts."""
 
     def __init__(self) -> None:
         self.rows: list[dict] = []
+        self._last_log = time.perf_counter()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._last_log = time.perf_counter()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        now = time.perf_counter()
         if logs and "train_runtime" not in logs:
-            self.rows.append({"step": state.global_step, **logs})
+            self.rows.append({"step": state.global_step, **logs, "seconds": now - self._last_log})
+        self._last_log = now
 
 
 def timed(train: Callable[[], Any]) -> tuple[Any, float]:

@@ -40,6 +40,8 @@ def test_dpo_raises_the_chosen_over_rejected_margin_and_trains_only_the_top_laye
     assert (tmp_path / "dpo" / "config.json").is_file()
     margins = run.history["rewards/margins"].dropna()
     assert len(margins) == 6
+    assert run.details == {"pairs": 8, "pairs kept": 8}
+    assert (run.history["seconds"] > 0).all()  # each logged step's wall time
     assert margins.iloc[-1] > margins.iloc[0] + 0.05
     assert top_layer_changed_and_bottom_frozen(tiny_causal_lm, before)
 
@@ -58,6 +60,15 @@ def test_dpo_in_micro_batches_takes_the_same_step_as_in_one_pass(tiny_causal_lm,
     moved = max((trained[None][name] - start[name]).abs().max() for name in start)
     assert moved > 5e-4  # Adam's first step moves weights by about the learning rate
     assert all(torch.allclose(trained[None][name], trained[1][name], atol=1e-6) for name in start)
+
+
+def test_dpo_counts_the_pairs_its_cut_to_max_length_leaves_without_a_reply(tiny_causal_lm, tokenizer):
+    reference = type(tiny_causal_lm)(tiny_causal_lm.config).eval()
+    reference.load_state_dict(tiny_causal_lm.state_dict())
+    long_prompt = {**PAIRS[0], "prompt": [{"role": "user", "content": "Is the sky blue? " * 40}]}
+    config = DPOConfig(steps=1, batch_size=2, max_length=48, trainable_layers=1)
+    run = train_dpo(tiny_causal_lm, reference, tokenizer, Dataset.from_list([*PAIRS[:3], long_prompt]), config)
+    assert run.details == {"pairs": 4, "pairs kept": 3}
 
 
 def test_dpo_names_a_missing_column(tiny_causal_lm, tokenizer, tmp_path):

@@ -18,6 +18,7 @@ from playbook.calibration import (
     calibration_bins,
     calibration_report,
     describe_ece,
+    ece_difference,
     ece_interval,
     expected_calibration_error,
     fit_temperature,
@@ -377,6 +378,22 @@ def test_grouped_ece_difference_is_paired_by_document_and_worded_by_its_interval
     assert "inside the noise" in same.describe("PPO", "SFT")
     with pytest.raises(ValueError, match="same texts"):
         grouped_ece_difference(sure, sure.iloc[:2])
+
+
+def test_ece_difference_pairs_two_confidences_in_the_same_predictions():
+    correct = np.tile([1, 1, 0, 1], 50)  # right on 150 of 200
+    over = np.full(200, 0.95)  # 95% sure at 75% accuracy: ECE 0.2
+    matched = np.full(200, 0.75)  # the same picks at their accuracy: ECE 0
+    result = ece_difference(over, matched, correct, units="pairs", resamples=300)
+    assert result.difference == pytest.approx(0.2)
+    assert result.documents == 200 and 0 < result.low < result.difference
+    text = result.describe("raw", "scaled")
+    assert "over 200 pairs" in text and "raw is less calibrated than scaled" in text
+    same = ece_difference(over, over, correct, resamples=50)
+    assert (same.difference, same.low, same.high) == (0.0, 0.0, 0.0)
+    assert "inside the noise at this many predictions" in same.describe("raw", "raw")
+    with pytest.raises(ValueError, match="confidences has 199 values"):
+        ece_difference(over, matched[:199], correct)
 
 
 @pytest.mark.slow

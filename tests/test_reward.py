@@ -377,7 +377,8 @@ def test_reading_positions_mark_the_closing_token_and_the_padding(tiny_reward_mo
     assert list(table.index) == list(range(length - 3, length + 2))
     assert list(table["attention mask"]) == [1, 1, 1, 0, 0]
     read = table.loc[length - 1]
-    assert read["token"] == "<|im_end|>" and read[""].startswith("reward read here")
+    assert read["token"] == "'<|im_end|>'" and read[""].startswith("reward read here")
+    assert table.loc[length - 3, "token"] == "' there'"  # the token's text, quoted: its leading space shows
     assert read["reward if read here"] == pytest.approx(
         tiny_reward_model.score_conversations([conversation])[0], abs=1e-4
     )
