@@ -275,7 +275,7 @@ def advantage_table(
                     "ref_logprob": ref_logprobs[reply, t].item(),
                     "kl": (logprobs[reply, t] - ref_logprobs[reply, t]).item(),
                     "score": float(scores[reply]),
-                    "reward": rewards[reply, t].item(),
+                    "reward": rewards[reply, t].item() + 0.0,  # + 0.0: −β·0 is −0.0, which would print as −0
                     "value": values[reply, t].item(),
                     "advantage": advantages[reply, t].item(),
                     "whitened": whitened[reply, t].item(),
@@ -292,10 +292,11 @@ def clipping_table(
     mask: torch.Tensor,
     clip_range: float,
 ) -> pd.DataFrame:
-    """Per real token, the pieces of PPO's clipped objective min(r·A, clip(r, 1−ε, 1+ε)·A), r = π_new/π_old.
+    """Per real token, the pieces of PPO's clipped objective min(ρ·A, clip(ρ, 1−ε, 1+ε)·A), ρ = π_new/π_old (the
+    probability ratio; ρ rather than r, which the course keeps for the per-token reward).
 
     ``clipped`` marks the tokens where the clipped term is the smaller (the ones :func:`policy_loss` counts in its
-    clip fraction): there the objective is flat in r, so the token gets no gradient, and ``why`` says which side
+    clip fraction): there the objective is flat in ρ, so the token gets no gradient, and ``why`` says which side
     of the trust region it left. The mean of ``-objective`` is :func:`policy_loss`."""
     ratio = torch.exp(new_logprobs - old_logprobs)
     clipped_ratio = torch.clamp(ratio, 1 - clip_range, 1 + clip_range)
@@ -307,9 +308,9 @@ def clipping_table(
         why = ""
         if clipped:
             why = (
-                "A > 0 and r > 1+ε: no credit for raising this token further"
+                "A > 0 and ρ > 1+ε: no credit for raising this token further"
                 if advantage > 0
-                else "A < 0 and r < 1−ε: no credit for lowering this token further"
+                else "A < 0 and ρ < 1−ε: no credit for lowering this token further"
             )
         rows.append(
             {

@@ -347,15 +347,17 @@ def test_score_scale_maps_by_hand():
 
 
 def test_advantage_table_columns_agree_with_each_other():
+    settings = {"kl_coef": 0.1, "gamma": 1.0, "lam": 0.95}
     logprobs, ref = t([[-1.0, -2.0, -0.5], [-0.3, -1.2, 0.0]]), t([[-1.5, -2.0, -1.0], [-0.2, -1.0, 0.0]])
     values, mask, scores = t([[0.2, 0.1, 0.4], [-0.5, 0.3, 9.0]]), t([[1, 1, 1], [1, 1, 0]]), t([1.5, -0.5])
-    table = advantage_table(
-        [["a", "b", "c"], ["d", "e"]], logprobs, ref, values, mask, scores, kl_coef=0.1, gamma=1.0, lam=0.95
-    )
+    table = advantage_table([["a", "b", "c"], ["d", "e"]], logprobs, ref, values, mask, scores, **settings)
     assert len(table) == 5 and table["token"].tolist() == ["a", "b", "c", "d", "e"]  # padding has no row
     assert table["kl"].tolist() == pytest.approx((table["logprob"] - table["ref_logprob"]).tolist())
     assert table["return"].tolist() == pytest.approx((table["advantage"] + table["value"]).tolist())
     assert table["whitened"].mean() == pytest.approx(0.0, abs=1e-6)
+    same, zero = t([[-1.0, -1.0]]), t([[0.0, 0.0]])  # no KL: the first token's reward is −β·0
+    no_kl = advantage_table([["a", "b"]], same, same, zero, t([[1, 1]]), t([1.0]), **settings)
+    assert math.copysign(1.0, no_kl["reward"].iloc[0]) == 1.0  # shows as 0, not −0
     assert table["whitened"].std(ddof=1) == pytest.approx(1.0, abs=1e-4)
     for _, reply in table.groupby("reply"):  # the rewards of a reply add up to its score minus β·ΣKL
         assert reply["reward"].sum() == pytest.approx(reply["score"].iloc[0] - 0.1 * reply["kl"].sum())
