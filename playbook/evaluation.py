@@ -122,13 +122,23 @@ def win_rate(
 def win_rate_table(
     scores: Mapping[str, ArrayLike], *, tie_margin: float = 0.0, confidence: float = 0.95
 ) -> pd.DataFrame:
-    """One row per pair of policies (each pair once, in the order given): wins, ties, losses, rate and interval."""
+    """One row per pair of policies (each pair once, in the order given): wins, ties, losses, rate and interval.
+
+    ``beyond noise`` says whether that pair's interval excludes 0.5; ``beyond noise, Bonferroni`` whether it still
+    does at the confidence that keeps the chance of any false call across all the table's pairs at ``1 −
+    confidence`` (1 − (1 − confidence) / pairs): with ten pairs at 95%, about one in two tables would show a false
+    call without it."""
     if len(scores) < 2:
         raise ValueError(f"need the scores of at least two policies, got {list(scores)}")
+    pairs = list(itertools.combinations(scores, 2))
+    corrected = 1 - (1 - confidence) / len(pairs)
     rows = []
-    for first, second in itertools.combinations(scores, 2):
+    for first, second in pairs:
         result = win_rate(
             scores[first], scores[second], names=(first, second), tie_margin=tie_margin, confidence=confidence
+        )
+        strict = win_rate(
+            scores[first], scores[second], names=(first, second), tie_margin=tie_margin, confidence=corrected
         )
         rows.append(
             {
@@ -141,6 +151,7 @@ def win_rate_table(
                 "low": result.low,
                 "high": result.high,
                 "beyond noise": result.excludes_even,
+                "beyond noise, Bonferroni": strict.excludes_even,
             }
         )
     return pd.DataFrame(rows)

@@ -58,6 +58,11 @@ def test_win_rate_table_has_each_pair_once_in_order():
     assert list(zip(table["policy"], table["against"], strict=True)) == [("SFT", "PPO"), ("SFT", "DPO"), ("PPO", "DPO")]
     assert table["win rate"].tolist() == [0.25, 0.5, 0.75]
     assert table["ties"].tolist() == [0, 4, 0]
+    clear = {"A": np.zeros(40), "B": np.ones(40), "C": np.r_[np.ones(27), np.zeros(13)] * 2}
+    strict = win_rate_table(clear).set_index(["policy", "against"])
+    # B beats A on all 40 prompts: beyond the noise either way; C against B (27 of 40) only at 95% for one pair
+    assert strict.loc[("A", "B"), "beyond noise"] and strict.loc[("A", "B"), "beyond noise, Bonferroni"]
+    assert strict.loc[("B", "C"), "beyond noise"] and not strict.loc[("B", "C"), "beyond noise, Bonferroni"]
 
 
 def test_best_of_n_kl_closed_form():
