@@ -126,8 +126,8 @@ def win_rate_table(
 
     ``beyond noise`` says whether that pair's interval excludes 0.5; ``beyond noise, Bonferroni`` whether it still
     does at the confidence that keeps the chance of any false call across all the table's pairs at ``1 −
-    confidence`` (1 − (1 − confidence) / pairs): with ten pairs at 95%, about one in two tables would show a false
-    call without it."""
+    confidence`` (1 − (1 − confidence) / pairs): with ten independent pairs at 95%, about two tables in five would
+    show a false call without it (1 − 0.95¹⁰ ≈ 0.40)."""
     if len(scores) < 2:
         raise ValueError(f"need the scores of at least two policies, got {list(scores)}")
     pairs = list(itertools.combinations(scores, 2))

@@ -292,10 +292,9 @@ def _gold_of_best_of_n(scores: SampleScores, proxy_pairs: int, n: int) -> np.nda
 
 def describe_best_of_n(curve: pd.DataFrame, scores: SampleScores) -> list[str]:
     """One line per proxy reading a best-of-n curve (:func:`best_of_n_overoptimization` of ``scores``): the gains at
-    the largest n, Gao et al.'s form d(α_bon − β_bon·d) fitted to proxy and gold (their subscripts: these α and β
-    are the fit's, not a KL coefficient) (concave or not, and whether a fitted gold
-    peak lies inside the measured range), and, where gold peaks before the largest n, whether its fall from there
-    is beyond the noise (:func:`gold_change`)."""
+    the largest n, Gao et al.'s form d(α_bon − β_bon·d) fitted to proxy and gold (concave or not, and whether a
+    fitted gold peak lies inside the measured range), and, where gold peaks before the largest n, whether its fall
+    from there is beyond the noise (:func:`gold_change`)."""
     largest_n = int(curve["n"].max())
     lines = []
     for pairs, row in gold_peak(curve).iterrows():
