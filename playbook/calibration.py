@@ -687,6 +687,11 @@ class ECEDifference:
 
     def describe(self, first: str, second: str) -> str:
         """The sentence a notebook prints: the direction if the interval excludes 0, otherwise "inside the noise"."""
+        if math.isnan(self.low):
+            return (
+                f"ECE {first} − {second} = {self.difference:+.4f} over {self.documents} {self.units}: too few for a "
+                f"bootstrap interval (it needs at least 2 {self.units}), so this difference cannot be told from noise."
+            )
         numbers = (
             f"ECE {first} − {second} = {self.difference:+.4f} [{self.level:.0%} CI {self.low:+.4f}, "
             f"{self.high:+.4f}] over {self.documents} {self.units}"
@@ -738,9 +743,15 @@ def ece_difference(
 ) -> ECEDifference:
     """ECE(first) − ECE(second) for two sets of confidences in the same predictions (for example before and after
     temperature scaling, which keeps every pick and so every ``correct``), with a paired bootstrap over the
-    predictions: each resample draws predictions once and recomputes both ECEs on them."""
+    predictions: each resample draws predictions once and recomputes both ECEs on them. With a single prediction
+    (a tiny held-out set, such as the bundled sample data's) the interval is NaN and ``describe`` says so."""
     first_confidences, correct = _check(first_confidences, correct)
     second_confidences, _ = _check(second_confidences, correct)
+    if len(correct) < 2:
+        difference = expected_calibration_error(first_confidences, correct, n_bins) - expected_calibration_error(
+            second_confidences, correct, n_bins
+        )
+        return ECEDifference(difference, math.nan, math.nan, len(correct), level, units)
     one_per_prediction = np.arange(len(correct))
     first, second = (
         pd.DataFrame({"document": one_per_prediction, "confidence": confidences, "correct": correct})

@@ -1,4 +1,5 @@
 import json
+import math
 import subprocess
 
 import numpy as np
@@ -394,6 +395,14 @@ def test_ece_difference_pairs_two_confidences_in_the_same_predictions():
     assert "inside the noise at this many predictions" in same.describe("raw", "raw")
     with pytest.raises(ValueError, match="confidences has 199 values"):
         ece_difference(over, matched[:199], correct)
+
+
+def test_ece_difference_of_one_prediction_has_no_interval_and_says_so():
+    # notebook 05 on the bundled sample data judges a single held-out pair
+    alone = ece_difference([0.9], [0.6], [1], units="pairs")
+    assert alone.difference == pytest.approx(0.1 - 0.4) and alone.documents == 1
+    assert math.isnan(alone.low) and math.isnan(alone.high)
+    assert "too few for a bootstrap interval (it needs at least 2 pairs)" in alone.describe("raw", "rescaled")
 
 
 @pytest.mark.slow
