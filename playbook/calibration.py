@@ -688,9 +688,10 @@ class ECEDifference:
     def describe(self, first: str, second: str) -> str:
         """The sentence a notebook prints: the direction if the interval excludes 0, otherwise "inside the noise"."""
         if math.isnan(self.low):
+            unit = self.units.removesuffix("s") if self.documents == 1 else self.units
             return (
-                f"ECE {first} − {second} = {self.difference:+.4f} over {self.documents} {self.units}: too few for a "
-                f"bootstrap interval (it needs at least 2 {self.units}), so this difference cannot be told from noise."
+                f"ECE {first} − {second} = {self.difference:+.4f} from {self.documents} {unit}: too few to resample "
+                "for an interval, so this difference cannot be told from noise."
             )
         numbers = (
             f"ECE {first} − {second} = {self.difference:+.4f} [{self.level:.0%} CI {self.low:+.4f}, "

@@ -402,7 +402,10 @@ def test_ece_difference_of_one_prediction_has_no_interval_and_says_so():
     alone = ece_difference([0.9], [0.6], [1], units="pairs")
     assert alone.difference == pytest.approx(0.1 - 0.4) and alone.documents == 1
     assert math.isnan(alone.low) and math.isnan(alone.high)
-    assert "too few for a bootstrap interval (it needs at least 2 pairs)" in alone.describe("raw", "rescaled")
+    assert alone.describe("raw", "rescaled") == (
+        "ECE raw − rescaled = -0.3000 from 1 pair: too few to resample for an interval, so this difference cannot be "
+        "told from noise."
+    )
 
 
 @pytest.mark.slow

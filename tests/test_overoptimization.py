@@ -10,11 +10,13 @@ from playbook.evaluation import best_of_n_kl
 from playbook.io import text_key
 from playbook.models import load_model
 from playbook.overoptimization import (
+    PairFeatures,
     ProxyReward,
     RecordedBestOfN,
     SampleScores,
     best_of_n_overoptimization,
     compare_proxy_sizes,
+    course_heads,
     describe_best_of_n,
     fit_functional_form,
     gold_change,
@@ -77,6 +79,16 @@ def test_proxy_sizes_beyond_the_data_are_refused():
     train = synthetic_pairs(50, TRUE_WEIGHT, seed=0)
     with pytest.raises(ValueError, match="only 50 training pairs"):
         train_gold_and_proxies(train, train, sizes=(100,))
+
+
+def test_course_heads_keep_the_sizes_the_data_allows_and_fit_one_proxy_on_all_pairs_below_them():
+    from playbook.config import get_profile
+
+    cpu = get_profile("cpu")  # proxies of 100, 300 and 1,000 pairs
+    few = PairFeatures(None, synthetic_pairs(150, TRUE_WEIGHT, seed=0), synthetic_pairs(40, TRUE_WEIGHT, seed=1))
+    assert sorted(course_heads(cpu, few).proxies) == [100]
+    sample = PairFeatures(None, synthetic_pairs(9, TRUE_WEIGHT, seed=0), synthetic_pairs(3, TRUE_WEIGHT, seed=1))
+    assert sorted(course_heads(cpu, sample).proxies) == [9]  # the bundled sample data's 9 training pairs
 
 
 def test_best_of_n_against_gold_itself_gains_equally_and_an_unrelated_proxy_gains_nothing():
