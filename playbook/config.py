@@ -218,7 +218,25 @@ def runs_dir(profile: Profile | str | None = None) -> Path:
     folder per profile (``runs/cpu/reward_model``), so a run in one profile never replaces a model trained in
     another. ``profile`` defaults to the current one (:func:`get_profile`)."""
     name = profile.name if isinstance(profile, Profile) else get_profile(profile).name
-    return Path(os.environ.get(RUNS_ENV) or repository_root() / "runs") / name
+    configured = os.environ.get(RUNS_ENV)
+    if configured:
+        _check_writable_folder(Path(configured), RUNS_ENV)
+    return Path(configured or repository_root() / "runs") / name
+
+
+def _check_writable_folder(folder: Path, variable: str) -> None:
+    """Raise, naming ``variable``, when ``folder`` is a file or could not be created or written (checked on its
+    nearest existing parent), so a mistyped path fails here rather than deep inside a trainer's first save."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing == folder and not folder.is_dir():
+        raise ValueError(f"{variable}={folder}: this is a file, not a folder; point it at a folder for trained models.")
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"{variable}={folder}: cannot create or write it ({existing} is not a writable folder); point it at a "
+            "folder you can write, or unset it to use runs/ in the repository."
+        )
 
 
 def default_profile_name() -> str:

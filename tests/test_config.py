@@ -56,6 +56,20 @@ def test_runs_folder_is_per_profile(monkeypatch, tmp_path):
     assert runs_dir("cpu") == tmp_path / "cpu" and runs_dir(PROFILES["gpu"]) == tmp_path / "gpu"
     monkeypatch.setenv("PLAYBOOK_PROFILE", "smoke")
     assert runs_dir() == tmp_path / "smoke"
+    monkeypatch.setenv("PLAYBOOK_RUNS", str(tmp_path / "not yet" / "made"))  # created when a model is saved
+    assert runs_dir("cpu") == tmp_path / "not yet" / "made" / "cpu"
+
+
+def test_a_runs_folder_that_cannot_be_made_is_refused_by_name(monkeypatch, tmp_path):
+    from playbook.config import runs_dir
+
+    (tmp_path / "a file").write_text("")
+    monkeypatch.setenv("PLAYBOOK_RUNS", str(tmp_path / "a file"))
+    with pytest.raises(ValueError, match="PLAYBOOK_RUNS=.*a file: this is a file, not a folder"):
+        runs_dir("cpu")
+    monkeypatch.setenv("PLAYBOOK_RUNS", str(tmp_path / "a file" / "below"))
+    with pytest.raises(ValueError, match="PLAYBOOK_RUNS=.*below: cannot create or write it"):
+        runs_dir("cpu")
 
 
 def test_micro_batches_divide_the_step_batch_and_only_the_gpu_profile_accumulates():
