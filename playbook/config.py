@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from playbook.io import REPOSITORY_ROOT
+from playbook.io import REPOSITORY_ROOT, check_folder_setting
 
 PROFILE_ENV = "PLAYBOOK_PROFILE"
 RUNS_ENV = "PLAYBOOK_RUNS"
@@ -220,23 +220,8 @@ def runs_dir(profile: Profile | str | None = None) -> Path:
     name = profile.name if isinstance(profile, Profile) else get_profile(profile).name
     configured = os.environ.get(RUNS_ENV)
     if configured:
-        _check_writable_folder(Path(configured), RUNS_ENV)
+        check_folder_setting(Path(configured), RUNS_ENV)
     return Path(configured or repository_root() / "runs") / name
-
-
-def _check_writable_folder(folder: Path, variable: str) -> None:
-    """Raise, naming ``variable``, when ``folder`` is a file or could not be created or written (checked on its
-    nearest existing parent), so a mistyped path fails here rather than deep inside a trainer's first save."""
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if existing == folder and not folder.is_dir():
-        raise ValueError(f"{variable}={folder}: this is a file, not a folder; point it at a folder for trained models.")
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(
-            f"{variable}={folder}: cannot create or write it ({existing} is not a writable folder); point it at a "
-            "folder you can write, or unset it to use runs/ in the repository."
-        )
 
 
 def default_profile_name() -> str:

@@ -50,7 +50,10 @@ def environment_report() -> pd.DataFrame:
     rows["data dir (PLAYBOOK_DATA_DIR)"] = (
         "unset: bundled samples" if folder is None else display_path(folder) + ("" if folder.is_dir() else " (missing)")
     )
-    rows["model cache (PLAYBOOK_CACHE)"] = display_path(cache_root())
+    try:
+        rows["model cache (PLAYBOOK_CACHE)"] = display_path(cache_root())
+    except ValueError as error:  # a file where the folder should be: say so here, as for the data folder
+        rows["model cache (PLAYBOOK_CACHE)"] = f"unusable: {error}"
     return pd.DataFrame({"item": list(rows), "value": list(rows.values())})
 
 

@@ -92,3 +92,15 @@ def read_json(path: str | Path) -> object:
         return json.loads(read_text(path))
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}:{error.lineno}: not valid JSON ({error.msg}).") from error
+
+
+def check_folder_setting(folder: Path, variable: str) -> None:
+    """Raise, naming ``variable``, when ``folder`` is a file or lies below one, so a mistyped path fails where it is
+    read rather than deep inside a trainer's first save. A folder that does not exist yet is fine (it is made when
+    something is saved), and one that cannot be written is not refused: it may hold models to read."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "this is a file" if existing == folder else f"{existing} is a file"
+        raise ValueError(f"{variable}={folder}: {where}, not a folder; point it at a folder, or unset it.")

