@@ -15,7 +15,9 @@ from pathlib import Path
 
 import nbformat
 
+from playbook.config import PROFILE_ENV, get_profile
 from playbook.course import execute_notebook
+from playbook.data import DATA_DIR_ENV, data_dir
 from playbook.io import NOTEBOOK_DIR, REPOSITORY_ROOT, course_notebooks
 
 HEADLINE_TAG = "headline"
@@ -53,6 +55,27 @@ def compare_headlines(committed: Path, fresh: Path) -> list[str]:
     return problems
 
 
+COMMITTED_PROFILE = "cpu"  # the profile of the committed outputs (`make refresh-notebooks` on a CPU machine)
+
+
+def settings_that_differ() -> list[str]:
+    """What in this run's settings differs from the committed run's, each a reason its numbers may not reproduce."""
+    reasons = []
+    if data_dir() is None:
+        reasons.append(
+            f"{DATA_DIR_ENV} is unset, so the notebooks read the Hub when online, else the small bundled samples; the "
+            f"committed outputs come from the course's data folder: set {DATA_DIR_ENV} to it (data/README.md), as the "
+            "Makefile does when ../shared/data exists."
+        )
+    profile = get_profile().name
+    if profile != COMMITTED_PROFILE:
+        reasons.append(
+            f"This run's profile is {profile!r} and the committed outputs come from {COMMITTED_PROFILE!r}: set "
+            f"{PROFILE_ENV}={COMMITTED_PROFILE}."
+        )
+    return reasons
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="+", help="notebooks whose file name contains one of these (e.g. 03 05)")
@@ -70,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         problems += found
     for problem in problems:
         print(problem, file=sys.stderr)
+    if problems:
+        for reason in settings_that_differ():
+            print(f"Note: {reason}", file=sys.stderr)
     return 1 if problems else 0
 
 

@@ -114,6 +114,21 @@ def test_headline_comparison_reports_changed_outputs_only(tmp_path):
     assert "cell 0" in problem and "-accuracy 0.637" in problem and "+accuracy 0.641" in problem
 
 
+def test_reproduce_names_the_settings_that_differ_from_the_committed_run(monkeypatch, tmp_path):
+    from playbook.reproduce import settings_that_differ
+
+    monkeypatch.setenv("PLAYBOOK_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("PLAYBOOK_PROFILE", "cpu")
+    assert settings_that_differ() == []
+    monkeypatch.delenv("PLAYBOOK_DATA_DIR")
+    monkeypatch.setenv("PLAYBOOK_PROFILE", "smoke")
+    data, profile = settings_that_differ()
+    assert data.startswith("PLAYBOOK_DATA_DIR is unset") and "bundled samples" in data
+    assert profile == (
+        "This run's profile is 'smoke' and the committed outputs come from 'cpu': set PLAYBOOK_PROFILE=cpu."
+    )
+
+
 def test_doctor_asks_for_the_python_that_pyproject_requires():
     from playbook.doctor import MIN_PYTHON
 
