@@ -687,11 +687,10 @@ class ECEDifference:
 
     def describe(self, first: str, second: str) -> str:
         """The sentence a notebook prints: the direction if the interval excludes 0, otherwise "inside the noise"."""
-        if math.isnan(self.low):
-            unit = self.units.removesuffix("s") if self.documents == 1 else self.units
+        if math.isnan(self.low):  # a single prediction (ece_difference), so the unit in the singular
             return (
-                f"ECE {first} − {second} = {self.difference:+.4f} from {self.documents} {unit}: too few to resample "
-                "for an interval, so this difference cannot be told from noise."
+                f"ECE {first} − {second} = {self.difference:+.4f} from 1 {self.units.removesuffix('s')}: too few to "
+                "resample for an interval, so this difference cannot be told from noise."
             )
         numbers = (
             f"ECE {first} − {second} = {self.difference:+.4f} [{self.level:.0%} CI {self.low:+.4f}, "

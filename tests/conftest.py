@@ -13,17 +13,19 @@ REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-@pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """The real data sets: ``PLAYBOOK_DATA_DIR`` if set (it must exist), else ``../shared/data`` if present."""
+@pytest.fixture
+def shared_data(monkeypatch) -> Path:
+    """The real data sets: ``PLAYBOOK_DATA_DIR`` if set (it must exist), else ``../shared/data`` if present. The
+    test runs with ``PLAYBOOK_DATA_DIR`` pointing there, since that variable is what the loaders read."""
     configured = os.environ.get("PLAYBOOK_DATA_DIR")
     if configured:
         folder = Path(configured)
         assert folder.is_dir(), f"PLAYBOOK_DATA_DIR={configured} does not exist"
-        return folder
-    folder = REPO.parent / "shared" / "data"
-    if not folder.is_dir():
-        pytest.skip("real data sets not available (set PLAYBOOK_DATA_DIR)")
+    else:
+        folder = REPO.parent / "shared" / "data"
+        if not folder.is_dir():
+            pytest.skip("real data sets not available (set PLAYBOOK_DATA_DIR)")
+    monkeypatch.setenv("PLAYBOOK_DATA_DIR", str(folder))
     return folder
 
 

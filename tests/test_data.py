@@ -173,8 +173,7 @@ def test_truthfulqa_question_missing_from_targets_names_csv_line(tmp_path):
 # ------------------------------------------------------------------------------ the real data
 
 
-def test_real_harmless_base(shared_data, monkeypatch):
-    monkeypatch.setenv("PLAYBOOK_DATA_DIR", str(shared_data))
+def test_real_harmless_base(shared_data):
     dataset = load_hh_rlhf("harmless-base", "train")
     assert len(dataset) == 1794
     assert str(hh_load_report(dataset)) == (
@@ -184,23 +183,20 @@ def test_real_harmless_base(shared_data, monkeypatch):
     assert hh_load_report(dataset).shared_prompt == 1798
 
 
-def test_real_helpful_base_test(shared_data, monkeypatch):
-    monkeypatch.setenv("PLAYBOOK_DATA_DIR", str(shared_data))
+def test_real_helpful_base_test(shared_data):
     dataset = load_hh_rlhf("helpful-base", "test")
     assert len(dataset) == 2354 - 2 - 4 - 9
 
 
-def test_truthfulqa_sample_is_the_first_rows_of_the_real_data_unchanged(shared_data, monkeypatch):
+def test_truthfulqa_sample_is_the_first_rows_of_the_real_data_unchanged(shared_data):
     sample = list(load_truthfulqa(source="sample"))
-    monkeypatch.setenv("PLAYBOOK_DATA_DIR", str(shared_data))
     real = list(load_truthfulqa(source="local"))
     assert len(sample) == 8 and sample == real[: len(sample)]
     excerpt = b"".join((shared_data / "truthfulqa" / "TruthfulQA.csv").read_bytes().splitlines(keepends=True)[:9])
     assert (BUNDLED_DATA_DIR / "truthfulqa_sample" / "TruthfulQA.csv").read_bytes() == excerpt  # header + 8 rows
 
 
-def test_real_truthfulqa_and_selfaware(shared_data, monkeypatch):
-    monkeypatch.setenv("PLAYBOOK_DATA_DIR", str(shared_data))
+def test_real_truthfulqa_and_selfaware(shared_data):
     truthful = load_truthfulqa()
     assert len(truthful) == 817 and all(sum(labels) == 1 for labels in truthful["mc1_labels"])
     assert truthful[0]["question"] == "What happens to you if you eat watermelon seeds?"
@@ -208,11 +204,10 @@ def test_real_truthfulqa_and_selfaware(shared_data, monkeypatch):
     assert len(selfaware) == 3369 and sum(selfaware["answerable"]) == 2337
 
 
-def test_hh_rlhf_is_accepted_by_trl_reward_trainer_as_is(shared_data, monkeypatch, tiny_causal_lm, tokenizer, tmp_path):
+def test_hh_rlhf_is_accepted_by_trl_reward_trainer_as_is(shared_data, tiny_causal_lm, tokenizer, tmp_path):
     from transformers import LlamaForSequenceClassification
     from trl import RewardConfig, RewardTrainer
 
-    monkeypatch.setenv("PLAYBOOK_DATA_DIR", str(shared_data))
     dataset = load_hh_rlhf().select(range(8))
     config = tiny_causal_lm.config
     config.num_labels = 1

@@ -60,8 +60,7 @@ def test_doctor_warns_but_passes_without_the_real_data(monkeypatch, tmp_path):
     assert all("PLAYBOOK_DATA_DIR" in c.fix for c in checks)
 
 
-def test_doctor_reports_the_real_data_when_present(monkeypatch, shared_data):
-    monkeypatch.setenv("PLAYBOOK_DATA_DIR", str(shared_data))
+def test_doctor_reports_the_real_data_when_present(shared_data):
     checks = {c.item: c for c in doctor.data_checks()}
     assert checks["data: hh-rlhf"].status == "ok" and checks["data: hh-rlhf"].detail == "1,794 rows"
     assert checks["data: SelfAware"].detail == "3,369 rows"

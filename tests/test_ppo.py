@@ -355,9 +355,6 @@ def test_advantage_table_columns_agree_with_each_other():
     assert table["kl"].tolist() == pytest.approx((table["logprob"] - table["ref_logprob"]).tolist())
     assert table["return"].tolist() == pytest.approx((table["advantage"] + table["value"]).tolist())
     assert table["whitened"].mean() == pytest.approx(0.0, abs=1e-6)
-    same, zero = t([[-1.0, -1.0]]), t([[0.0, 0.0]])  # no KL: the first token's reward is −β·0
-    no_kl = advantage_table([["a", "b"]], same, same, zero, t([[1, 1]]), t([1.0]), **settings)
-    assert math.copysign(1.0, no_kl["reward"].iloc[0]) == 1.0  # shows as 0, not −0
     assert table["whitened"].std(ddof=1) == pytest.approx(1.0, abs=1e-4)
     for _, reply in table.groupby("reply"):  # the rewards of a reply add up to its score minus β·ΣKL
         assert reply["reward"].sum() == pytest.approx(reply["score"].iloc[0] - 0.1 * reply["kl"].sum())
@@ -368,6 +365,9 @@ def test_advantage_table_columns_agree_with_each_other():
         advantage_table(
             [["a", "b", "c"], ["d", "e", "f"]], logprobs, ref, values, mask, scores, kl_coef=0.1, gamma=1, lam=1
         )
+    same, zero = t([[-1.0, -1.0]]), t([[0.0, 0.0]])  # no KL: the first token's reward is −β·0
+    no_kl = advantage_table([["a", "b"]], same, same, zero, t([[1, 1]]), t([1.0]), **settings)
+    assert math.copysign(1.0, no_kl["reward"].iloc[0]) == 1.0  # shows as 0, not −0
 
 
 def test_clipping_table_marks_the_tokens_policy_loss_clips():

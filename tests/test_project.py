@@ -141,7 +141,6 @@ def test_notebook_03_reproduces_its_committed_headlines(shared_data, tmp_path, m
     from playbook.reproduce import main as reproduce
 
     monkeypatch.setenv("PLAYBOOK_PROFILE", "cpu")  # the profile the committed outputs were made in
-    monkeypatch.setenv("PLAYBOOK_DATA_DIR", str(shared_data))
     assert reproduce(["03_hh_rlhf", "--out", str(tmp_path)]) == 0
 
 

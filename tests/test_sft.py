@@ -227,10 +227,9 @@ def test_prompts_are_cut_to_their_last_messages_so_long_histories_still_train(ti
 
 
 @pytest.mark.slow
-def test_sft_lowers_the_reply_nll_of_the_embedded_model(shared_data, monkeypatch):
+def test_sft_lowers_the_reply_nll_of_the_embedded_model(shared_data):
     from playbook.data import hh_rlhf_split
 
-    monkeypatch.setenv("PLAYBOOK_DATA_DIR", str(shared_data))
     policy, tokenizer = load_model()
     data = sft_conversations(hh_rlhf_split("smoke")["train"])
     assert len(data) == 16
