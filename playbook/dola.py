@@ -20,14 +20,17 @@ one for the whole batch from the batch-mean divergence), and padding is not pena
 prompt gets the same tokens in a left-padded batch as alone; (2) out-of-range layer indices are an error (the
 reference dropped them silently); (3) the early-exit logits of all candidate layers come from one batched
 projection of the last position, reusing the KV cache, and on CPU against a copy of the head's weights packed once
-for that product (`_head_product`, the same numbers; `benchmarks/dola_speed.py` measures the cost).
+for that product (`_head_product`); the divergence sums its two KLs in one pass, and subnormal floats are flushed to
+zero while DoLa runs (`subnormals_flushed`). The numbers are the reference's up to float32 rounding: the recorded
+transformers 4.52 cases decode token for token (`tests/test_dola.py`); `benchmarks/dola_speed.py` measures the cost.
 """
 
 from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,24 +130,49 @@ def _plausible(
 _SMALLEST_EXPONENT = -86.0
 """exp(x) of float32 underflows below about −87.3 (to subnormals, then 0), and CPU kernels take a slow scalar path
 there: with 8 candidate layers × 49,152 tokens, most early-exit log-probs sit below −87 and `exp` alone took
-longer than the rest of the divergence. Below this exponent a probability is set to exactly 0 instead; it
-contributed less than 1e-37 to M. `benchmarks/dola_speed.py` measures the effect; `tests/test_dola.py` checks the
-scores against the reference's formula."""
+longer than the rest of the divergence. Log-probs below this exponent are raised to it first: their probability
+becomes exp(−86) ≈ 4e-38 instead of less, which changes M by less than 1e-37 and keeps log M finite.
+`benchmarks/dola_speed.py` measures the effect; `tests/test_dola.py` checks the scores against the reference's
+formula."""
 
 
 def _probabilities(logprobs: torch.Tensor) -> torch.Tensor:
-    """exp(logprobs), with 0 for log-probs below `_SMALLEST_EXPONENT` (no subnormal results, see there)."""
-    return torch.where(logprobs > _SMALLEST_EXPONENT, logprobs.clamp(min=_SMALLEST_EXPONENT).exp(), 0.0)
+    """exp(logprobs), with log-probs below `_SMALLEST_EXPONENT` raised to it (no subnormal results, see there)."""
+    return logprobs.clamp(min=_SMALLEST_EXPONENT).exp_()
 
 
+def _flushing_subnormals() -> bool:
+    """Whether this thread flushes subnormal floats to zero (a float32 subnormal then reads back as 0)."""
+    return float(torch.tensor([1e-40]) * 1.0) == 0.0
+
+
+@contextmanager
+def subnormals_flushed() -> Iterator[None]:
+    """Flush subnormal floats to zero on this thread (the CPU's FTZ/DAZ flags) inside the block or decorated function,
+    then restore the setting.
+
+    Most early-exit log-probs lie below −87, where exp underflows: the exps inside log-softmax then produce
+    subnormals, which x86 CPUs handle in slow microcode. Flushed to 0 they change nothing a float32 sum of at least
+    1 can hold, so the log-probs come out the same (`tests/test_dola.py` checks) in less time
+    (`benchmarks/dola_speed.py`)."""
+    before = _flushing_subnormals()
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(before)
+
+
+@subnormals_flushed()
 def layer_divergence(final_logits: torch.Tensor, premature_logits: torch.Tensor) -> torch.Tensor:
     """How far each premature layer's next-token distribution is from the final layer's: `[L, ...]` from
     `final [..., V]` and `premature [L, ..., V]`.
 
     This is the reference's score: with M = (p_final + p_premature) / 2, it is ½·(KL(M‖p_final) + KL(M‖p_premature))
     averaged (not summed) over the vocabulary. The KLs run from M, the reverse of the textbook Jensen–Shannon
-    divergence; DoLa only takes its argmax, and the reference's form is kept so the chosen layers match. Each KL is
-    written out as `F.kl_div` computes it, M·log M − M·log p, with M·log M computed once for both.
+    divergence; DoLa only takes its argmax, and the reference's form is kept so the chosen layers match. The two
+    KLs are summed before averaging, ½·mean(M·(2·log M − log p_final − log p_premature)): the reference's numbers
+    up to float32 rounding (`tests/test_dola.py`), in fewer passes over the 8 × 49,152 probabilities.
     """
     return _divergence(final_logits.float().log_softmax(dim=-1), premature_logits.float().log_softmax(dim=-1))
 
@@ -152,11 +180,9 @@ def layer_divergence(final_logits: torch.Tensor, premature_logits: torch.Tensor)
 def _divergence(final_logprobs: torch.Tensor, premature_logprobs: torch.Tensor) -> torch.Tensor:
     """`layer_divergence` on log-probs already computed."""
     final_logprobs = final_logprobs.unsqueeze(0)
-    mean = 0.5 * (_probabilities(final_logprobs) + _probabilities(premature_logprobs))
-    mean_log_mean = torch.xlogy(mean, mean)
-    towards_final = (mean_log_mean - mean * final_logprobs).mean(-1)
-    towards_premature = (mean_log_mean - mean * premature_logprobs).mean(-1)
-    return 0.5 * (towards_final + towards_premature)
+    mean = _probabilities(premature_logprobs).add_(_probabilities(final_logprobs)).mul_(0.5)
+    summand = mean.log().mul_(2).sub_(final_logprobs).sub_(premature_logprobs)
+    return 0.5 * (mean * summand).mean(-1)
 
 
 @dataclass(frozen=True)
@@ -168,6 +194,7 @@ class Contrast:
     divergences: torch.Tensor  # [L, B]
 
 
+@subnormals_flushed()
 def contrast(
     final_logits: torch.Tensor,
     premature_logits: torch.Tensor,
@@ -289,8 +316,8 @@ def _final_and_early_exit_logits(
     from one projection, so the output head's weights are read once per step. With `normalize_early_exits`, the
     candidate layers' hidden states pass through the model's final norm first (the final layer's already has).
 
-    The product is `_head_product`'s: the same numbers as weight @ hidden.T (which on CPU is faster than `linear`'s
-    hidden @ weight.T for a handful of rows: benchmarks/README.md, session 24).
+    The product is `_head_product`'s: weight @ hidden.T up to float32 rounding, against a packed copy of the weight
+    (benchmarks/README.md, session 30).
     """
     head = model.get_output_embeddings()
     if normalize_early_exits:
@@ -308,26 +335,26 @@ def _final_and_early_exit_logits(
 
 
 _PACKED_HEADS: dict[int, tuple[int, int, torch.Tensor]] = {}
-"""By `id` of an output head's weight, while that weight lives: (its version, the row count it was packed for, MKL's
-packed copy)."""
+"""By `id` of an output head's weight, while that weight lives: (its version, the row count it was packed for,
+oneDNN's packed copy)."""
 
 
 def _head_product(weight: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """Logits `[R, V]` = (weight @ rows.T).T for a `[V, H]` head weight and `[R, H]` rows, bit for bit.
+    """Logits `[R, V]` = (weight @ rows.T).T for a `[V, H]` head weight and `[R, H]` rows, up to float32 rounding.
 
     A general matrix product first repacks its large operand into the blocks its kernel reads, and for a few rows
-    that copy of the 113 MB head costs more than the arithmetic. On a CPU with MKL, for 2 rows or more, the weight
-    is packed once with MKL's own routine (`torch.ops.mkl._mkl_reorder_linear_weight`, what `torch.compile` uses for
-    frozen linear layers) and kept until the weight or the row count changes (233 MB for the embedded model's 113 MB
-    head): the same products in the same order (`tests/test_dola.py` checks equality), about a third less time
-    (`benchmarks/dola_speed.py`). One row stays a plain product: MKL takes a matrix-vector path there whose sums
-    round differently.
+    that copy of the 113 MB head costs more than the arithmetic. On a CPU with oneDNN (PyTorch's CPU kernels), for
+    2 rows or more, the weight is packed once for the row count (`torch.ops.mkldnn._reorder_linear_weight`, what
+    `torch.compile` uses for frozen linear layers; as large as the head) and kept until the weight or the row count
+    changes. The products are summed in another order than the plain product's, so logits differ in their last
+    bits (`tests/test_dola.py` checks the size of the difference and that the recorded reference cases decode
+    token for token), in about half the time (`benchmarks/dola_speed.py`).
     """
     usable = (
         rows.shape[0] >= 2
         and weight.device.type == "cpu"
         and weight.dtype == rows.dtype == torch.float32
-        and torch.backends.mkl.is_available()
+        and torch.backends.mkldnn.is_available()
         and not (torch.is_grad_enabled() and weight.requires_grad)
     )
     if not usable:
@@ -336,9 +363,9 @@ def _head_product(weight: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     if cached is None:
         weakref.finalize(weight, _PACKED_HEADS.pop, id(weight), None)
     if cached is None or cached[:2] != (weight._version, rows.shape[0]):
-        cached = (weight._version, rows.shape[0], torch.ops.mkl._mkl_reorder_linear_weight(weight, rows.shape[0]))
+        cached = (weight._version, rows.shape[0], torch.ops.mkldnn._reorder_linear_weight(weight, rows.shape[0]))
         _PACKED_HEADS[id(weight)] = cached
-    return torch.ops.mkl._mkl_linear(rows.contiguous(), cached[2], weight, None, rows.shape[0])
+    return torch.ops.mkldnn._linear_pointwise(rows.contiguous(), cached[2], None, "none", [], "")
 
 
 @dataclass
@@ -353,6 +380,7 @@ class DolaTrace:
 
 
 @torch.no_grad()
+@subnormals_flushed()
 def dola_generate(
     model: PreTrainedModel,
     input_ids: torch.Tensor,
@@ -717,6 +745,7 @@ def _answer_ids(tokenizer: PreTrainedTokenizerBase, answer: str) -> list[int]:
 
 
 @torch.no_grad()
+@subnormals_flushed()
 def answer_logprobs(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
