@@ -28,6 +28,7 @@ transformers 4.52 cases decode token for token (`tests/test_dola.py`); `benchmar
 from __future__ import annotations
 
 import math
+import platform
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -317,7 +318,7 @@ def _final_and_early_exit_logits(
     candidate layers' hidden states pass through the model's final norm first (the final layer's already has).
 
     The product is `_head_product`'s: weight @ hidden.T up to float32 rounding, against a packed copy of the weight
-    (benchmarks/README.md, session 30).
+    where that is faster (`benchmarks/dola_speed.py` times both).
     """
     head = model.get_output_embeddings()
     if normalize_early_exits:
@@ -334,6 +335,10 @@ def _final_and_early_exit_logits(
     return logits[0], logits[1:]
 
 
+PACKS_HEAD = torch.backends.mkldnn.is_available() and platform.machine().lower() in {"x86_64", "amd64"}
+"""Whether `_head_product` packs the output head for oneDNN here: on x86-64 CPUs, where it was measured
+(`benchmarks/dola_speed.py`); elsewhere (e.g. Apple silicon) DoLa takes the plain product."""
+
 _PACKED_HEADS: dict[int, tuple[int, int, torch.Tensor]] = {}
 """By `id` of an output head's weight, while that weight lives: (its version, the row count it was packed for,
 oneDNN's packed copy)."""
@@ -343,18 +348,18 @@ def _head_product(weight: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Logits `[R, V]` = (weight @ rows.T).T for a `[V, H]` head weight and `[R, H]` rows, up to float32 rounding.
 
     A general matrix product first repacks its large operand into the blocks its kernel reads, and for a few rows
-    that copy of the 113 MB head costs more than the arithmetic. On a CPU with oneDNN (PyTorch's CPU kernels), for
-    2 rows or more, the weight is packed once for the row count (`torch.ops.mkldnn._reorder_linear_weight`, what
+    that copy of the 113 MB head costs more than the arithmetic. On an x86-64 CPU (`PACKS_HEAD`), for 2 rows or
+    more, the weight is packed once for the row count (`torch.ops.mkldnn._reorder_linear_weight`, what
     `torch.compile` uses for frozen linear layers; as large as the head) and kept until the weight or the row count
     changes. The products are summed in another order than the plain product's, so logits differ in their last
     bits (`tests/test_dola.py` checks the size of the difference and that the recorded reference cases decode
-    token for token), in about half the time (`benchmarks/dola_speed.py`).
+    token for token), in about a third less time (`benchmarks/dola_speed.py`).
     """
     usable = (
         rows.shape[0] >= 2
         and weight.device.type == "cpu"
         and weight.dtype == rows.dtype == torch.float32
-        and torch.backends.mkldnn.is_available()
+        and PACKS_HEAD
         and not (torch.is_grad_enabled() and weight.requires_grad)
     )
     if not usable:
