@@ -62,6 +62,7 @@ VARIANTS = {
     "lr 5e-5, replies of <= 16 tokens": {"learning_rate": 5e-5, "response_length": 16},
     "scale from the first rollout (8 replies)": {"scale_samples": 0},
     "missing-end penalty 1.0": {"missing_eos_penalty": 1.0},
+    "sampling temperature 1.0": {"temperature": 1.0},
     "top 12 layers trained": {"policy_trainable_layers": 12},
     # notebook 06's "break it" switches
     "no KL penalty (β 0)": {"kl_coef": 0.0},
