@@ -10,10 +10,10 @@ median over --repeats, and each DoLa's ratio to greedy within a repeat: the medi
 
 A second table splits one decoding step (the last position of the first prompt) into the pieces DoLa adds: the output
 head's product for greedy's one row against DoLa's 1 + L rows (as DoLa takes it, against oneDNN's packed copy of
-the weight, and as a plain product, the same numbers up to rounding), and the contrast (layer divergence, plausibility
-filter; subnormals flushed to zero, as DoLa runs it). The
-head's extra rows are arithmetic DoLa cannot skip: every candidate layer's full distribution enters the divergence.
-Their cost over one greedy token is the floor of DoLa's ratio on this machine.
+the weight, and as a plain product, the same numbers up to rounding), and the contrast (layer divergence,
+plausibility filter; subnormals flushed to zero, as DoLa runs it). The head's extra rows are arithmetic DoLa cannot
+skip: every candidate layer's full distribution enters the divergence. Their cost over one greedy token is the floor
+of DoLa's ratio on this machine.
 """
 
 from __future__ import annotations
