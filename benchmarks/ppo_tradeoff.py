@@ -32,9 +32,14 @@ VARIANTS = {
     "raw scores, uncalibrated value, lr 2e-5": {
         "normalize_scores": False,
         "calibrate_value": False,
+        "zero_value_head": False,
         "learning_rate": 2e-5,
     },
-    "raw scores, calibrated value, lr 2e-5": {"normalize_scores": False, "learning_rate": 2e-5},
+    "raw scores, calibrated value, lr 2e-5": {
+        "normalize_scores": False,
+        "zero_value_head": False,
+        "learning_rate": 2e-5,
+    },
     "lr 2e-5": {"learning_rate": 2e-5},
     "β 0.3": {"kl_coef": 0.3},
     "lr 5e-5, β 0.3": {"learning_rate": 5e-5, "kl_coef": 0.3},
@@ -63,14 +68,17 @@ VARIANTS = {
     "scale from the first rollout (8 replies)": {"scale_samples": 0},
     "missing-end penalty 1.0": {"missing_eos_penalty": 1.0},
     "sampling temperature 1.0": {"temperature": 1.0},
+    "sampling temperature 0.5": {"temperature": 0.5},
+    "value head from the reward model": {"zero_value_head": False},
     "top 12 layers trained": {"policy_trainable_layers": 12},
     # notebook 06's "break it" switches
     "no KL penalty (β 0)": {"kl_coef": 0.0},
     "lr 3e-4 (notebook 06's × 10)": {"learning_rate": 3e-4},
-    "value model not calibrated": {"calibrate_value": False},
+    "value model not calibrated": {"zero_value_head": False, "calibrate_value": False},
 }
 # the logged columns notebook 06 reads a run by ("How to read a run")
-LOGGED = ["score", "kl", "kl_k3", "approx_kl", "policy_clipfrac", "value_loss", "entropy", "response_length", "ended"]
+LOGGED = ["score", "kl", "kl_k3", "approx_kl", "policy_clipfrac", "value_loss", "explained_variance", "entropy"]
+LOGGED += ["response_length", "ended"]
 
 
 def main() -> None:

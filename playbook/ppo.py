@@ -14,7 +14,9 @@ RLHF with PPO: A Case Study on TL;DR Summarization*):
 5. **Update**: several epochs over the batch in minibatches: the clipped policy loss, plus the clipped value loss.
 
 Dropout is off throughout (the models stay in eval mode; gradients still flow). The value model is a copy of the
-reward model, so its head starts out predicting rewards. Devices come from ``accelerate``: the same code runs on
+reward model's network with its head set to zero (``zero_value_head``): read mid-reply, the reward model's own head
+explained none of the returns, while a zeroed head starts every estimate at the mean score and learns from there (as
+the value head of Ziegler et al.'s original RLHF code did). Devices come from ``accelerate``: the same code runs on
 a CPU, one GPU, or several (``accelerate launch -m playbook.pipeline ppo``; each process takes its share of the
 prompts and the logged statistics are gathered from all of them).
 
@@ -100,6 +102,11 @@ class PPOConfig(TrainerConfig):
     max_grad_norm: float = 1.0
     normalize_scores: bool = True  # standardise scores by the mean and spread of the start policy's replies
     calibrate_value: bool = True  # shift the value model so its mean on those replies is their mean (normalised) score
+    # start the value model's head at zero, so every estimate starts at the mean score; the network under it stays the
+    # reward model's (Ziegler et al.'s code zero-initialised its value head). False: keep the reward model's head,
+    # which reads replies mid-way, where it was never trained (its estimates then explain none of the returns:
+    # benchmarks/README.md, session 31).
+    zero_value_head: bool = True
     # replies sampled from the start policy (one batch, per process) before the first step to fix both maps (0: the
     # first rollout's replies). A spread from n scores is off by about 1/sqrt(2(n-1)): 27% at n = 8, 9% at n = 64;
     # β's effective size moves with it.
@@ -415,6 +422,44 @@ class Rollout:
     seconds: dict[str, float]  # time spent sampling, scoring and in the rollout's forward passes
 
 
+def zero_head(value_model: PreTrainedModel) -> None:
+    """Set the scoring head (``score``) of a sequence-classification model to zero, in place: its estimates all
+    become 0 (the head's bias, if any, too), and training moves them from there."""
+    head = getattr(value_model, "score", None)
+    if not isinstance(head, torch.nn.Linear):
+        raise ValueError(
+            f"zero_value_head: the value model ({type(value_model).__name__}) has no linear `score` head to zero; "
+            "pass a sequence-classification model (e.g. a copy of the reward model) or set zero_value_head=False."
+        )
+    with torch.no_grad():
+        head.weight.zero_()
+        if head.bias is not None:
+            head.bias.zero_()
+
+
+def token_moments(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Over the real reply tokens: count, Σ R, Σ R², Σ (R − V), Σ (R − V)², in float64. Sums add up over processes
+    (whose replies differ in length) where the tokens themselves could not be gathered into one tensor."""
+    keep = mask.bool()
+    returns, errors = returns[keep].double(), (returns - values)[keep].double()
+    count = torch.tensor(float(keep.sum()), dtype=torch.float64, device=returns.device)
+    return torch.stack([count, returns.sum(), (returns**2).sum(), errors.sum(), (errors**2).sum()])
+
+
+def explained_variance(
+    count: torch.Tensor,
+    returns_sum: torch.Tensor,
+    returns_squares: torch.Tensor,
+    errors_sum: torch.Tensor,
+    errors_squares: torch.Tensor,
+) -> float:
+    """1 − Var(R − V) / Var(R) over a rollout's reply tokens, from :func:`token_moments`: 1 when the value model
+    predicts the returns R, 0 when its estimates are one constant, below 0 when they add noise (cleanrl logs it too)."""
+    returns_var = returns_squares / count - (returns_sum / count) ** 2
+    errors_var = errors_squares / count - (errors_sum / count) ** 2
+    return float("nan") if returns_var <= 0 else (1 - errors_var / returns_var).item()
+
+
 def checked_scores(scores: Sequence[float], replies: int) -> torch.Tensor:
     """The reward function's scores as a tensor, after checking there is one finite number per reply (a wrong count
     would otherwise be broadcast, and a NaN would turn every weight into NaN)."""
@@ -461,6 +506,8 @@ class PPOTrainer:
         torch.manual_seed(self.config.seed)
         device = self.accelerator.device
         reference.requires_grad_(False)
+        if self.config.zero_value_head:
+            zero_head(value_model)
         train_top_layers(policy, self.config.policy_trainable_layers)
         train_top_layers(value_model, self.config.value_trainable_layers)
         for model in (policy, value_model):
@@ -550,9 +597,9 @@ class PPOTrainer:
 
     def _fix_scale(self, scores: torch.Tensor, value_sum: torch.Tensor, tokens: torch.Tensor) -> ScoreScale:
         """Score normalisation and value calibration from the start policy's replies (their raw scores, and the sum of
-        the value model's raw estimates over their ``tokens`` reply tokens). A value model copied from the reward
-        model reads its head mid-reply, where the reward model was never trained (it scores whole conversations):
-        its estimates can sit far from the scores (notebook 06 prints the shift). Uncorrected, every reply's last-token
+        the value model's raw estimates over their ``tokens`` reply tokens). A value model that keeps the reward
+        model's head (``zero_value_head=False``) reads it mid-reply, where the reward model was never trained (it
+        scores whole conversations): its estimates can sit far from the scores. Uncorrected, every reply's last-token
         error is then the same large number, and GAE turns it into advantages that tilt credit towards early or late
         tokens (by the error's sign) whatever the reply said (the value-initialisation bias of Yuan et al. 2025,
         "What's Behind PPO's Collapse in Long-CoT?")."""
@@ -746,6 +793,9 @@ class PPOTrainer:
             # share of replies that ended with the end token (the others were cut off at response_length)
             "ended": self.accelerator.gather((batch.response == self.eos_id).any(1).float()).mean().item(),
             "replies": len(gathered_scores),
+            "explained_variance": explained_variance(
+                *self.accelerator.gather(token_moments(batch.values, batch.returns, batch.mask)).reshape(-1, 5).sum(0)
+            ),
         }
         # the objective PPO maximises, in the reward model's units: β weighs KL against normalised scores
         stats["rlhf_reward"] = stats["score"] - self.config.kl_coef * self.scale.scale * stats["kl"]

@@ -16,8 +16,10 @@ from playbook.ppo import (
     clipping_table,
     compare_runs,
     compute_gae,
+    explained_variance,
     kl_shaped_rewards,
     policy_loss,
+    token_moments,
     truncate_after_eos,
     value_loss,
     word_count_reward,
@@ -279,6 +281,49 @@ def test_first_rollout_fixes_the_score_and_value_scale(tiny_causal_lm, tokenizer
         stats = trainer.step()  # the logged objective weighs KL by β on the normalised scale: β·σ in raw units
         assert stats["score"] == pytest.approx(2.0)
         assert stats["rlhf_reward"] == pytest.approx(2.0 - config.kl_coef * first.scale * stats["kl"])
+
+
+def test_a_zeroed_value_head_starts_every_estimate_at_the_mean_score_and_then_learns(
+    tiny_causal_lm, tokenizer, tiny_ppo_config
+):
+    prompts = [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "Name a colour, please."}]]
+    reference, policy = copies(tiny_causal_lm, 2)
+    value = value_model_like(tiny_causal_lm)
+    lower_layer = value.model.layers[0].mlp.up_proj.weight.detach().clone()
+    config = tiny_ppo_config(scale_samples=0, zero_value_head=True)
+    trainer = PPOTrainer(policy, reference, tokenizer, prompts, lambda p, r: [1.0, 3.0], config, value_model=value)
+    assert not value.score.weight.any()
+    batch = trainer.rollout(prompts)
+    # raw estimates 0, their mean 0, so the calibration's shift is 0 and every normalised estimate is 0: the mean score
+    assert trainer.scale.value_shift == 0.0 and not batch.values.any()
+    assert trainer.step()["explained_variance"] == 0.0  # one constant estimate explains none of the returns
+    assert value.score.weight.any()  # the head learns from the returns
+    assert torch.equal(value.model.layers[0].mlp.up_proj.weight, lower_layer)  # below the trained layer, untouched
+    kept = value_model_like(tiny_causal_lm)
+    head = kept.score.weight.detach().clone()
+    PPOTrainer(
+        copies(tiny_causal_lm, 1)[0],
+        reference,
+        tokenizer,
+        prompts,
+        lambda p, r: [1.0, 3.0],
+        tiny_ppo_config(zero_value_head=False),
+        value_model=kept,
+    )
+    assert torch.equal(kept.score.weight, head)  # zero_value_head=False keeps the head it was given
+    with pytest.raises(ValueError, match="zero_value_head: the value model .* no linear `score` head"):
+        PPOTrainer(policy, reference, tokenizer, prompts, lambda p, r: [1.0, 3.0], config, value_model=policy)
+
+
+def test_explained_variance_by_hand_and_summed_over_processes():
+    values, returns = t([[1.0, 2.0, 9.0], [3.0, 0.0, 0.0]]), t([[1.0, 3.0, 7.0], [5.0, 0.0, 0.0]])
+    mask = t([[1, 1, 0], [1, 0, 0]])
+    # real tokens: R = 1, 3, 5 (variance 8/3); R − V = 0, 1, 2 (variance 2/3): 1 − (2/3)/(8/3) = 0.75
+    assert explained_variance(*token_moments(values, returns, mask)) == pytest.approx(0.75)
+    halves = token_moments(values[:1], returns[:1], mask[:1]) + token_moments(values[1:], returns[1:], mask[1:])
+    assert explained_variance(*halves) == pytest.approx(0.75)  # two processes' sums give the same number
+    assert explained_variance(*token_moments(torch.zeros(2, 3), returns, mask)) == pytest.approx(0.0)
+    assert explained_variance(*token_moments(returns, returns, mask)) == pytest.approx(1.0)
 
 
 def test_start_policy_replies_fix_the_scale_before_the_first_step(tiny_causal_lm, tokenizer, tiny_ppo_config):
