@@ -15,10 +15,11 @@ RLHF with PPO: A Case Study on TL;DR Summarization*):
 
 Dropout is off throughout (the models stay in eval mode; gradients still flow). The value model is a copy of the
 reward model's network with its head set to zero (``zero_value_head``): read mid-reply, the reward model's own head
-explained none of the returns, while a zeroed head starts every estimate at the mean score and learns from there (as
-the value head of Ziegler et al.'s original RLHF code did). Devices come from ``accelerate``: the same code runs on
-a CPU, one GPU, or several (``accelerate launch -m playbook.pipeline ppo``; each process takes its share of the
-prompts and the logged statistics are gathered from all of them).
+predicted the returns worse than a constant (explained variance about −8: it added noise), while a zeroed head
+starts every estimate at the mean score and learns from there (as the value head of Ziegler et al.'s original RLHF
+code did). Devices come from ``accelerate``: the same code runs on a CPU, one GPU, or several (``accelerate launch
+-m playbook.pipeline ppo``; each process takes its share of the prompts and the logged statistics are gathered from
+all of them).
 
 **Frozen layers run once** (:mod:`playbook.frozen_layers`). Only the top layers of the policy and the value model
 train on a CPU, and the layers below them never change. So each rollout runs the policy's frozen layers once, keeps
@@ -104,8 +105,8 @@ class PPOConfig(TrainerConfig):
     calibrate_value: bool = True  # shift the value model so its mean on those replies is their mean (normalised) score
     # start the value model's head at zero, so every estimate starts at the mean score; the network under it stays the
     # reward model's (Ziegler et al.'s code zero-initialised its value head). False: keep the reward model's head,
-    # which reads replies mid-way, where it was never trained (its estimates then explain none of the returns:
-    # benchmarks/README.md, session 31).
+    # which reads replies mid-way, where it was never trained (its explained variance was about −8, worse than a
+    # constant: benchmarks/README.md, "PPO's value model with its head at zero").
     zero_value_head: bool = True
     # replies sampled from the start policy (one batch, per process) before the first step to fix both maps (0: the
     # first rollout's replies). A spread from n scores is off by about 1/sqrt(2(n-1)): 27% at n = 8, 9% at n = 64;
