@@ -447,15 +447,11 @@ def token_moments(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tenso
     return torch.stack([count, returns.sum(), (returns**2).sum(), errors.sum(), (errors**2).sum()])
 
 
-def explained_variance(
-    count: torch.Tensor,
-    returns_sum: torch.Tensor,
-    returns_squares: torch.Tensor,
-    errors_sum: torch.Tensor,
-    errors_squares: torch.Tensor,
-) -> float:
-    """1 − Var(R − V) / Var(R) over a rollout's reply tokens, from :func:`token_moments`: 1 when the value model
-    predicts the returns R, 0 when its estimates are one constant, below 0 when they add noise (cleanrl logs it too)."""
+def explained_variance(moments: torch.Tensor) -> float:
+    """1 − Var(R − V) / Var(R) over a rollout's reply tokens, from :func:`token_moments` (summed over processes): 1
+    when the value model predicts the returns R, 0 when its estimates are one constant, below 0 when they add noise
+    (cleanrl logs it too)."""
+    count, returns_sum, returns_squares, errors_sum, errors_squares = moments
     returns_var = returns_squares / count - (returns_sum / count) ** 2
     errors_var = errors_squares / count - (errors_sum / count) ** 2
     return float("nan") if returns_var <= 0 else (1 - errors_var / returns_var).item()
@@ -795,7 +791,7 @@ class PPOTrainer:
             "ended": self.accelerator.gather((batch.response == self.eos_id).any(1).float()).mean().item(),
             "replies": len(gathered_scores),
             "explained_variance": explained_variance(
-                *self.accelerator.gather(token_moments(batch.values, batch.returns, batch.mask)).reshape(-1, 5).sum(0)
+                self.accelerator.gather(token_moments(batch.values, batch.returns, batch.mask)).reshape(-1, 5).sum(0)
             ),
         }
         # the objective PPO maximises, in the reward model's units: β weighs KL against normalised scores

@@ -184,9 +184,7 @@ def test_ppo_raises_a_programmatic_reward_on_the_embedded_model():
     policy, tokenizer = load_model()
     reference, _ = load_model()
     value, _ = load_model(task="reward")
-    keep_lower_layers(value, 2)
-    with torch.no_grad():
-        value.score.weight.zero_()  # a random head would make the outcome hinge on its draw
+    keep_lower_layers(value, 2)  # its random head is zeroed by the trainer (zero_value_head), not left to its draw
     prompts = [
         [{"role": "user", "content": question}]
         for question in (
@@ -319,11 +317,11 @@ def test_explained_variance_by_hand_and_summed_over_processes():
     values, returns = t([[1.0, 2.0, 9.0], [3.0, 0.0, 0.0]]), t([[1.0, 3.0, 7.0], [5.0, 0.0, 0.0]])
     mask = t([[1, 1, 0], [1, 0, 0]])
     # real tokens: R = 1, 3, 5 (variance 8/3); R − V = 0, 1, 2 (variance 2/3): 1 − (2/3)/(8/3) = 0.75
-    assert explained_variance(*token_moments(values, returns, mask)) == pytest.approx(0.75)
+    assert explained_variance(token_moments(values, returns, mask)) == pytest.approx(0.75)
     halves = token_moments(values[:1], returns[:1], mask[:1]) + token_moments(values[1:], returns[1:], mask[1:])
-    assert explained_variance(*halves) == pytest.approx(0.75)  # two processes' sums give the same number
-    assert explained_variance(*token_moments(torch.zeros(2, 3), returns, mask)) == pytest.approx(0.0)
-    assert explained_variance(*token_moments(returns, returns, mask)) == pytest.approx(1.0)
+    assert explained_variance(halves) == pytest.approx(0.75)  # two processes' sums give the same number
+    assert explained_variance(token_moments(torch.zeros(2, 3), returns, mask)) == pytest.approx(0.0)
+    assert explained_variance(token_moments(returns, returns, mask)) == pytest.approx(1.0)
 
 
 def test_start_policy_replies_fix_the_scale_before_the_first_step(tiny_causal_lm, tokenizer, tiny_ppo_config):
