@@ -71,6 +71,8 @@ VARIANTS = {
     "sampling temperature 0.5": {"temperature": 0.5},
     "value head from the reward model": {"zero_value_head": False},
     "top 12 layers trained": {"policy_trainable_layers": 12},
+    "value model lr 3e-4": {"value_learning_rate": 3e-4},
+    "value model: top 4 layers trained": {"value_trainable_layers": 4},
     # notebook 06's "break it" switches
     "no KL penalty (β 0)": {"kl_coef": 0.0},
     "lr 3e-4 (notebook 06's × 10)": {"learning_rate": 3e-4},
